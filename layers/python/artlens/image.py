@@ -67,9 +67,13 @@ def load_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise ImageRejected("too_many_pixels", "The image has too many pixels.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("too_many_pixels", "The image has too many pixels.") from None
+    except UnidentifiedImageError:
+        if _has_accepted_signature(data):
+            raise ImageRejected(
+                "corrupt_image", "The image header is damaged and could not be read."
+            ) from None
         raise ImageRejected(
             "unsupported_format",
             "The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF).",
@@ -82,6 +86,7 @@ def load_image(
             "unsupported_format",
             f"{img.format} images are not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF.",
         )
+    source_format = img.format  # exif_transpose returns a copy that no longer knows it
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageRejected("corrupt_image", "The image has no pixels.")
@@ -107,7 +112,20 @@ def load_image(
         ) from None
 
     oriented_w, oriented_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
-    return LoadedImage(rgb=rgb, format=img.format or "UNKNOWN", width=oriented_w, height=oriented_h)
+    return LoadedImage(rgb=rgb, format=source_format, width=oriented_w, height=oriented_h)
+
+
+# Leading bytes of the formats we accept: bytes that start like one of them but do not open
+# are a damaged image (400), not a foreign format (415).
+_SIGNATURES = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+)
+
+
+def _has_accepted_signature(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data.startswith(_SIGNATURES)
 
 
 def _swaps_axes(img: Image.Image, width: int, height: int) -> bool:
@@ -123,7 +141,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")  # 2-D uint8 -> mode L
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -133,7 +151,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def resize(rgb: Image.Image) -> np.ndarray:
     """RGB image -> uint8 array [150, 150, 3]. Training caches this form."""
-    return np.asarray(rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR), dtype=np.uint8)
+    resized = rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def scale(pixels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,89 @@
+# ArtLens: every set-up step lives here, so a fresh clone needs only Python 3.11, Node and apt.
+#   make run     the local stack with the shipped model (http://127.0.0.1:$(PORT))
+#   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
+#                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+DATA ?= ../shared/datasets/art
+DIR ?=
+export PYTHONPATH := $(CURDIR)/layers/python:$(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
+        bench stress key synth layer browser clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+# --- environments ---------------------------------------------------------------------------
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+
+# The local stack needs only the runtime + embedded PostgreSQL (no TensorFlow).
+$(VENV)/.local-installed: requirements/runtime.txt requirements/local.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -r requirements/local.txt
+	touch $@
+
+# Tests need everything: training (to export real tiny models), infra, browser driver.
+$(VENV)/.dev-installed: requirements/*.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
+	touch $@ $(VENV)/.local-installed
+
+# Debian's Chromium for the page tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# --- local stack ----------------------------------------------------------------------------
+run: $(VENV)/.local-installed
+	$(PY) -m local_stack --port $(PORT)
+
+token: $(VENV)/.local-installed
+	@$(PY) -m local_stack.token
+
+ingest: $(VENV)/.local-installed
+	@test -n "$(DIR)" || { echo "usage: make ingest DIR=<folder of images>"; exit 2; }
+	$(PY) -m local_stack.ingest "$(DIR)"
+
+reindex: $(VENV)/.local-installed
+	$(PY) -m local_stack.reindex
+
+rollback: $(VENV)/.local-installed
+	$(PY) -m local_stack.reindex --rollback
+
+# --- training -------------------------------------------------------------------------------
+train: $(VENV)/.dev-installed
+	$(PY) -m training --data "$(DATA)" $(TRAIN_ARGS)
+
+# --- tests ----------------------------------------------------------------------------------
+test: $(VENV)/.dev-installed browser lint audit
+	$(PY) -m pytest tests
+
+unit integration infra e2e: $(VENV)/.dev-installed
+	$(PY) -m pytest tests/$@
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+
+audit: $(VENV)/.dev-installed
+	$(PY) -m tests.audit requirements/runtime.txt
+
+bench: $(VENV)/.dev-installed
+	$(PY) -m bench
+
+stress: $(VENV)/.dev-installed
+	$(PY) -m bench.stress
+
+key: $(VENV)/.local-installed
+	$(PY) -m client.keys $(ARGS)
+
+# --- infrastructure -------------------------------------------------------------------------
+synth: $(VENV)/.dev-installed
+	$(PY) -m infra.app
+
+clean:
+	rm -rf cdk.out out test-artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""SQS -> embed: index the pictures that S3 announced under incoming/.
+
+Each SQS message carries one S3 event notification. All keys of the batch go through ONE
+`ingest_objects` call so inference runs batched; each key's outcome is mapped back to its
+message, and only messages with a transient failure are reported (partial batch response),
+so they alone are retried and, after maxReceiveCount, land in the DLQ. Unusable pictures are
+not failures: ingestion parks them under rejected/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from artlens.ingest import IngestReport, Status, ensure_model_version, ingest_objects
+from artlens.lake import lake_from_settings
+from artlens.model import get_classifier
+from artlens.settings import Settings
+from artlens.store import store_from_settings
+
+settings = Settings.from_env(os.environ, needs=("model", "database", "lake"))
+logger = Logger(service="artlens-embed", level=settings.log_level)
+classifier = get_classifier(settings.model_card_path, threads=settings.ort_threads)
+lake = lake_from_settings(settings)
+store = store_from_settings(settings)  # connects lazily, on first use
+# Every record of a batch is judged on the outcome of the shared ingest call, so an all-failed
+# batch is still a partial response (every message listed) rather than an exception.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+_version_ready = False
+
+
+class MalformedMessage(ValueError):
+    """The message is not an S3 event notification; retries cannot fix it (-> DLQ)."""
+
+
+def keys_in_message(body: str) -> list[str]:
+    """Object keys created by one S3 notification; [] for s3:TestEvent and other events."""
+    try:
+        payload = json.loads(body)
+    except (TypeError, ValueError):
+        raise MalformedMessage("message body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise MalformedMessage("message body is not a JSON object")
+    if payload.get("Event") == "s3:TestEvent" or "Records" not in payload:
+        return []
+    keys = []
+    try:
+        for record in S3Event(payload).records:
+            if record.event_name.startswith("ObjectCreated:"):
+                # Keys arrive URL-encoded, with '+' for spaces.
+                keys.append(unquote_plus(record.s3.get_object.key))
+    except (KeyError, TypeError, AttributeError):
+        raise MalformedMessage("message body is not an S3 event notification") from None
+    return keys
+
+
+def _ingest(keys: list[str]) -> IngestReport:
+    global _version_ready
+    if not _version_ready:
+        ensure_model_version(store, classifier)
+        _version_ready = True
+    return ingest_objects(keys, lake, classifier, store)
+
+
+@logger.inject_lambda_context
+def handler(event, context):
+    keys_by_message: dict[str, list[str] | Exception] = {}
+    for raw in event.get("Records", []):
+        record = SQSRecord(raw)
+        try:
+            keys_by_message[record.message_id] = keys_in_message(record.body)
+        except MalformedMessage as exc:
+            keys_by_message[record.message_id] = exc
+    all_keys = [k for keys in keys_by_message.values() if isinstance(keys, list) for k in keys]
+
+    batch_error: Exception | None = None
+    report = None
+    if all_keys:
+        try:
+            report = _ingest(all_keys)
+        except Exception as exc:  # e.g. the database is down before any key was tried
+            logger.warning("ingest call failed: %s", type(exc).__name__)
+            batch_error = exc
+    if report is not None:
+        logger.info(
+            "ingested batch",
+            extra={
+                "indexed": report.indexed, "duplicates": report.duplicates,
+                "rejected": report.rejected, "skipped": report.skipped, "failed": report.failed,
+            },
+        )
+
+    def record_handler(record: SQSRecord) -> None:
+        keys = keys_by_message[record.message_id]
+        if isinstance(keys, Exception):
+            raise keys
+        for key in keys:
+            if batch_error is not None:
+                raise batch_error
+            outcome = report.outcomes[key]
+            if outcome.status is Status.FAILED:
+                raise outcome.error or RuntimeError(f"ingesting {key} failed")
+
+    return process_partial_response(event, record_handler, processor, context)

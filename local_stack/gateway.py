@@ -1,0 +1,399 @@
+"""One HTTP server standing in for API Gateway, S3 presigned URLs and the static site.
+
+Routes:
+  GET  /health              stack status (local only)
+  POST /predict, GET /map   REQUEST authorizer, then the predict handler, as API Gateway would
+  OPTIONS /predict, /map    CORS preflight, answered by the "gateway" like API Gateway's CORS
+  GET  /lake/<key>?exp&sig  lake objects behind an HMAC-signed URL (the local presigned GET)
+  GET  /config.json         generated page configuration
+  GET  /…                   frontend_static/
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import mimetypes
+import re
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from artlens.http import cors_headers
+from local_stack import events
+
+log = logging.getLogger("local_stack.gateway")
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
+API_ROUTES = {"/predict": ("POST",), "/map": ("GET",)}
+
+# Explicit types for what the page ships; mimetypes' platform tables vary (e.g. .js, .mjs, .wasm).
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+    ".woff2": "font/woff2",
+}
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~@+=,-]+$")
+
+Handler = Callable[[dict, Any], Any]
+
+
+class Unauthorized(Exception):
+    """The authorizer raised "Unauthorized": API Gateway answers 401."""
+
+
+@dataclass
+class GatewayConfig:
+    static_dir: Path
+    cors_origin: str
+    api_base_url: str = ""
+
+
+@dataclass
+class Backend:
+    """What the gateway calls. Handlers run one at a time per function, like one warm container."""
+
+    authorizer: Handler
+    predict: Handler
+    health: Callable[[], dict]
+    lake_object: Callable[[str, str, str], tuple[bytes, str] | None]
+    """(key, exp, sig) -> (bytes, content type), or None when the signature is not valid."""
+
+    def __post_init__(self) -> None:
+        self._authorizer_lock = threading.Lock()
+        self._predict_lock = threading.Lock()
+
+    def authorize(self, event: dict) -> dict:
+        with self._authorizer_lock:
+            try:
+                return self.authorizer(event, events.LambdaContext("artlens-authorizer"))
+            except Exception as exc:
+                if str(exc) == "Unauthorized":
+                    raise Unauthorized from None
+                raise
+
+    def call_predict(self, event: dict) -> dict:
+        with self._predict_lock:
+            return self.predict(event, events.LambdaContext("artlens-predict"))
+
+
+def policy_allows(policy: dict, arn: str) -> bool:
+    """Evaluate an authorizer's IAM policy for one method ARN (explicit Deny wins)."""
+    statements = (policy.get("policyDocument") or {}).get("Statement") or []
+    if isinstance(statements, dict):
+        statements = [statements]
+    allowed = False
+    for statement in statements:
+        resources = statement.get("Resource", [])
+        resources = [resources] if isinstance(resources, str) else resources
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if not any(_arn_matches(a, "execute-api:Invoke") for a in actions):
+            continue
+        if not any(_arn_matches(pattern, arn) for pattern in resources):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        if statement.get("Effect") == "Allow":
+            allowed = True
+    return allowed
+
+
+def _arn_matches(pattern: str, value: str) -> bool:
+    regex = "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
+    return re.match(regex, value) is not None
+
+
+def _authorizer_context(policy: dict) -> dict:
+    """What API Gateway puts in requestContext.authorizer: principalId plus the context map."""
+    context = {key: value for key, value in (policy.get("context") or {}).items()}
+    context["principalId"] = policy.get("principalId")
+    return context
+
+
+def resolve_static(static_dir: Path, url_path: str) -> Path | None:
+    """Map a URL path to a file under static_dir, or None. Refuses anything that could escape."""
+    root = static_dir.resolve()
+    decoded = unquote(url_path)
+    if "\x00" in decoded or "\\" in decoded:
+        return None
+    segments = [s for s in decoded.split("/") if s]
+    if any(s in (".", "..") or s.startswith(".") or not _SAFE_SEGMENT.match(s) for s in segments):
+        return None
+    candidate = root.joinpath(*segments) if segments else root
+    if candidate.is_dir():
+        candidate = candidate / "index.html"
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_relative_to(root) or not resolved.is_file():
+        return None
+    return resolved
+
+
+def content_type_for(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+class GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], config: GatewayConfig, backend: Backend):
+        super().__init__(address, GatewayRequestHandler)
+        self.config = config
+        self.backend = backend
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class GatewayRequestHandler(BaseHTTPRequestHandler):
+    server: GatewayServer
+    server_version = "ArtLensLocal/1"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _cors_headers(self) -> dict[str, str]:
+        # The same CORS headers the handlers send, so gateway answers (401, preflight) match.
+        return cors_headers(self.server.config.cors_origin)
+
+    def _send(
+        self, status: int, body: bytes, headers: dict[str, str] | None = None,
+        multi_headers: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.send_response(status)
+        sent = set()
+        for name, value in (headers or {}).items():
+            self.send_header(name, str(value))
+            sent.add(name.lower())
+        for name, values in (multi_headers or {}).items():
+            if name.lower() in sent:
+                continue
+            for value in values:
+                self.send_header(name, str(value))
+        if "content-length" not in sent:
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: dict, cors: bool = True) -> None:
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if cors:
+            headers.update(self._cors_headers())
+        self._send(status, json.dumps(payload).encode(), headers)
+
+    def _send_error_json(self, status: int, code: str, message: str) -> None:
+        self._send_json(status, {"error": code, "message": message})
+
+    def _split(self) -> tuple[str, str]:
+        parts = urlsplit(self.path)
+        return parts.path or "/", parts.query
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 411/413/400 for a body we will not read."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self.close_connection = True
+            self._send_error_json(411, "length_required", "Send the body with a Content-Length.")
+            return None
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            return b""
+        try:
+            length = int(raw_length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            self._send_error_json(400, "bad_request", "Content-Length is not a valid number.")
+            return None
+        if length > MAX_BODY_BYTES:
+            # Clients that send the whole body before reading (urllib, requests) see a broken
+            # pipe if we answer early, so a moderately large body is drained first; beyond
+            # that the connection is simply closed after the answer.
+            self._drain(min(length, MAX_DRAIN_BYTES))
+            self.close_connection = True
+            self._send_error_json(
+                413, "too_large",
+                f"The request body is {length:,} bytes; the limit is {MAX_BODY_BYTES:,} bytes.",
+            )
+            return None
+        return self.rfile.read(length)
+
+    def _drain(self, length: int) -> None:
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _dispatch(self) -> None:
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:
+            log.error("unhandled error on %s %s\n%s", self.command, self.path,
+                      traceback.format_exc())
+            try:
+                self._send_error_json(500, "internal_error", "The local stack failed; see its log.")
+            except OSError:
+                self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _dispatch  # noqa: N815
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _route(self) -> None:
+        path, query = self._split()
+        method = self.command
+        if path in API_ROUTES:
+            self._api(method, path, query)
+        elif path == "/health":
+            self._only(("GET", "HEAD"), self._health)
+        elif path.startswith("/lake/"):
+            self._only(("GET", "HEAD"), lambda: self._lake(path, query))
+        elif path == "/config.json":
+            self._only(("GET", "HEAD"), self._config)
+        else:
+            self._only(("GET", "HEAD"), lambda: self._static(path))
+
+    def _only(self, methods: tuple[str, ...], action: Callable[[], None]) -> None:
+        if self.command not in methods:
+            self._read_body_and_discard()
+            self._send_error_json(
+                405, "method_not_allowed", f"{self.command} is not allowed here."
+            )
+            return
+        action()
+
+    def _read_body_and_discard(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= MAX_DRAIN_BYTES:
+            self._drain(int(length))
+        elif length:
+            self.close_connection = True
+
+    def _health(self) -> None:
+        try:
+            payload = self.server.backend.health()
+        except Exception as exc:
+            log.warning("health check failed: %s", exc)
+            self._send_error_json(503, "unavailable", "The database is not reachable.")
+            return
+        self._send_json(200, payload)
+
+    def _config(self) -> None:
+        body = json.dumps({"apiBaseUrl": self.server.config.api_base_url}).encode()
+        self._send(200, body, {"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+    def _static(self, path: str) -> None:
+        file = resolve_static(self.server.config.static_dir, path)
+        if file is None:
+            self._send_error_json(404, "not_found", "There is no such page.")
+            return
+        self._send(
+            200, file.read_bytes(),
+            {"Content-Type": content_type_for(file.name), "Cache-Control": "no-cache"},
+        )
+
+    def _lake(self, path: str, query: str) -> None:
+        key = unquote(path[len("/lake/"):])
+        params = parse_qs(query)
+        exp = (params.get("exp") or [""])[-1]
+        sig = (params.get("sig") or [""])[-1]
+        found = self.server.backend.lake_object(key, exp, sig) if exp and sig else None
+        if found is None:
+            self._send_error_json(403, "forbidden", "The link is not valid or has expired.")
+            return
+        data, content_type = found
+        self._send(
+            200, data,
+            {"Content-Type": content_type, "Cache-Control": "private, max-age=300",
+             **self._cors_headers()},
+        )
+
+    # -- API Gateway ----------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, query: str) -> None:
+        allowed = API_ROUTES[path]
+        if method == "OPTIONS":
+            self._read_body_and_discard()
+            self._send(204, b"", self._cors_headers())
+            return
+        if method not in allowed:
+            self._read_body_and_discard()
+            self._send_error_json(405, "method_not_allowed", f"{method} is not allowed on {path}.")
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        request = events.HttpRequest(
+            method=method, path=path, query=query, headers=list(self.headers.items()),
+            body=body, source_ip=self.client_address[0],
+        )
+        request_id = str(uuid.uuid4())
+        backend = self.server.backend
+        try:
+            policy = backend.authorize(events.authorizer_event(request, request_id))
+        except Unauthorized:
+            self._send_error_json(401, "unauthorized", "A valid bearer token is required.")
+            return
+        arn = events.method_arn(method, path)
+        if not isinstance(policy, dict) or not policy_allows(policy, arn):
+            self._send_error_json(403, "forbidden", "The token does not allow this request.")
+            return
+        response = backend.call_predict(
+            events.proxy_event(request, request_id, authorizer=_authorizer_context(policy))
+        )
+        self._write_proxy_response(response)
+
+    def _write_proxy_response(self, response: Any) -> None:
+        if not isinstance(response, dict) or not isinstance(response.get("statusCode"), int):
+            log.error("handler returned a malformed proxy response: %r", response)
+            self._send_error_json(502, "bad_gateway", "The handler returned a malformed response.")
+            return
+        body = response.get("body") or ""
+        if response.get("isBase64Encoded"):
+            payload = base64.b64decode(body)
+        else:
+            payload = body.encode() if isinstance(body, str) else bytes(body)
+        status = response["statusCode"]
+        if status not in HTTPStatus._value2member_map_:
+            status = 502
+        self._send(status, payload, response.get("headers") or {},
+                   response.get("multiValueHeaders") or {})

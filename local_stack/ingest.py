@@ -1,0 +1,264 @@
+"""`python -m local_stack.ingest DIR` (make ingest DIR=...): a folder through the running stack.
+
+Copies the folder's image files (recursively, by extension) into `incoming/` under unique names
+(written to a hidden temp name, then renamed, so the watcher never sees half a file), then waits
+until each one is indexed, found to be a duplicate, rejected by the embed handler, or parked in
+the dead-letter queue. Prints a progress bar (stderr) and a summary (stdout; `--json` for a
+machine-readable one).
+
+Exit status: 0 when every file was settled (rejections included), 1 on DLQ or timeout,
+2 when the stack is not running or DIR is not a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from local_stack.state import RunningStack, StatePaths, find_running_stack, resolve_state_dir
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+POLL_S = 0.25
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Item:
+    source: str  # relative to DIR
+    incoming_name: str
+    sha256: str
+    outcome: str = "pending"  # indexed | duplicate | rejected | failed | pending
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass
+class Summary:
+    directory: str
+    indexed: int
+    duplicates: int
+    rejected: int
+    failed: int
+    timed_out: int
+    skipped: int
+    seconds: float
+    items: list[dict]
+
+
+def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(image files by extension, other files), both sorted; hidden entries are ignored."""
+    images: list[Path] = []
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if not path.is_file():
+                continue
+            (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+    return images, others
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _incoming_name(run_id: str, index: int, source: Path) -> str:
+    stem = _UNSAFE_NAME.sub("_", source.stem)[:80].strip("._") or "image"
+    return f"{run_id}-{index:05d}-{stem}{source.suffix.lower()}"
+
+
+def drop(source: Path, incoming: Path, name: str) -> None:
+    """Copy under a hidden temp name, then rename: the watcher only ever sees whole files."""
+    tmp = incoming / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, incoming / name)
+
+
+def _rejection(rejected_dir: Path, name: str, gone_from_incoming: bool) -> tuple[str, str] | None:
+    """(reason code, message) once the embed handler has moved `name` to rejected/."""
+    reason_path = rejected_dir / f"{name}.reason.json"
+    try:
+        reason = json.loads(reason_path.read_text())
+    except (OSError, ValueError):
+        # No (complete) reason yet; once the drop has left incoming/, an object in rejected/
+        # without a readable reason is still a rejection.
+        if gone_from_incoming and (rejected_dir / name).exists():
+            return "unknown", "no reason recorded"
+        return None
+    if not isinstance(reason, dict):
+        return "unknown", str(reason)
+    code = reason.get("error") or reason.get("code") or reason.get("reason") or "unknown"
+    return str(code), str(reason.get("message") or "")
+
+
+def _dead_lettered(dlq_dir: Path) -> dict[str, str]:
+    """incoming key -> last error, for every message in the local DLQ."""
+    parked: dict[str, str] = {}
+    for path in dlq_dir.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            parked[record["key"]] = record.get("lastError") or "failed"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return parked
+
+
+class Ingestion:
+    def __init__(self, stack: RunningStack, paths: StatePaths):
+        from artlens.store import EmbeddingStore
+
+        self.stack = stack
+        self.paths = paths
+        self.incoming = Path(stack.lake_dir) / "incoming"
+        self.rejected_dir = Path(stack.lake_dir) / "rejected"
+        self.store = EmbeddingStore(stack.dsn)
+
+    def run(self, directory: Path, timeout_s: float, progress: bool) -> Summary:
+        from tqdm import tqdm
+
+        started = time.monotonic()
+        images, others = find_images(directory)
+        version = self.stack.model_version  # the version the embed handler writes rows for
+        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        items: list[Item] = []
+        new_shas: set[str] = set()
+        for index, source in enumerate(images):
+            item = Item(source=source.relative_to(directory).as_posix(),
+                        incoming_name=_incoming_name(run_id, index, source),
+                        sha256=_sha256(source))
+            # Known before this run, or a second copy within it: the index keeps one row.
+            if item.sha256 in new_shas or self.store.has_sha256(item.sha256, version):
+                item.outcome = "duplicate?"
+            new_shas.add(item.sha256)
+            items.append(item)
+        for item, source in zip(items, images, strict=True):
+            drop(source, self.incoming, item.incoming_name)
+
+        with tqdm(total=len(items), unit="img", desc="ingesting", disable=not progress,
+                  file=sys.stderr) as bar:
+            pending = list(items)
+            last_progress = time.monotonic()
+            while pending:
+                settled = self._settle(pending, version)
+                if settled:
+                    bar.update(len(settled))
+                    last_progress = time.monotonic()
+                    pending = [item for item in pending if item not in settled]
+                    continue
+                if time.monotonic() - last_progress > timeout_s:
+                    break
+                time.sleep(POLL_S)
+
+        for item in items:
+            if item.outcome in ("pending", "duplicate?"):
+                item.outcome = "timed_out"
+        count = {name: sum(item.outcome == name for item in items)
+                 for name in ("indexed", "duplicate", "rejected", "failed", "timed_out")}
+        return Summary(
+            directory=str(directory), indexed=count["indexed"], duplicates=count["duplicate"],
+            rejected=count["rejected"], failed=count["failed"], timed_out=count["timed_out"],
+            skipped=len(others), seconds=round(time.monotonic() - started, 2),
+            items=[asdict(item) for item in items],
+        )
+
+    def _settle(self, pending: list[Item], version: str) -> list[Item]:
+        """Items whose fate is now known (their `outcome` is set)."""
+        parked = _dead_lettered(self.paths.dlq)
+        settled = []
+        for item in pending:
+            key = f"incoming/{item.incoming_name}"
+            if key in parked:
+                item.outcome, item.reason = "failed", parked[key]
+                settled.append(item)
+                continue
+            in_incoming = (self.incoming / item.incoming_name).exists()
+            rejection = _rejection(self.rejected_dir, item.incoming_name, not in_incoming)
+            if rejection is not None:
+                item.outcome = "rejected"
+                item.reason, item.message = rejection
+                settled.append(item)
+                continue
+            if in_incoming:
+                continue
+            # Gone from incoming: indexed once its row is visible (the row is written last).
+            if self.store.has_sha256(item.sha256, version):
+                item.outcome = "duplicate" if item.outcome == "duplicate?" else "indexed"
+                settled.append(item)
+        return settled
+
+
+def print_table(summary: Summary, dlq_dir: Path) -> None:
+    print(f"Ingested {len(summary.items)} image file(s) from {summary.directory} "
+          f"in {summary.seconds:.1f} s")
+    rows = [
+        ("indexed", summary.indexed, ""),
+        ("duplicates", summary.duplicates, "already in the index; not added again"),
+        ("rejected", summary.rejected, "not usable images; see lake/rejected/"),
+        ("failed", summary.failed, f"embedding kept failing; see {dlq_dir}"),
+        ("timed out", summary.timed_out, "still not settled; see the stack's log"),
+        ("skipped", summary.skipped, "not image files by name; not copied"),
+    ]
+    for name, value, note in rows:
+        if value or name in ("indexed", "duplicates", "rejected"):
+            print(f"  {name:<11}{value:>6}  {note}".rstrip())
+    problems = [item for item in summary.items if item["outcome"] in ("rejected", "failed")]
+    if problems:
+        width = max(len(item["source"]) for item in problems)
+        print("Rejected or failed:")
+        for item in problems:
+            print(f"  {item['source']:<{width}}  {item['reason']:<20} {item['message']}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_stack.ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--state-dir", help="state folder (default $ARTLENS_STATE_DIR or .artlens)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="give up after this many seconds without progress (default 120)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    directory = args.directory.expanduser().resolve()
+    if not directory.is_dir():
+        print(f"ingest: {args.directory} is not a folder", file=sys.stderr)
+        return 2
+    paths = StatePaths(resolve_state_dir(args.state_dir))
+    stack = find_running_stack(paths)
+    if stack is None:
+        print(f"ingest: the local stack is not running (state {paths.root}); "
+              "start it with `make run` in another terminal, then retry", file=sys.stderr)
+        return 2
+
+    summary = Ingestion(stack, paths).run(directory, args.timeout, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(asdict(summary), indent=2))
+    else:
+        print_table(summary, paths.dlq)
+    if summary.timed_out:
+        print(f"ingest: {summary.timed_out} file(s) were not settled after {args.timeout:.0f} s "
+              "without progress; is the stack's watcher running? see its log", file=sys.stderr)
+    return 1 if summary.failed or summary.timed_out else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Ingestion and reindexing with a real model, a real PostgreSQL + pgvector and a folder lake."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artlens.errors import NotFound, Unavailable
+from artlens.image import image_to_input
+from artlens.ingest import (
+    Status,
+    ensure_model_version,
+    ingest_objects,
+    reindex,
+    rollback,
+)
+from artlens.lake import LocalLake
+from artlens.model import get_classifier
+from artlens.store import EmbeddingStore
+
+
+def picture(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return LocalLake(tmp_path / "lake", b"test-url-key")
+
+
+@pytest.fixture
+def store(pg_dsn):
+    store = EmbeddingStore(pg_dsn)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def classifier(tiny_model_card):
+    return get_classifier(tiny_model_card)
+
+
+def test_ingest_a_folder(lake, store, classifier):
+    pictures = {
+        "incoming/a.png": picture(1, "PNG"),
+        "incoming/sub dir/bé.jpg": picture(2, "JPEG"),
+        "incoming/c.gif": picture(3, "GIF"),
+        "incoming/d.webp": picture(4, "WEBP"),
+    }
+    for key, data in pictures.items():
+        lake.put(key, data)
+    lake.put("incoming/notes.txt", b"not a picture at all")
+    lake.put("incoming/a copy.png", pictures["incoming/a.png"])  # same bytes, other name
+    assert ensure_model_version(store, classifier) == classifier.version
+
+    keys = lake.list("incoming/")
+    report = ingest_objects(keys, lake, classifier, store, batch_size=2)
+
+    assert list(report.outcomes) == keys
+    assert (report.indexed, report.duplicates, report.rejected, report.failed) == (4, 1, 1, 0)
+    assert lake.list("incoming/") == []
+
+    extensions = {"a.png": "png", "sub dir/bé.jpg": "jpg", "c.gif": "gif", "d.webp": "webp"}
+    expected_gallery = {
+        f"gallery/{sha(pictures['incoming/' + name])}.{ext}" for name, ext in extensions.items()
+    }
+    assert set(lake.list("gallery/")) == expected_gallery
+    for key, data in pictures.items():
+        outcome = report.outcomes[key]
+        assert outcome.sha256 == sha(data)
+        assert lake.get(outcome.gallery_key) == data
+        assert outcome.label in classifier.classes
+    assert set(store.keys(classifier.version)) == expected_gallery
+    assert store.count() == 4
+
+    assert lake.list("rejected/") == ["rejected/notes.txt", "rejected/notes.txt.reason.json"]
+    assert lake.get("rejected/notes.txt") == b"not a picture at all"
+    reason = json.loads(lake.get("rejected/notes.txt.reason.json"))
+    assert reason["error"] == "unsupported_format"
+    assert reason["source_key"] == "incoming/notes.txt"
+    assert reason["message"]
+    assert report.outcomes["incoming/notes.txt"].reason == "unsupported_format"
+
+    # The stored embedding is the model's: the picture finds itself first.
+    query = classifier.predict(image_to_input(pictures["incoming/c.gif"])).embeddings[0]
+    top = store.nearest(query, k=1)
+    assert top[0].sha256 == sha(pictures["incoming/c.gif"])
+    assert top[0].similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ingest_is_idempotent(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    data = picture(10)
+    lake.put("incoming/x.png", data)
+    first = ingest_objects(["incoming/x.png"], lake, classifier, store)
+    assert first.outcomes["incoming/x.png"].status is Status.INDEXED
+
+    # The same message delivered again after it was processed: nothing left to do.
+    again = ingest_objects(["incoming/x.png", "incoming/x.png"], lake, classifier, store)
+    assert [o.status for o in again.outcomes.values()] == [Status.SKIPPED]
+    assert again.outcomes["incoming/x.png"].reason == "not_found"
+
+    # The same picture dropped again under other names, twice in one batch.
+    lake.put("incoming/y.png", data)
+    lake.put("incoming/z.png", data)
+    dropped = ingest_objects(["incoming/y.png", "incoming/z.png"], lake, classifier, store)
+    assert {o.status for o in dropped.outcomes.values()} == {Status.DUPLICATE}
+    assert store.count() == 1
+    assert lake.list("incoming/") == []
+    assert lake.list("gallery/") == [f"gallery/{sha(data)}.png"]
+
+
+def test_only_incoming_objects_are_consumed(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    lake.put("gallery/keep.png", picture(11))
+    report = ingest_objects(["gallery/keep.png"], lake, classifier, store)
+    assert report.outcomes["gallery/keep.png"].status is Status.SKIPPED
+    assert lake.exists("gallery/keep.png")
+
+
+def test_a_database_outage_fails_items_without_losing_them(lake, classifier):
+    down = EmbeddingStore("postgresql://nobody@127.0.0.1:9/none")
+    lake.put("incoming/p.png", picture(12))
+    report = ingest_objects(["incoming/p.png"], lake, classifier, down)
+    outcome = report.outcomes["incoming/p.png"]
+    assert outcome.status is Status.FAILED
+    assert isinstance(outcome.error, Unavailable)
+    assert report.failed_keys == ["incoming/p.png"]
+    assert lake.exists("incoming/p.png")  # still there for the retry
+
+
+def test_ingest_writes_rows_for_the_classifier_version_while_queries_stay(
+    lake, store, classifier, tiny_model_card_v2
+):
+    ensure_model_version(store, classifier)
+    newer = get_classifier(tiny_model_card_v2)
+    assert ensure_model_version(store, newer) == classifier.version
+    lake.put("incoming/n.png", picture(13))
+    ingest_objects(["incoming/n.png"], lake, newer, store)
+    assert store.count(newer.version) == 1
+    assert store.count() == 0  # the current version is unchanged until a reindex
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_reindex_switches_only_when_complete_and_rolls_back(
+    lake, store, classifier, tiny_model_card_v2
+):
+    ensure_model_version(store, classifier)
+    drops = {f"incoming/{i}.png": picture(100 + i) for i in range(5)}
+    for key, data in drops.items():
+        lake.put(key, data)
+    assert ingest_objects(list(drops), lake, classifier, store).indexed == 5
+    old = classifier.version
+    new = get_classifier(tiny_model_card_v2)
+    assert new.version != old
+    probe = classifier.predict(image_to_input(picture(100))).embeddings[0]
+
+    def stop_after_first_batch(done, total):
+        raise Interrupted(f"{done}/{total}")
+
+    with pytest.raises(Interrupted):
+        reindex(store, lake, new, batch_size=2, progress=stop_after_first_batch)
+    assert store.current_version() == old
+    assert store.count(old) == 5
+    assert store.count(new.version) == 2
+    # Queries keep answering from the old version meanwhile.
+    assert len(store.nearest(probe, k=5)) == 5
+    assert {n.key for n in store.nearest(probe, k=5)} == set(store.keys(old))
+
+    seen = []
+    report = reindex(store, lake, new, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert report.total == 3 and report.embedded == 3  # resumed, not restarted
+    assert seen == [(2, 3), (3, 3)]
+    assert report.activated and report.previous_version == old
+    assert store.current_version() == new.version
+    assert store.count() == 5
+    assert set(store.keys(new.version)) == set(lake.list("gallery/"))
+
+    assert rollback(store) == old
+    assert store.current_version() == old
+    assert rollback(store) == new.version
+    assert store.current_version() == new.version
+
+
+def test_rollback_without_previous_version(store, classifier):
+    ensure_model_version(store, classifier)
+    with pytest.raises(NotFound):
+        rollback(store)
+
+
+def test_incoming_is_kept_when_the_gallery_write_fails(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    lake.put("incoming/q.png", picture(14))
+    (lake.root / "gallery").write_bytes(b"")  # a file where the gallery folder must go
+    report = ingest_objects(["incoming/q.png"], lake, classifier, store)
+    assert report.outcomes["incoming/q.png"].status is Status.FAILED
+    assert lake.exists("incoming/q.png")
+    assert store.count() == 0
+
+
+def test_reindex_handler(lake, store, classifier, tiny_model_card_v2, pg_dsn, monkeypatch):
+    import importlib
+    import sys
+    from types import SimpleNamespace
+
+    from artlens.errors import BadRequest
+
+    ensure_model_version(store, classifier)
+    drops = [f"incoming/{i}.png" for i in range(3)]
+    for i, key in enumerate(drops):
+        lake.put(key, picture(200 + i))
+    ingest_objects(drops, lake, classifier, store)
+    gallery = lake.list("gallery/")
+
+    for name, value in {
+        "MODEL_CARD_PATH": str(tiny_model_card_v2), "DATABASE_URL": pg_dsn,
+        "LOCAL_LAKE_DIR": str(lake.root), "LOCAL_URL_KEY": "test-url-key",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("IMAGES_BUCKET", "DB_SECRET_ARN", "TOKEN_SECRET_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    sys.modules.pop("lambdas.reindex", None)
+    reindex_handler = importlib.import_module("lambdas.reindex").handler
+    context = SimpleNamespace(
+        function_name="f", memory_limit_in_mb=512, aws_request_id="r",
+        invoked_function_arn="arn:aws:lambda:eu-west-1:123456789012:function:f",
+    )
+
+    def handler(event, _):
+        return reindex_handler(event, context)
+
+    new_version = get_classifier(tiny_model_card_v2).version
+
+    with pytest.raises(BadRequest):
+        handler({"keys": ["incoming/0.png"]}, None)
+    partial = handler({"keys": gallery[:1]}, None)
+    assert partial["embedded"] == 1 and partial["activated"] is False
+    assert store.current_version() == classifier.version
+    complete = handler({}, None)
+    assert complete["embedded"] == 2 and complete["activated"] is True
+    assert store.current_version() == new_version
+
+
+# -- LocalLake: the folder lake and its signed URLs -----------------------------------------
+
+
+def test_local_lake_signed_urls(tmp_path):
+    from urllib.parse import unquote, urlsplit
+
+    now = [1_000_000.0]
+    lake = LocalLake(tmp_path, b"k1", "http://127.0.0.1:8000", clock=lambda: now[0])
+    key = "gallery/sous-bois été #1.png"
+    lake.put(key, b"data")
+    url = lake.url_for(key)
+    parts = urlsplit(url)
+    assert parts.netloc == "127.0.0.1:8000"
+    assert " " not in url and "é" not in url and "#" not in url
+    query = dict(p.split("=") for p in parts.query.split("&"))
+    assert int(query["exp"]) == 1_000_000 + 900
+    decoded = unquote(parts.path.removeprefix("/lake/"))
+    assert decoded == key
+    assert lake.verify_url(decoded, query["exp"], query["sig"])
+    assert not lake.verify_url(decoded, query["exp"], "0" * 64)
+    assert not lake.verify_url("gallery/other.png", query["exp"], query["sig"])
+    assert not lake.verify_url(decoded, str(int(query["exp"]) + 1), query["sig"])
+    assert not lake.verify_url(decoded, "soon", query["sig"])
+    assert not LocalLake(tmp_path, b"k2", clock=lambda: now[0]).verify_url(
+        decoded, query["exp"], query["sig"]
+    )
+    now[0] += 901
+    assert not lake.verify_url(decoded, query["exp"], query["sig"])
+
+
+@pytest.mark.parametrize(
+    "key", ["../outside.png", "/etc/passwd", "gallery/../../x", "", "a\\b", "gallery/"]
+)
+def test_local_lake_refuses_keys_outside_its_folder(tmp_path, key):
+    from artlens.errors import BadRequest
+
+    lake = LocalLake(tmp_path / "lake", b"k")
+    for operation in (lake.get, lake.exists, lake.delete, lake.url_for):
+        with pytest.raises(BadRequest):
+            operation(key)
+    with pytest.raises(BadRequest):
+        lake.put(key, b"x")
+    assert not lake.verify_url(key, "9999999999", "0" * 64)
+    assert not (tmp_path / "outside.png").exists()
+
+
+def test_local_lake_objects(tmp_path):
+    from artlens.errors import ImageRejected
+
+    lake = LocalLake(tmp_path, b"k")
+    with pytest.raises(NotFound):
+        lake.get("incoming/none.png")
+    with pytest.raises(NotFound):
+        lake.copy("incoming/none.png", "rejected/none.png")
+    lake.put("incoming/a/b.png", b"12345")
+    (tmp_path / "incoming" / ".artlens-tmp-half").write_bytes(b"half written")
+    assert lake.list("incoming/") == ["incoming/a/b.png"]
+    assert lake.list("gallery/") == []
+    with pytest.raises(ImageRejected) as too_large:
+        lake.get("incoming/a/b.png", max_bytes=4)
+    assert too_large.value.code == "too_large"
+    lake.copy("incoming/a/b.png", "gallery/b.png")
+    lake.delete("incoming/a/b.png")
+    lake.delete("incoming/a/b.png")  # deleting twice is fine
+    assert not lake.exists("incoming/a/b.png")
+    assert lake.get("gallery/b.png") == b"12345"

@@ -1,0 +1,136 @@
+"""The REQUEST authorizer handler with its signing key in (moto) Secrets Manager."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import boto3
+import jwt
+import pytest
+from moto import mock_aws
+
+from artlens.auth import MAX_TOKEN_LENGTH, mint_token
+from lambdas import authorizer
+
+KEY = "s" * 64
+METHOD_ARN = "arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/POST/predict"
+WILDCARD = "arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/*/*"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "artlens-authorizer"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens-authorizer"
+    aws_request_id: str = "c0ffee"
+
+
+def authorizer_event(authorization: str | None) -> dict:
+    headers = {"Host": "abc123def4.execute-api.eu-west-1.amazonaws.com"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    return {
+        "type": "REQUEST",
+        "methodArn": METHOD_ARN,
+        "resource": "/predict",
+        "path": "/predict",
+        "httpMethod": "POST",
+        "headers": headers,
+        "queryStringParameters": {},
+        "requestContext": {"requestId": "req-42", "stage": "prod"},
+    }
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for name in ("ARTLENS_TOKEN_KEY", "ARTLENS_TOKEN_KEY_FILE", "CORS_ORIGIN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    authorizer.reset()
+    yield monkeypatch
+    authorizer.reset()
+
+
+@pytest.fixture
+def secret(aws_env):
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arn = client.create_secret(Name="artlens/token-key", SecretString=KEY)["ARN"]
+        aws_env.setenv("TOKEN_SECRET_ARN", arn)
+        yield arn
+
+
+def call(authorization: str | None) -> dict:
+    return authorizer.handler(authorizer_event(authorization), LambdaContext())
+
+
+def denied(authorization: str | None) -> None:
+    with pytest.raises(Exception) as info:
+        call(authorization)
+    assert type(info.value) is Exception
+    assert str(info.value) == "Unauthorized"
+
+
+def test_valid_token_is_allowed_on_the_whole_api(secret):
+    answer = call(f"Bearer {mint_token(KEY, 'dev', 300)}")
+    assert answer["principalId"] == "dev"
+    statement = answer["policyDocument"]["Statement"][0]
+    assert statement["Effect"] == "Allow"
+    assert statement["Resource"] == WILDCARD
+    assert answer["context"] == {"sub": "dev", "scheme": "bearer"}
+
+
+def test_expired_token_is_unauthorized(secret):
+    denied(f"Bearer {mint_token(KEY, 'dev', 10, now=time.time() - 600)}")
+
+
+def test_token_from_another_key_is_unauthorized(secret):
+    denied(f"Bearer {mint_token('x' * 64, 'dev', 300)}")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer not.a.jwt", "Basic dXNlcjpwYXNz",
+     "Bearer " + "a" * (MAX_TOKEN_LENGTH + 10)],
+    ids=["missing", "empty", "no-token", "garbled", "basic", "oversized"],
+)
+def test_anything_but_a_valid_bearer_is_unauthorized(secret, authorization):
+    denied(authorization)
+
+
+def test_alg_none_is_unauthorized(secret):
+    token = jwt.encode({"sub": "dev", "exp": int(time.time()) + 300}, None, algorithm="none")
+    denied(f"Bearer {token}")
+
+
+def test_credentials_never_reach_the_log(secret, caplog):
+    token = mint_token("x" * 64, "dev", 300)
+    with caplog.at_level("INFO"):
+        denied(f"Bearer {token}")
+    denial = [r for r in caplog.records if r.getMessage() == "request denied"]
+    assert denial and denial[0].reason == "unauthorized"
+    for record in caplog.records:
+        assert token not in repr(record.__dict__)
+        assert token.split(".")[2] not in repr(record.__dict__)  # not even the signature
+
+
+def test_unreachable_secrets_manager_is_unauthorized_not_a_crash(aws_env):
+    # Outside moto: a real client whose endpoint refuses connections.
+    aws_env.setenv("TOKEN_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:k-a1")
+    aws_env.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:9")
+    started = time.monotonic()
+    denied(f"Bearer {mint_token(KEY, 'dev', 300)}")
+    assert time.monotonic() - started < 20
+
+
+def test_missing_configuration_is_unauthorized(aws_env):
+    aws_env.delenv("TOKEN_SECRET_ARN", raising=False)
+    denied(f"Bearer {mint_token(KEY, 'dev', 300)}")
+
+
+def test_local_key_from_env(aws_env):
+    aws_env.setenv("ARTLENS_TOKEN_KEY", KEY)
+    assert call(f"Bearer {mint_token(KEY, 'local', 60)}")["principalId"] == "local"

@@ -1,0 +1,292 @@
+"""API Gateway event parsing and response shaping (artlens.http)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+
+import pytest
+
+from artlens.errors import ArtLensError, BadRequest, ImageRejected, Unavailable
+from artlens.http import (
+    body_bytes,
+    cors_headers,
+    error_response,
+    extract_image,
+    header,
+    json_response,
+    parse_map_query,
+    parse_multipart,
+    parse_predict_query,
+    response_for_exception,
+)
+
+IMAGE = bytes(range(256)) * 4 + b"\r\n--notaboundary\r\n\r\n\n\r"  # binary, CR/LF-laden
+
+
+def event(body=None, *, b64=False, headers=None, query=None, multi_query=None):
+    return {
+        "httpMethod": "POST",
+        "resource": "/predict",
+        "path": "/predict",
+        "headers": headers or {},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": multi_query,
+        "body": body,
+        "isBase64Encoded": b64,
+        "requestContext": {"requestId": "req-1"},
+    }
+
+
+def multipart(fields: dict[str, bytes], boundary: str = "----artlensBoundary7MA4YWxk") -> bytes:
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+            f"filename=\"{name}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+            + value + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def bad_request(fn, *args) -> BadRequest:
+    with pytest.raises(BadRequest) as info:
+        fn(*args)
+    assert info.value.status == 400
+    return info.value
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def test_header_lookup_is_case_insensitive():
+    ev = event(headers={"CONTENT-type": "image/png"})
+    assert header(ev, "Content-Type") == "image/png"
+    assert header({"multiValueHeaders": {"x-A": ["1", "2"]}}, "X-a") == "1"
+    assert header(ev, "authorization") is None
+
+
+def test_raw_body_base64_encoded_by_api_gateway():
+    ev = event(base64.b64encode(IMAGE).decode(), b64=True, headers={"Content-Type": "image/jpeg"})
+    assert extract_image(ev) == IMAGE
+
+
+def test_raw_body_without_content_type():
+    assert extract_image(event(base64.b64encode(IMAGE).decode(), b64=True)) == IMAGE
+
+
+def test_missing_body_is_empty_bytes():
+    assert body_bytes(event(None)) == b""
+
+
+def test_invalid_base64_body_is_400():
+    err = bad_request(extract_image, event("***not base64***", b64=True))
+    assert err.code == "invalid_base64"
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "Multipart/Form-Data"])
+def test_multipart_field_file_is_extracted_binary_safe(content_type):
+    boundary = "XyZ123"
+    body = multipart({"note": b"hello", "file": IMAGE}, boundary)
+    ev = event(
+        base64.b64encode(body).decode(),
+        b64=True,
+        headers={"content-TYPE": f'{content_type}; boundary="{boundary}"'},
+    )
+    assert extract_image(ev) == IMAGE
+
+
+def test_multipart_without_file_field_is_missing_file():
+    boundary = "b1"
+    body = multipart({"picture": IMAGE}, boundary)
+    ev = event(base64.b64encode(body).decode(), b64=True,
+               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    err = bad_request(extract_image, ev)
+    assert err.code == "missing_file"
+    assert "file" in err.message
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", multipart({"file": IMAGE}, "b1")),  # no boundary parameter
+        ("multipart/form-data; boundary=other", multipart({"file": IMAGE}, "b1")),  # wrong one
+        ("multipart/form-data; boundary=b1", multipart({"file": IMAGE}, "b1")[:-10]),  # unclosed
+        ("multipart/form-data; boundary=b1", b"--b1\r\nno blank line after headers\r\n--b1--"),
+        ("multipart/form-data; boundary=" + "x" * 71, b"--x--"),  # RFC 2046: at most 70
+    ],
+    ids=["no-boundary", "wrong-boundary", "unclosed", "malformed-part", "boundary-too-long"],
+)
+def test_multipart_boundary_errors_are_bad_multipart(content_type, body):
+    ev = event(base64.b64encode(body).decode(), b64=True, headers={"Content-Type": content_type})
+    err = bad_request(extract_image, ev)
+    assert err.code == "bad_multipart"
+
+
+def test_parse_multipart_first_value_wins_and_empty_part():
+    part = b'--q\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+    body = part + b"\r\n" + part + b"2\r\n--q--"
+    assert parse_multipart(body, "multipart/form-data; boundary=q") == {"file": b""}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "Application/JSON; charset=utf-8"])
+def test_json_image_base64(content_type):
+    body = json.dumps({"image_base64": base64.b64encode(IMAGE).decode()})
+    assert extract_image(event(body, headers={"Content-Type": content_type})) == IMAGE
+
+
+def test_json_data_url_prefix_and_line_breaks_are_accepted():
+    encoded = base64.encodebytes(IMAGE).decode()  # wrapped at 76 columns
+    body = json.dumps({"image_base64": "data:image/png;base64," + encoded})
+    assert extract_image(event(body, headers={"Content-Type": "application/json"})) == IMAGE
+
+
+def test_json_body_itself_base64_encoded_by_api_gateway():
+    body = json.dumps({"image_base64": base64.b64encode(IMAGE).decode()}).encode()
+    ev = event(base64.b64encode(body).decode(), b64=True,
+               headers={"Content-Type": "application/json"})
+    assert extract_image(ev) == IMAGE
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ('{"image_base64": "abc$"}', "invalid_base64"),
+        ('{"image_base64": "abcde"}', "invalid_base64"),  # bad padding
+        ('{"image": "abcd"}', "missing_file"),
+        ('["image_base64"]', "missing_file"),
+        ('{"image_base64": 12}', "missing_file"),
+        ("{not json", "bad_json"),
+    ],
+)
+def test_json_errors(body, code):
+    err = bad_request(extract_image, event(body, headers={"Content-Type": "application/json"}))
+    assert err.code == code
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def test_predict_query_defaults():
+    q = parse_predict_query(event())
+    assert (q.neighbors, q.scope) == (5, "class")
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [({"neighbors": "0"}, (0, "class")), ({"neighbors": "20", "scope": "all"}, (20, "all")),
+     ({"scope": "CLASS"}, (5, "class")), ({"neighbors": " 7 "}, (7, "class"))],
+)
+def test_predict_query_valid(params, expected):
+    q = parse_predict_query(event(query=params))
+    assert (q.neighbors, q.scope) == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"neighbors": "21"}, "neighbors"),
+        ({"neighbors": "-1"}, "neighbors"),
+        ({"neighbors": "five"}, "neighbors"),
+        ({"neighbors": "2.5"}, "neighbors"),
+        ({"neighbors": ""}, "neighbors"),
+        ({"neighbors": "\u0665"}, "neighbors"),  # Arabic-Indic five: isdigit() but not ASCII
+        ({"scope": "everything"}, "scope"),
+        ({"k": "5"}, "k"),
+    ],
+)
+def test_predict_query_invalid_names_the_parameter(params, named):
+    err = bad_request(parse_predict_query, event(query=params))
+    assert err.code == "bad_query"
+    assert f"'{named}'" in err.message
+
+
+def test_repeated_query_parameter_is_refused():
+    ev = event(query={"neighbors": "3"}, multi_query={"neighbors": ["3", "4"]})
+    err = bad_request(parse_predict_query, ev)
+    assert err.code == "bad_query" and "neighbors" in err.message
+
+
+def test_map_query():
+    assert parse_map_query({"queryStringParameters": None}) == 500
+    assert parse_map_query({"queryStringParameters": {"limit": "30"}}) == 30
+    zero = {"queryStringParameters": {"limit": "0"}}
+    assert bad_request(parse_map_query, zero).code == "bad_query"
+    assert bad_request(parse_map_query, {"queryStringParameters": {"neighbors": "1"}}).code == (
+        "bad_query"
+    )
+
+
+# --------------------------------------------------------------------------- responses
+
+CORS_KEYS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
+             "Access-Control-Allow-Methods")
+
+
+def assert_cors(response, origin):
+    headers = response["headers"]
+    for key in CORS_KEYS:
+        assert key in headers
+    assert headers["Access-Control-Allow-Origin"] == origin
+    allowed = headers["Access-Control-Allow-Headers"].lower()
+    for name in ("authorization", "content-type", "x-artlens-signature"):
+        assert name in allowed
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_json_response_shape():
+    response = json_response(200, {"a": 1}, "https://art.example")
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == {"a": 1}
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert response["headers"]["Vary"] == "Origin"
+    assert_cors(response, "https://art.example")
+
+
+def test_wildcard_origin_has_no_vary():
+    assert "Vary" not in cors_headers("*")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (BadRequest("x", code="bad_query"), 400, "bad_query"),
+        (ImageRejected("too_large", "big"), 413, "too_large"),
+        (ImageRejected("unsupported_format", "html"), 415, "unsupported_format"),
+        (Unavailable("db down"), 503, "unavailable"),
+    ],
+)
+def test_error_response_maps_status_and_body(error, status, code):
+    response = error_response(error, "*")
+    assert response["statusCode"] == status
+    assert json.loads(response["body"]) == {"error": code, "message": error.message}
+    assert_cors(response, "*")
+
+
+def test_unexpected_exception_is_generic_500_and_logged(caplog):
+    secret_detail = "password=hunter2 in a connection string"
+    with caplog.at_level(logging.ERROR, logger="artlens.http"):
+        response = response_for_exception(RuntimeError(secret_detail), "*")
+    assert response["statusCode"] == 500
+    body = json.loads(response["body"])
+    assert body["error"] == "internal_error"
+    assert secret_detail not in response["body"]
+    assert_cors(response, "*")
+    assert any("RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+def test_typed_error_passes_through_response_for_exception():
+    response = response_for_exception(ArtLensError("nope", code="teapot", status=418), "*")
+    assert response["statusCode"] == 418
+    assert json.loads(response["body"])["error"] == "teapot"
+
+
+def test_http_module_never_reads_the_environment(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("library code read os.environ")
+
+    monkeypatch.setattr(os, "getenv", refuse)
+    assert parse_predict_query(event(query={"neighbors": "1"})).neighbors == 1

@@ -1,0 +1,1 @@
+"""ArtLens offline training job: python -m training --data <folder> (make train DATA=...)."""

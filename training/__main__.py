@@ -1,0 +1,259 @@
+"""make train DATA=<folder>: clean, explore, cross-validate, train, evaluate, export, document.
+
+Outputs (default out/training/, git-ignored): cleaning_report.json, class_distribution.png,
+mean_rgb_per_class.png, learning_curves_<config>.png, confusion_matrix.png, embeddings_3d.html
+(self-contained), embeddings_3d.png, metrics.json. Shipped artifact (default models/):
+artlens.onnx + artlens.json (the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from training import data as data_mod  # noqa: E402
+from training import plots  # noqa: E402
+from training.export import export_onnx, write_card  # noqa: E402
+from training.models import CONFIGS  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset root (any accepted layout)")
+    p.add_argument("--out", type=Path, default=Path("out/training"), help="reports and figures")
+    p.add_argument(
+        "--model-dir", type=Path, default=Path("models"), help="where the ONNX + card go"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".artlens/cache"),
+        help="decoded arrays, keyed by the data checksum",
+    )
+    p.add_argument("--configs", default="reference,improved", help="configs to cross-validate")
+    p.add_argument("--ship", default=None, help="config to ship (default: best CV macro-F1)")
+    p.add_argument("--folds", type=int, default=5, help="k for stratified k-fold (0 = skip CV)")
+    p.add_argument("--cv-epochs", type=int, default=20, help="epochs per fold (learning curves)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="final-training epochs (default: best epoch of the CV curves)",
+    )
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument(
+        "--per-class-limit", type=int, default=None, help="cap rows per class (quick runs)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default=None, help="model version (default: date + git short hash)")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def model_version() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = "nogit"
+    return f"{datetime.now(UTC):%Y.%m.%d-%H%M}-{rev}"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def limit_per_class(pool, limit, seed):
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate(
+        [rng.permutation(np.nonzero(pool.labels == c)[0])[:limit] for c in range(len(pool.classes))]
+    )
+    keep.sort()
+    return pool.pixels[keep], pool.labels[keep]
+
+
+def main(argv=None) -> int:
+    import keras
+    import tensorflow as tf
+
+    from training.train import cross_validate, fit, metrics, predict
+
+    args = parse_args(argv)
+    started = time.perf_counter()
+    verbose = 0 if args.quiet else 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    keras.utils.set_random_seed(args.seed)
+
+    print(f"== loading and cleaning {args.data}", flush=True)
+    pool = data_mod.load_pool(args.data, cache_dir=args.cache_dir, progress=not args.quiet)
+    (args.out / "cleaning_report.json").write_text(json.dumps(pool.report, indent=2))
+    print(data_mod.format_report(pool.report), flush=True)
+    classes = pool.classes
+    pixels, labels = pool.pixels, pool.labels
+    if args.per_class_limit:
+        pixels, labels = limit_per_class(pool, args.per_class_limit, args.seed)
+
+    plots.class_distribution(pool.report, args.out / "class_distribution.png")
+    plots.mean_rgb_histograms(pixels, labels, classes, args.out / "mean_rgb_per_class.png")
+
+    train_idx, test_idx = data_mod.stratified_split(labels, args.test_fraction, args.seed)
+    train_px, train_y = pixels[train_idx], labels[train_idx]
+    test_px, test_y = pixels[test_idx], labels[test_idx]
+    print(
+        f"== split: {len(train_idx)} train, {len(test_idx)} test (grouped, stratified)", flush=True
+    )
+
+    config_names = [c for c in args.configs.split(",") if c]
+    cv_results = {}
+    if args.folds >= 2:
+        for name in config_names:
+            print(
+                f"== cross-validation: {name}, {args.folds} folds x {args.cv_epochs} epochs",
+                flush=True,
+            )
+            cv = cross_validate(
+                CONFIGS[name],
+                train_px,
+                train_y,
+                classes,
+                args.folds,
+                args.cv_epochs,
+                args.seed,
+                verbose=verbose,
+            )
+            plots.learning_curves(cv, args.out / f"learning_curves_{name}.png")
+            cv_results[name] = cv
+            print(
+                f"   {name}: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_sd']:.3f}, "
+                f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_sd']:.3f}, "
+                f"best epoch {cv['best_epoch']}",
+                flush=True,
+            )
+
+    ship = args.ship or (
+        max(cv_results, key=lambda n: cv_results[n]["macro_f1_mean"])
+        if cv_results
+        else config_names[-1]
+    )
+    epochs = args.epochs or (
+        cv_results[ship]["best_epoch"] if ship in cv_results else args.cv_epochs
+    )
+    print(f"== final training: {ship}, {epochs} epochs on {len(train_idx)} pictures", flush=True)
+    final = fit(CONFIGS[ship], len(classes), train_px, train_y, epochs, args.seed, verbose=verbose)
+    probs, embeddings = predict(final.model, test_px)
+    test_metrics = metrics(test_y, probs, classes)
+    plots.confusion(test_metrics["confusion_matrix"], classes, args.out / "confusion_matrix.png")
+    view = plots.embedding_view(
+        embeddings, test_y, classes, args.out / "embeddings_3d.html", args.out / "embeddings_3d.png"
+    )
+    print(
+        f"   test: accuracy {test_metrics['accuracy']:.3f}, macro-F1 {test_metrics['macro_f1']:.3f}, "
+        f"loss {test_metrics['loss']:.3f}",
+        flush=True,
+    )
+    for cls, m in test_metrics["per_class"].items():
+        print(
+            f"   {cls:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} (n={m['support']})"
+        )
+
+    print("== export", flush=True)
+    onnx_path = args.model_dir / "artlens.onnx"
+    # parity on real pictures: the test split first, topped up from training for tiny data sets
+    parity_px = np.concatenate([test_px, train_px])[:64].astype(np.float32) / np.float32(255.0)
+    parity = export_onnx(final.model, onnx_path, parity_px)
+    # The Keras original is kept beside it for the ONNX-vs-Keras benchmark; serving never loads it.
+    final.model.save(args.model_dir / "artlens.keras")
+    elapsed = time.perf_counter() - started
+    cv_summary = {
+        name: {k: v for k, v in cv.items() if k != "fold_results"}
+        | {
+            "per_fold": [
+                {k: r[k] for k in ("fold", "accuracy", "macro_f1", "recall", "seconds")}
+                for r in cv["fold_results"]
+            ]
+        }
+        for name, cv in cv_results.items()
+    }
+    card = write_card(
+        args.model_dir / "artlens.json",
+        onnx_path,
+        name="artlens",
+        version=args.version or model_version(),
+        classes=classes,
+        extra={
+            "architecture": {"config": ship, "notes": CONFIGS[ship].notes},
+            "metrics": {
+                "cross_validation": cv_summary,
+                "test": {k: v for k, v in test_metrics.items()},
+                "test_split": {
+                    "fraction": args.test_fraction,
+                    "pictures": int(len(test_idx)),
+                    "grouped_by": f"pHash <= {data_mod.NEAR_DUPLICATE_BITS} bits",
+                },
+            },
+            "export_parity": parity,
+            "keras_file": "artlens.keras",
+            "embedding_view": view,
+            "training": {
+                "data": {
+                    "root": str(args.data),
+                    "checksum": pool.report["data_checksum"],
+                    "cleaning": pool.report["totals"],
+                    "per_class": pool.report["per_class"],
+                    **data_mod.manifest_summary(args.data),
+                },
+                "epochs": epochs,
+                "seed": args.seed,
+                "folds": args.folds,
+                "cv_epochs": args.cv_epochs,
+                "per_class_limit": args.per_class_limit,
+                "seconds_total": round(elapsed, 1),
+                "seconds_final_fit": round(final.seconds, 1),
+                "machine": machine(),
+                "libraries": {"tensorflow": tf.__version__, "keras": keras.__version__},
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        },
+    )
+    (args.out / "metrics.json").write_text(json.dumps(card["metrics"], indent=2))
+    print(
+        f"== done in {elapsed / 60:.1f} min: {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), "
+        f"version {card['version']}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
