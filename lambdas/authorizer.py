@@ -24,8 +24,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from artlens.auth import TokenKeySource, allow_policy, authenticate
 from artlens.errors import ArtLensError
 from artlens.settings import Settings
+from artlens.signing import register_from_env
 
 logger = Logger(service="artlens-authorizer")
+hmac_scheme = register_from_env(os.environ)  # built on the first signed request
 
 
 @functools.cache
@@ -44,6 +46,7 @@ def reset() -> None:
     """Forget cached settings and key (tests that change the environment)."""
     settings.cache_clear()
     key_source.cache_clear()
+    hmac_scheme.reset()
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

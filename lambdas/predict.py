@@ -34,6 +34,7 @@ from artlens.lake import lake_from_settings
 from artlens.model import Classifier, get_classifier
 from artlens.service import collection_map, predict_image
 from artlens.settings import Settings
+from artlens.signing import verify_signed_body
 from artlens.store import EmbeddingStore, store_from_settings
 
 logger = Logger(service="artlens-predict")
@@ -69,6 +70,7 @@ def reset() -> None:
 
 def predict_route(event: Mapping[str, Any]) -> dict[str, Any]:
     query = parse_predict_query(event)
+    verify_signed_body(event)
     image = extract_image(event)
     return predict_image(image, classifier(), store(), lake(), query.neighbors, query.scope)
 

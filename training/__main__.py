@@ -178,13 +178,15 @@ def main(argv=None) -> int:
         embeddings, test_y, classes, args.out / "embeddings_3d.html", args.out / "embeddings_3d.png"
     )
     print(
-        f"   test: accuracy {test_metrics['accuracy']:.3f}, macro-F1 {test_metrics['macro_f1']:.3f}, "
+        f"   test: accuracy {test_metrics['accuracy']:.3f}, "
+        f"macro-F1 {test_metrics['macro_f1']:.3f}, "
         f"loss {test_metrics['loss']:.3f}",
         flush=True,
     )
     for cls, m in test_metrics["per_class"].items():
         print(
-            f"   {cls:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} (n={m['support']})"
+            f"   {cls:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+            f"(n={m['support']})"
         )
 
     print("== export", flush=True)
@@ -248,7 +250,8 @@ def main(argv=None) -> int:
     )
     (args.out / "metrics.json").write_text(json.dumps(card["metrics"], indent=2))
     print(
-        f"== done in {elapsed / 60:.1f} min: {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), "
+        f"== done in {elapsed / 60:.1f} min: {onnx_path} "
+        f"({onnx_path.stat().st_size / 1e6:.1f} MB), "
         f"version {card['version']}",
         flush=True,
     )

@@ -108,7 +108,7 @@ export class Scatter3D {
     const outline = styles.getPropertyValue("--point-outline").trim() || "rgba(0,0,0,0.35)";
     for (const item of this.projected) {
       // Far points are smaller and fainter: a cheap depth cue.
-      const radius = 3.4 * item.perspective * Math.sqrt(this.view.zoom);
+      const radius = 4 * item.perspective * Math.sqrt(this.view.zoom);
       ctx.globalAlpha = 0.55 + 0.45 * ((item.depth + 1) / 2);
       ctx.beginPath();
       ctx.arc(item.sx, item.sy, radius, 0, Math.PI * 2);

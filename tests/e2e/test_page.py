@@ -249,6 +249,10 @@ def test_analyze_shows_type_probability_bars_and_similar_works(browser, local_st
 def test_phone_width_layout_and_keyboard_file_choice(browser, local_stack, gallery):
     probe = open_page(browser, local_stack, PHONE, token=local_stack.token)
     page = probe.page
+    # Playwright turns file-chooser interception on when the first listener is added, without
+    # waiting; adding one now (and a round trip) keeps Enter from racing that switch.
+    page.on("filechooser", lambda chooser: None)
+    page.evaluate("1")
     # The drop zone is reachable with Tab and opens the file chooser with Enter.
     for _ in range(20):
         page.keyboard.press("Tab")

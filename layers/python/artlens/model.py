@@ -1,8 +1,16 @@
-"""The exported model: its card (JSON) and an ONNX Runtime classifier.
+"""The exported model: its card (JSON), an ONNX Runtime classifier, and the model registry.
 
 One `InferenceSession` per process and card: sessions are expensive to build (graph
 optimisation, weight loading), so `get_classifier` creates it on first use and every later
 invocation in the same Lambda container reuses it.
+
+The registry (`ModelRegistry`) is a folder of versions, `<root>/<version>/artlens.json` with the
+ONNX file beside it, plus the default card the process was deployed with. Predict serves the
+database's current version from it, so a reindex or a rollback changes what predict answers
+with without a redeploy. On AWS the registry is the image's `/var/task/models/` (read-only): a
+rollback there needs the previous version's files in the image (`models/<version>/`) or
+restored from the artifacts bucket into a new image; otherwise predict falls back to the
+default model.
 """
 
 from __future__ import annotations
@@ -10,6 +18,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +29,10 @@ from typing import Any
 import numpy as np
 
 from artlens.image import INPUT_SIZE
+
+REGISTRY_CARD_NAME = "artlens.json"
+# A version names a folder of the registry: no separators, no "..", nothing hidden.
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 CARD_REQUIRED_KEYS = (
     "name", "version", "classes", "input", "outputs", "embedding_size", "onnx_file", "onnx_sha256",
@@ -39,6 +55,7 @@ class ModelCard:
     probabilities_output: str
     embedding_output: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    card_path: Path | None = field(default=None, compare=False)  # the JSON it was loaded from
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
@@ -64,6 +81,7 @@ class ModelCard:
             probabilities_output=str(raw["outputs"].get("probabilities", "probabilities")),
             embedding_output=str(raw["outputs"].get("embedding", "embedding")),
             raw=raw,
+            card_path=card_path,
         )
 
 
@@ -143,3 +161,129 @@ def _cached_classifier(card_path: str, threads: int) -> Classifier:
 def get_classifier(card_path: str | Path, threads: int = 1) -> Classifier:
     """The process-wide classifier for this card and thread count (built on first call)."""
     return _cached_classifier(str(Path(card_path).resolve()), int(threads))
+
+
+class ModelRegistry:
+    """The models a deployment can serve, by version: `<root>/<version>/artlens.json` + ONNX.
+
+    `default_card` is the model the process was deployed with (MODEL_CARD_PATH); it counts as
+    registered under its own version even when it lives outside `root` (the AWS image keeps it
+    at `models/artlens.json`, the registry's root itself).
+    """
+
+    def __init__(self, root: str | Path, default_card: str | Path | None = None):
+        self.root = Path(root).expanduser().resolve()
+        self.default_card_path = (
+            Path(default_card).expanduser().resolve() if default_card is not None else None
+        )
+
+    @functools.cached_property
+    def default_card(self) -> ModelCard | None:
+        return ModelCard.load(self.default_card_path) if self.default_card_path else None
+
+    def path_for(self, version: str) -> Path:
+        """Where `version`'s card lives in the registry (whether or not it is there)."""
+        if not isinstance(version, str) or not _SAFE_VERSION.match(version) or ".." in version:
+            raise ModelIntegrityError(f"{version!r} is not a usable model version name")
+        return self.root / version / REGISTRY_CARD_NAME
+
+    def register(self, card_path: str | Path) -> str:
+        """Copy a card and its ONNX file into `<root>/<version>/`; returns the version.
+
+        Idempotent: registering the same model again does nothing. A different model under a
+        version that is already registered is refused, because rows in the index carry only
+        the version and must stay comparable with the model that serves it.
+        """
+        card = ModelCard.load(card_path)
+        target = self.path_for(card.version)
+        try:
+            model_bytes = card.onnx_path.read_bytes()
+        except OSError as exc:
+            raise ModelIntegrityError(f"cannot read ONNX file {card.onnx_path}: {exc}") from exc
+        actual = _sha256_bytes(model_bytes)
+        if actual != card.onnx_sha256:
+            raise ModelIntegrityError(
+                f"{card.onnx_path.name} has SHA-256 {actual}, the card says {card.onnx_sha256}"
+            )
+        if target.exists():
+            self._check_registered(card, target)
+            return card.version
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Build the version folder beside its final place, then rename it in one step, so a
+        # reader (predict in another process) never sees a card without its ONNX file.
+        staging = Path(tempfile.mkdtemp(prefix=f".{card.version}.", dir=self.root))
+        try:
+            (staging / card.onnx_path.name).write_bytes(model_bytes)
+            shutil.copyfile(Path(card_path).expanduser().resolve(), staging / REGISTRY_CARD_NAME)
+            os.chmod(staging, 0o755)  # mkdtemp makes it private; the models are not secret
+            try:
+                os.rename(staging, target.parent)
+            except OSError:
+                if not target.exists():
+                    raise
+                self._check_registered(card, target)  # registered meanwhile by another process
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return card.version
+
+    @staticmethod
+    def _check_registered(card: ModelCard, target: Path) -> None:
+        existing = ModelCard.load(target)
+        if existing.onnx_sha256 != card.onnx_sha256:
+            raise ModelIntegrityError(
+                f"model version {card.version!r} is already registered with another model "
+                f"(ONNX SHA-256 {existing.onnx_sha256}); give the new model a new version"
+            )
+
+    def card_for(self, version: str) -> ModelCard | None:
+        """The card of `version`, or None when the registry does not hold it."""
+        default = self.default_card
+        if default is not None and default.version == version:
+            return default
+        path = self.path_for(version)
+        if not path.is_file():
+            return None
+        card = ModelCard.load(path)
+        if card.version != version:
+            raise ModelIntegrityError(f"{path} holds model version {card.version!r}")
+        return card
+
+    def require(self, version: str) -> ModelCard:
+        card = self.card_for(version)
+        if card is None:
+            raise ModelIntegrityError(
+                f"model version {version!r} is not in the registry at {self.root}"
+            )
+        return card
+
+    def versions(self) -> list[str]:
+        """Every version the registry can serve (the default's included), sorted."""
+        found = {p.parent.name for p in self.root.glob(f"*/{REGISTRY_CARD_NAME}")
+                 if _SAFE_VERSION.match(p.parent.name)}
+        if self.default_card is not None:
+            found.add(self.default_card.version)
+        return sorted(found)
+
+    def classifier_for(self, version: str, threads: int = 1) -> Classifier:
+        """The process-wide classifier of `version` (its ONNX file's SHA-256 is verified)."""
+        return _classifier_of(self.require(version), threads)
+
+    def default_classifier(self, threads: int = 1) -> Classifier:
+        if self.default_card is None:
+            raise ModelIntegrityError("this registry has no default model card")
+        return _classifier_of(self.default_card, threads)
+
+
+def _classifier_of(card: ModelCard, threads: int) -> Classifier:
+    # Keyed by the card's path, so the default model reached through the registry and through
+    # get_classifier(MODEL_CARD_PATH) shares one session.
+    assert card.card_path is not None  # every card here came from ModelCard.load
+    return get_classifier(card.card_path, threads)
+
+
+def registry_from_settings(settings: Any) -> ModelRegistry:
+    """MODEL_REGISTRY_DIR, or the folder of MODEL_CARD_PATH (the AWS image's models/)."""
+    if not settings.model_card_path:
+        raise ValueError("settings name no model card")
+    root = settings.model_registry_dir or Path(settings.model_card_path).parent
+    return ModelRegistry(root, settings.model_card_path)

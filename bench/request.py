@@ -1,0 +1,183 @@
+"""The whole predict handler, one thread: API Gateway event -> base64 -> decode -> preprocess ->
+ONNX inference -> nearest 5 (same class) in PostgreSQL over indexed rows -> JSON answer.
+
+Baselines measured in the same run:
+- large pictures without JPEG draft mode (full-size decode, then the same preprocessing): the
+  handler with `artlens.service.load_image` swapped for a bench-only no-draft loader;
+- the study's serving (Keras `model.predict`) behind the same handler, for small pictures.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from bench.common import URL_KEY, Bench, build_index, copy_rows, p50, p99, patched, ratio, tile
+from bench.common import ready_store as make_ready_store
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "artlens-predict"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens-predict"
+    aws_request_id: str = "bench"
+
+
+def predict_event(data: bytes) -> dict[str, Any]:
+    return {
+        "httpMethod": "POST",
+        "resource": "/predict",
+        "path": "/predict",
+        "headers": {"content-type": "image/jpeg"},
+        "queryStringParameters": None,
+        "body": base64.b64encode(data).decode(),
+        "isBase64Encoded": True,
+        "requestContext": {"requestId": "bench", "authorizer": {"principalId": "bench"}},
+    }
+
+
+def load_image_without_draft(data: bytes, **_: Any):
+    """Bench-only baseline: full-size decode (no DCT scaling), then the same RGB/orientation."""
+    from artlens.image import LoadedImage
+
+    img = Image.open(io.BytesIO(data))
+    source_format = img.format
+    img.load()
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    return LoadedImage(rgb=img, format=source_format, width=img.width, height=img.height)
+
+
+class KerasClassifier:
+    """The study's serving: a Keras model called with model.predict, behind our interface."""
+
+    def __init__(self, keras_path, card):
+        import keras
+
+        self._model = keras.models.load_model(keras_path, compile=False)
+        self.card = card
+        self.version = card.version
+        self.classes = card.classes
+
+    def predict(self, batch: np.ndarray):
+        from artlens.model import Prediction
+
+        probabilities, embeddings = self._model.predict(batch, verbose=0)
+        return Prediction(np.asarray(probabilities), np.asarray(embeddings))
+
+
+@contextmanager
+def handler_environment(env: dict[str, str]) -> Iterator[Any]:
+    from lambdas import predict
+
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    predict.reset()
+    try:
+        yield predict
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        predict.reset()
+
+
+def serve(predict: Any, pictures: list[bytes], count: int, warmup: int) -> dict[str, Any]:
+    events = [predict_event(data) for data in pictures]
+    context = LambdaContext()
+    import time
+
+    for i in range(warmup):
+        predict.handler(events[i % len(events)], context)
+    totals, stages = [], {"decode": [], "infer": [], "search": []}
+    for i in range(count):
+        started = time.perf_counter()
+        response = predict.handler(events[i % len(events)], context)
+        totals.append((time.perf_counter() - started) * 1000.0)
+        if response["statusCode"] != 200:
+            raise RuntimeError(f"predict answered {response['statusCode']}: {response['body']}")
+        timings = json.loads(response["body"])["timings_ms"]
+        for stage, values in stages.items():
+            values.append(timings[stage])
+    return {
+        "p50_ms": p50(totals), "p99_ms": p99(totals), "requests": count,
+        "stages_p50_ms": {stage: p50(values) for stage, values in stages.items()},
+    }
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    sizes = bench.sizes
+    rng = np.random.default_rng(7)
+    from bench.common import noise_scale
+
+    base = bench.embedded
+    rows, labels = tile(base, sizes.request_rows, noise_scale(base.embeddings, rng), rng)
+    dsn = bench.pg.new_database("request")
+    make_ready_store(dsn, bench.card.version).close()
+    copy_rows(dsn, bench.card.version, rows, labels)
+    from artlens.store import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    build_index(dsn, HNSW_M, HNSW_EF_CONSTRUCTION)
+
+    env = {
+        "MODEL_CARD_PATH": str(bench.model.card_path),
+        "DATABASE_URL": dsn,
+        "LOCAL_LAKE_DIR": str(bench.workdir / "request-lake"),
+        "LOCAL_URL_KEY": URL_KEY,
+        "CORS_ORIGIN": "*",
+        "ORT_THREADS": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    small, large = bench.small_jpegs[:50], bench.large_jpegs
+    with handler_environment(env) as predict:
+        small_run = serve(predict, small, sizes.small_requests, sizes.warmup)
+        large_run = serve(predict, large, sizes.large_requests, 2)
+        import artlens.service
+
+        with patched(artlens.service, "load_image", load_image_without_draft):
+            nodraft_run = serve(predict, large, sizes.nodraft_requests, 1)
+        keras = KerasClassifier(bench.model.keras_path, bench.card)
+        with patched(predict, "classifier", lambda: keras):
+            keras_run = serve(predict, small, sizes.keras_requests, 2)
+
+    return {
+        "small_p50_ms": small_run["p50_ms"],
+        "small_p99_ms": small_run["p99_ms"],
+        "large_p50_ms": large_run["p50_ms"],
+        "large_p99_ms": large_run["p99_ms"],
+        "large_nodraft_p50_ms": nodraft_run["p50_ms"],
+        "draft_ratio": ratio(nodraft_run["p50_ms"], large_run["p50_ms"]),
+        "keras_small_p50_ms": keras_run["p50_ms"],
+        "keras_ratio_small": ratio(keras_run["p50_ms"], small_run["p50_ms"]),
+        "stages_p50_ms": {
+            "small": small_run["stages_p50_ms"],
+            "large": large_run["stages_p50_ms"],
+            "large_nodraft": nodraft_run["stages_p50_ms"],
+            "keras_small": keras_run["stages_p50_ms"],
+        },
+        "requests": {
+            "small": sizes.small_requests, "large": sizes.large_requests,
+            "large_nodraft": sizes.nodraft_requests, "keras_small": sizes.keras_requests,
+        },
+        "pictures": {
+            "small": f"{len(small)} distinct 256x256 JPEGs (q90), "
+            f"median {int(np.median([len(d) for d in small])):,} bytes",
+            "large": f"{len(large)} distinct 3000x2000 JPEGs (q85, grain), "
+            f"median {int(np.median([len(d) for d in large])):,} bytes",
+        },
+        "index_rows": sizes.request_rows,
+        "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION},
+        "ort_threads": 1,
+        "scope": "class (the default: neighbours of the predicted class)",
+    }

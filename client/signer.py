@@ -1,0 +1,126 @@
+"""Signing outgoing requests, and a small HTTP client for the ArtLens API (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from artlens.signing import sign_request
+
+DEFAULT_CONFIG_FILE = Path("~/.config/artlens/client.json")
+DEFAULT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Signer:
+    key_id: str
+    secret: str = field(repr=False)
+
+    def headers(self, method: str, url: str, body: bytes = b"", **kwargs: Any) -> dict[str, str]:
+        """Signature headers for a request to `url` (its path and query are what is signed)."""
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        return sign_request(
+            self.key_id, self.secret, method, parts.path or "/", pairs, body, **kwargs
+        )
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    key_id: str
+    secret: str = field(repr=False)
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] = os.environ, config_file: str | Path | None = None
+    ) -> ClientConfig:
+        """ARTLENS_URL / ARTLENS_KEY_ID / ARTLENS_KEY_SECRET, each falling back to the config
+        file (JSON {"url", "key_id", "secret"}; default ~/.config/artlens/client.json)."""
+        path = Path(config_file or environ.get("ARTLENS_CONFIG") or DEFAULT_CONFIG_FILE)
+        stored: dict[str, Any] = {}
+        path = path.expanduser()
+        if path.is_file():
+            stored = json.loads(path.read_text())
+        values = {
+            "url": environ.get("ARTLENS_URL") or stored.get("url"),
+            "key_id": environ.get("ARTLENS_KEY_ID") or stored.get("key_id"),
+            "secret": environ.get("ARTLENS_KEY_SECRET") or stored.get("secret"),
+        }
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ValueError(
+                f"missing {', '.join(missing)}: set ARTLENS_URL, ARTLENS_KEY_ID and "
+                f"ARTLENS_KEY_SECRET, or write them to {path}"
+            )
+        return cls(**values)
+
+
+class ApiError(Exception):
+    """A non-2xx answer: `status` and the API's {"error", "message"} body."""
+
+    def __init__(self, status: int, body: Any):
+        self.status = status
+        self.body = body
+        code = body.get("error") if isinstance(body, dict) else None
+        super().__init__(f"HTTP {status}: {code or body}")
+
+
+class ArtLensClient:
+    def __init__(
+        self, base_url: str, key_id: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_S
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.signer = Signer(key_id, secret)
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, **kwargs: Any) -> ArtLensClient:
+        return cls(config.url, config.key_id, config.secret, **kwargs)
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", *, params: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        if params:
+            url += "?" + urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
+        headers = self.signer.headers(method, url, body)
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(  # noqa: S310 (the API URL the user configured)
+            url, data=body if method != "GET" else None, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                payload: Any = json.loads(raw)
+            except ValueError:
+                payload = raw.decode("utf-8", "replace")[:500]
+            raise ApiError(exc.code, payload) from None
+
+    def predict(
+        self, image: bytes, *, content_type: str = "application/octet-stream",
+        neighbors: int | None = None, scope: str | None = None,
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in (("neighbors", neighbors), ("scope", scope)) if v is not None}
+        return self.request("POST", "/predict", image, params=params, content_type=content_type)
+
+    def predict_file(self, path: str | Path, **kwargs: Any) -> dict[str, Any]:
+        path = Path(path)
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return self.predict(path.read_bytes(), content_type=content_type, **kwargs)
+
+    def collection_map(self, limit: int | None = None) -> dict[str, Any]:
+        return self.request("GET", "/map", params={"limit": limit} if limit else None)

@@ -1,0 +1,1 @@
+"""One construct per component; infra.stacks composes them."""

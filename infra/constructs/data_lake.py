@@ -1,0 +1,103 @@
+"""The object lake: images (incoming/ -> gallery/ | rejected/), model artifacts, access logs."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.settings import DeploymentSettings
+
+INCOMING_PREFIX = "incoming/"
+GALLERY_PREFIX = "gallery/"
+REJECTED_PREFIX = "rejected/"
+
+
+def private_bucket(
+    scope: Construct,
+    construct_id: str,
+    settings: DeploymentSettings,
+    *,
+    access_logs: s3.IBucket | None,
+    log_prefix: str = "",
+    **extra,
+) -> s3.Bucket:
+    """Private, encrypted, TLS-only, versioned; retained in prod, emptied and removed in dev."""
+    prod = settings.is_prod
+    return s3.Bucket(
+        scope,
+        construct_id,
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        enforce_ssl=True,
+        versioned=True,
+        server_access_logs_bucket=access_logs,
+        server_access_logs_prefix=log_prefix or None,
+        removal_policy=RemovalPolicy.RETAIN if prod else RemovalPolicy.DESTROY,
+        auto_delete_objects=not prod,
+        **extra,
+    )
+
+
+class DataLake(Construct):
+    """images bucket (the lake), artifacts bucket (model files), access-logs bucket."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings):
+        super().__init__(scope, construct_id)
+        prod = settings.is_prod
+        # Server access logs (and CloudFront standard logs, which need ACLs: object writer
+        # ownership) land here. SSE-S3 because log delivery cannot write with SSE-KMS.
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.OBJECT_WRITER,
+            lifecycle_rules=[s3.LifecycleRule(id="expire-logs", expiration=Duration.days(365))],
+            removal_policy=RemovalPolicy.RETAIN if prod else RemovalPolicy.DESTROY,
+            auto_delete_objects=not prod,
+        )
+        self.images = private_bucket(
+            self,
+            "Images",
+            settings,
+            access_logs=self.access_logs,
+            log_prefix="s3/images/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-rejected",
+                    prefix=REJECTED_PREFIX,
+                    expiration=Duration.days(settings.rejected_expiration_days),
+                    noncurrent_version_expiration=Duration.days(1),
+                ),
+                # incoming/ objects are deleted once indexed; their old versions need not stay.
+                s3.LifecycleRule(
+                    id="expire-old-versions",
+                    noncurrent_version_expiration=Duration.days(30),
+                    abort_incomplete_multipart_upload_after=Duration.days(1),
+                ),
+            ],
+        )
+        self.artifacts = private_bucket(
+            self, "Artifacts", settings, access_logs=self.access_logs, log_prefix="s3/artifacts/"
+        )
+
+
+def grant_objects(bucket: s3.IBucket, grantee, prefix: str, *actions: str) -> None:
+    """Object actions (s3:GetObject, s3:PutObject, s3:DeleteObject) under one prefix only."""
+    grantee.add_to_role_policy(
+        iam.PolicyStatement(actions=list(actions), resources=[bucket.arn_for_objects(f"{prefix}*")])
+    )
+
+
+def grant_list(bucket: s3.IBucket, grantee, prefix: str) -> None:
+    """ListBucket restricted to one prefix (also makes a missing key a 404, not a 403)."""
+    grantee.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        )
+    )

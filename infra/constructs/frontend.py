@@ -1,0 +1,116 @@
+"""The page: private bucket behind CloudFront (origin access control), security headers, and
+the static files plus a generated config.json deployed by BucketDeployment at deploy time."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudfront as cloudfront
+from aws_cdk import aws_cloudfront_origins as origins
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3deploy
+from constructs import Construct
+
+from infra.constructs.data_lake import private_bucket
+from infra.constructs.lambda_defaults import REPO_ROOT
+from infra.settings import DeploymentSettings
+
+STATIC_DIR = REPO_ROOT / "frontend_static"
+
+
+class Frontend(Construct):
+    """Hosting first (the API needs the origin for CORS), then `deploy_site(api_url)`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        access_logs: s3.IBucket,
+    ):
+        super().__init__(scope, construct_id)
+        self.bucket = private_bucket(
+            self, "Site", settings, access_logs=access_logs, log_prefix="s3/site/"
+        )
+        region = Stack.of(self).region
+        # The page talks to its API and shows neighbours through presigned S3 URLs; nothing
+        # else may be loaded or called.
+        content_security_policy = (
+            "default-src 'self'; script-src 'self'; style-src 'self'; "
+            f"img-src 'self' data: blob: https://*.s3.{region}.amazonaws.com "
+            "https://*.s3.amazonaws.com; "
+            f"connect-src 'self' https://*.execute-api.{region}.amazonaws.com; "
+            "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+        )
+        headers = cloudfront.ResponseHeadersPolicy(
+            self,
+            "SecurityHeaders",
+            comment="ArtLens page security headers",
+            security_headers_behavior=cloudfront.ResponseSecurityHeadersBehavior(
+                content_security_policy=cloudfront.ResponseHeadersContentSecurityPolicy(
+                    content_security_policy=content_security_policy, override=True
+                ),
+                content_type_options=cloudfront.ResponseHeadersContentTypeOptions(override=True),
+                frame_options=cloudfront.ResponseHeadersFrameOptions(
+                    frame_option=cloudfront.HeadersFrameOption.DENY, override=True
+                ),
+                referrer_policy=cloudfront.ResponseHeadersReferrerPolicy(
+                    referrer_policy=cloudfront.HeadersReferrerPolicy.STRICT_ORIGIN_WHEN_CROSS_ORIGIN,
+                    override=True,
+                ),
+                strict_transport_security=cloudfront.ResponseHeadersStrictTransportSecurity(
+                    access_control_max_age=Duration.days(365),
+                    include_subdomains=True,
+                    preload=True,
+                    override=True,
+                ),
+                xss_protection=cloudfront.ResponseHeadersXSSProtection(
+                    protection=True, mode_block=True, override=True
+                ),
+            ),
+        )
+        self.distribution = cloudfront.Distribution(
+            self,
+            "Distribution",
+            comment=f"ArtLens {settings.env_name}",
+            default_root_object="index.html",
+            default_behavior=cloudfront.BehaviorOptions(
+                origin=origins.S3BucketOrigin.with_origin_access_control(self.bucket),
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
+                allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
+                cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
+                response_headers_policy=headers,
+                compress=True,
+            ),
+            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
+            http_version=cloudfront.HttpVersion.HTTP2_AND_3,
+            price_class=cloudfront.PriceClass.PRICE_CLASS_100,
+            enable_logging=True,
+            log_bucket=access_logs,
+            log_file_prefix="cloudfront/",
+        )
+        self._removal = RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY
+
+    @property
+    def origin(self) -> str:
+        return f"https://{self.distribution.distribution_domain_name}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.distribution.distribution_domain_name}/"
+
+    def deploy_site(self, api_url: str) -> s3deploy.BucketDeployment:
+        """Upload the page and config.json (the API URL is known only at deploy time)."""
+        return s3deploy.BucketDeployment(
+            self,
+            "DeploySite",
+            destination_bucket=self.bucket,
+            sources=[
+                s3deploy.Source.asset(str(STATIC_DIR), exclude=["config.json"]),
+                s3deploy.Source.json_data("config.json", {"apiBaseUrl": api_url}),
+            ],
+            distribution=self.distribution,
+            distribution_paths=["/*"],
+            prune=True,
+            memory_limit=256,
+        )

@@ -1,0 +1,127 @@
+"""S3 ObjectCreated on incoming/ -> SQS (with DLQ) -> embed function (the serving image)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.constructs.data_lake import (
+    GALLERY_PREFIX,
+    INCOMING_PREFIX,
+    REJECTED_PREFIX,
+    grant_list,
+    grant_objects,
+)
+from infra.constructs.database import Database
+from infra.constructs.lambda_defaults import create_function, image_code
+from infra.settings import DeploymentSettings
+
+MODEL_CARD_PATH = "/var/task/models/artlens.json"
+# AWS's guidance for SQS event sources: visibility timeout at least six times the function
+# timeout, so a message is not redelivered while a (retried, batched) invocation still runs.
+VISIBILITY_FACTOR = 6
+
+
+class Ingestion(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        images: s3.Bucket,
+        database: Database,
+    ):
+        super().__init__(scope, construct_id)
+        self.dead_letters = sqs.Queue(
+            self,
+            "DeadLetters",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        visibility = min(settings.embed_timeout_s * VISIBILITY_FACTOR, 12 * 3600)
+        self.queue = sqs.Queue(
+            self,
+            "Incoming",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            visibility_timeout=Duration.seconds(visibility),
+            retention_period=Duration.days(4),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letters, max_receive_count=settings.dlq_max_receive_count
+            ),
+        )
+        images.add_event_notification(
+            s3.EventType.OBJECT_CREATED,
+            s3n.SqsDestination(self.queue),
+            s3.NotificationKeyFilter(prefix=INCOMING_PREFIX),
+        )
+
+        self.embed_function = create_function(
+            self,
+            "EmbedFunction",
+            settings,
+            code=image_code("lambdas.embed.handler"),
+            service="artlens-embed",
+            memory_mb=settings.embed_memory_mb,
+            timeout=Duration.seconds(settings.embed_timeout_s),
+            environment={
+                "MODEL_CARD_PATH": MODEL_CARD_PATH,
+                "IMAGES_BUCKET": images.bucket_name,
+                "ORT_THREADS": str(settings.ort_threads),
+                **database.connection_environment(),
+            },
+            vpc=database.vpc,
+            security_groups=[database.client_security_group],
+            description="ArtLens: index pictures dropped under incoming/",
+        )
+        # incoming/: read and remove once handled; gallery/ and rejected/: write (a copy needs
+        # read on its source and write on its target, nothing else).
+        grant_objects(images, self.embed_function, INCOMING_PREFIX, "s3:GetObject", "s3:DeleteObject")
+        grant_list(images, self.embed_function, INCOMING_PREFIX)
+        grant_objects(images, self.embed_function, GALLERY_PREFIX, "s3:PutObject")
+        grant_objects(images, self.embed_function, REJECTED_PREFIX, "s3:PutObject")
+        database.grant_connect(self.embed_function)
+        self.embed_function.add_event_source(
+            event_sources.SqsEventSource(
+                self.queue,
+                batch_size=settings.embed_batch_size,
+                max_batching_window=Duration.seconds(settings.embed_batching_window_s),
+                # Caps concurrent invocations, hence database connections.
+                max_concurrency=settings.embed_max_concurrency,
+                report_batch_item_failures=True,
+            )
+        )
+
+        # Re-embedding the gallery with a newly deployed model: invoked by hand (docs/deploy.md).
+        self.reindex_function = create_function(
+            self,
+            "ReindexFunction",
+            settings,
+            code=image_code("lambdas.reindex.handler"),
+            service="artlens-reindex",
+            memory_mb=settings.embed_memory_mb,
+            timeout=Duration.seconds(settings.reindex_timeout_s),
+            environment={
+                "MODEL_CARD_PATH": MODEL_CARD_PATH,
+                "IMAGES_BUCKET": images.bucket_name,
+                "ORT_THREADS": str(settings.ort_threads),
+                **database.connection_environment(),
+            },
+            vpc=database.vpc,
+            security_groups=[database.client_security_group],
+            reserved_concurrency=1,  # one reindex at a time
+            description="ArtLens: re-embed the gallery with the deployed model",
+        )
+        grant_objects(images, self.reindex_function, GALLERY_PREFIX, "s3:GetObject")
+        grant_list(images, self.reindex_function, GALLERY_PREFIX)
+        database.grant_connect(self.reindex_function)
+
+    @property
+    def functions(self):
+        return [self.embed_function, self.reindex_function]

@@ -1,0 +1,232 @@
+"""The one place that knows how ArtLens functions are built: runtime, architecture, tracing,
+log group + retention, a role that may write only its own logs, validated environment names.
+
+Two packagings, one library:
+- image functions (predict, embed, reindex): `lambdas/Dockerfile`, staged at synth, built by the
+  CLI at deploy. Nothing builds or bundles at synth time, so synth needs no Docker.
+- zip functions (authorizer, migrate): `lambdas/` as code plus the runtime layer (see
+  `runtime_layer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.settings import DeploymentSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The image's base is public.ecr.aws/lambda/python:3.11; the layer is built for the same
+# interpreter, and x86_64 because the image pins linux/amd64 (one set of wheels for both).
+RUNTIME = lambda_.Runtime.PYTHON_3_11
+ARCHITECTURE = lambda_.Architecture.X86_64
+LAYER_PYTHON_TAG = "3.11"
+
+# Every variable a handler reads (artlens.settings + the signing scheme of issue 6). A name
+# outside this set is a typo that would only surface as a ConfigError at the first cold start.
+KNOWN_ENV_NAMES = frozenset(
+    {
+        "MODEL_CARD_PATH",
+        "DB_SECRET_ARN",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "IMAGES_BUCKET",
+        "CORS_ORIGIN",
+        "TOKEN_SECRET_ARN",
+        "API_KEYS_SECRET_ARN",
+        "ORT_THREADS",
+        "LOG_LEVEL",
+        "POWERTOOLS_SERVICE_NAME",
+    }
+)
+
+# What the image build context may contain: the Dockerfile's COPY sources and nothing else
+# (not .venv, datasets or training output). Docker-style patterns, last match wins.
+IMAGE_CONTEXT_EXCLUDE = [
+    "*",
+    "!lambdas",
+    "lambdas/*",
+    "!lambdas/Dockerfile",
+    "!lambdas/*.py",
+    "!layers",
+    "layers/*",
+    "!layers/python",
+    "layers/python/*",
+    "!layers/python/artlens",
+    "**/__pycache__",
+    "!requirements",
+    "requirements/*",
+    "!requirements/runtime.txt",
+    "!models",
+    "models/*",
+    "!models/artlens.onnx",
+    "!models/artlens.json",
+]
+ZIP_CODE_EXCLUDE = ["Dockerfile", "*.dockerignore", "__pycache__", "*.pyc"]
+
+
+def image_code(cmd: str) -> lambda_.DockerImageCode:
+    """The serving image with another handler as its CMD (staged at synth, built at deploy)."""
+    return lambda_.DockerImageCode.from_image_asset(
+        str(REPO_ROOT),
+        file="lambdas/Dockerfile",
+        platform=ecr_assets.Platform.LINUX_AMD64,
+        cmd=[cmd],
+        exclude=IMAGE_CONTEXT_EXCLUDE,
+        ignore_mode=IgnoreMode.DOCKER,
+    )
+
+
+def zip_code() -> lambda_.Code:
+    return lambda_.Code.from_asset(str(REPO_ROOT / "lambdas"), exclude=ZIP_CODE_EXCLUDE)
+
+
+def layer_source_dir(settings: DeploymentSettings) -> tuple[Path, bool]:
+    """(directory, is_built): `make layer` output when present, else layers/ (our code only)."""
+    built = (REPO_ROOT / settings.layer_dir).resolve()
+    if (built / "python" / "artlens").is_dir():
+        return built, True
+    return REPO_ROOT / "layers", False
+
+
+def runtime_layer(scope: Construct, settings: DeploymentSettings) -> lambda_.LayerVersion:
+    """The runtime layer, one per stack (a layer ARN changes with every version, so sharing it
+    across stacks through an export would block updates)."""
+    stack = Stack.of(scope)
+    existing = stack.node.try_find_child("ArtLensRuntimeLayer")
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    directory, is_built = layer_source_dir(settings)
+    layer = lambda_.LayerVersion(
+        stack,
+        "ArtLensRuntimeLayer",
+        code=lambda_.Code.from_asset(str(directory), exclude=["**/__pycache__", "*.pyc"]),
+        compatible_runtimes=[RUNTIME],
+        compatible_architectures=[ARCHITECTURE],
+        description=(
+            "artlens library + runtime requirements (make layer)"
+            if is_built
+            else "artlens library only: run `make layer` before deploying"
+        ),
+        removal_policy=RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY,
+    )
+    return layer
+
+
+def create_function(
+    scope: Construct,
+    construct_id: str,
+    settings: DeploymentSettings,
+    *,
+    code: lambda_.DockerImageCode | lambda_.Code,
+    service: str,
+    handler: str | None = None,
+    layers: Sequence[lambda_.ILayerVersion] = (),
+    memory_mb: int = 256,
+    timeout: Duration = Duration.seconds(10),
+    environment: Mapping[str, str] | None = None,
+    vpc: ec2.IVpc | None = None,
+    security_groups: Sequence[ec2.ISecurityGroup] = (),
+    reserved_concurrency: int | None = None,
+    description: str = "",
+) -> lambda_.Function:
+    """An ArtLens function with the shared defaults; image code when `code` is DockerImageCode.
+
+    The role is explicit so that no AWS managed policy (logs:* on every log group) is attached:
+    it may write to its own log group only, plus what the callers grant.
+    """
+    env = {
+        "LOG_LEVEL": settings.log_level,
+        "POWERTOOLS_SERVICE_NAME": service,
+        **(environment or {}),
+    }
+    unknown = set(env) - KNOWN_ENV_NAMES
+    if unknown:
+        raise ValueError(f"{construct_id}: unknown environment variables {sorted(unknown)}")
+
+    log_group = logs.LogGroup(
+        scope,
+        f"{construct_id}Logs",
+        retention=getattr(logs.RetentionDays, _retention_name(settings.log_retention_days)),
+        removal_policy=RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY,
+    )
+    role = iam.Role(
+        scope,
+        f"{construct_id}Role",
+        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+        description=f"ArtLens {service} function",
+    )
+    role.add_to_policy(
+        iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group.log_group_arn, f"{log_group.log_group_arn}:log-stream:*"],
+        )
+    )
+    if vpc is not None:
+        # Lambda creates the function's network interfaces with the execution role; these EC2
+        # actions do not support resource-level scoping (AWS requires "*").
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DescribeSubnets",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                resources=["*"],
+            )
+        )
+
+    common = dict(
+        role=role,
+        architecture=ARCHITECTURE,
+        memory_size=memory_mb,
+        timeout=timeout,
+        environment=env,
+        tracing=lambda_.Tracing.ACTIVE,
+        log_group=log_group,
+        reserved_concurrent_executions=reserved_concurrency,
+        description=description or f"ArtLens {service}",
+        vpc=vpc,
+        vpc_subnets=(
+            ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED) if vpc else None
+        ),
+        security_groups=list(security_groups) or None,
+    )
+    if isinstance(code, lambda_.DockerImageCode):
+        if handler is not None or layers:
+            raise ValueError("image functions take their handler from the image CMD, no layers")
+        return lambda_.DockerImageFunction(scope, construct_id, code=code, **common)
+    if handler is None:
+        raise ValueError("zip functions need a handler")
+    return lambda_.Function(
+        scope,
+        construct_id,
+        code=code,
+        handler=handler,
+        runtime=RUNTIME,
+        layers=list(layers),
+        **common,
+    )
+
+
+def _retention_name(days: int) -> str:
+    names = {
+        1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
+        30: "ONE_MONTH", 60: "TWO_MONTHS", 90: "THREE_MONTHS", 180: "SIX_MONTHS",
+        365: "ONE_YEAR", 731: "TWO_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
+    }
+    if days not in names:
+        raise ValueError(f"logRetentionDays must be one of {sorted(names)}")
+    return names[days]

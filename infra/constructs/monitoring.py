@@ -1,0 +1,110 @@
+"""Alarms (to an encrypted SNS topic, optionally e-mailed) and one dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Duration
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_rds as rds
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.settings import DeploymentSettings
+
+FIVE_MINUTES = Duration.minutes(5)
+
+
+class Monitoring(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        api: apigw.RestApi,
+        functions: Sequence[lambda_.Function],
+        dead_letters: sqs.IQueue,
+        database: rds.DatabaseInstance,
+    ):
+        super().__init__(scope, construct_id)
+        # CloudWatch may publish to an encrypted topic only with a customer managed key that
+        # grants it use of the key.
+        key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True,
+                      description="ArtLens alarm topic")
+        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"),
+                  "kms:Decrypt", "kms:GenerateDataKey*")
+        self.topic = sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True,
+                               display_name=f"ArtLens {settings.env_name} alarms")
+        if settings.alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(settings.alarm_email))
+        action = cw_actions.SnsAction(self.topic)
+        self.alarms: list[cloudwatch.Alarm] = []
+
+        def alarm(name: str, metric: cloudwatch.IMetric, threshold: float, description: str,
+                  periods: int = 1) -> cloudwatch.Alarm:
+            created = metric.create_alarm(
+                self,
+                name,
+                threshold=threshold,
+                evaluation_periods=periods,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description=description,
+            )
+            created.add_alarm_action(action)
+            self.alarms.append(created)
+            return created
+
+        api_5xx = api.metric_server_error(period=FIVE_MINUTES, statistic="Sum")
+        api_latency = api.metric_latency(period=FIVE_MINUTES, statistic="p99")
+        alarm("Api5xx", api_5xx, 5, "API answered 5xx (5+ in 5 minutes)")
+        alarm("ApiLatencyP99", api_latency, settings.api_latency_alarm_ms,
+              f"API p99 latency >= {settings.api_latency_alarm_ms} ms for 15 minutes", periods=3)
+
+        error_widgets, throttle_widgets = [], []
+        for function in functions:
+            name = function.node.id.removesuffix("Function")
+            errors = function.metric_errors(period=FIVE_MINUTES, statistic="Sum")
+            throttles = function.metric_throttles(period=FIVE_MINUTES, statistic="Sum")
+            alarm(f"{name}Errors", errors, 1, f"{name} function raised errors")
+            alarm(f"{name}Throttles", throttles, 1, f"{name} function was throttled")
+            error_widgets.append(errors.with_(label=name))
+            throttle_widgets.append(throttles.with_(label=name))
+
+        dlq_depth = dead_letters.metric_approximate_number_of_messages_visible(
+            period=FIVE_MINUTES, statistic="Maximum"
+        )
+        alarm("DeadLetters", dlq_depth, 1, "ingestion messages failed repeatedly (DLQ not empty)")
+        db_cpu = database.metric_cpu_utilization(period=FIVE_MINUTES, statistic="Average")
+        db_connections = database.metric_database_connections(
+            period=FIVE_MINUTES, statistic="Maximum"
+        )
+        alarm("DbCpu", db_cpu, 80, "database CPU >= 80% for 15 minutes", periods=3)
+        alarm("DbConnections", db_connections, settings.db_max_connections_alarm,
+              f"database connections >= {settings.db_max_connections_alarm}")
+
+        self.dashboard = cloudwatch.Dashboard(
+            self, "Dashboard", dashboard_name=f"ArtLens-{settings.env_name}"
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="API 5xx", left=[api_5xx], width=8),
+            cloudwatch.GraphWidget(title="API latency p99 (ms)", left=[api_latency], width=8),
+            cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=8),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Function errors", left=error_widgets, width=8),
+            cloudwatch.GraphWidget(title="Function throttles", left=throttle_widgets, width=8),
+            cloudwatch.GraphWidget(title="DLQ depth", left=[dlq_depth], width=8),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Database CPU %", left=[db_cpu], width=12),
+            cloudwatch.GraphWidget(title="Database connections", left=[db_connections], width=12),
+        )

@@ -1,0 +1,268 @@
+"""HMAC-SHA256 request signing for programmatic clients (the scheme is specified in
+docs/signing.md; this module is its reference implementation, shared by the authorizer and the
+Python client).
+
+A request carries:
+    Authorization: ArtLens-HMAC-SHA256 <signature: 64 lowercase hex>
+    X-ArtLens-Key-Id, X-ArtLens-Timestamp (unix seconds), X-ArtLens-Nonce,
+    X-ArtLens-Content-SHA256 (hex SHA-256 of the exact body bytes)
+X-ArtLens-Signature is not used: the signature travels in Authorization, so that no two signed
+requests ever share an authorizer cache entry keyed on that header.
+
+The authorizer checks the window, the key, the signature (constant time), then records the nonce
+(artlens.nonces) so a replay is refused. It never sees the body, so the predict handler calls
+`verify_signed_body` to compare X-ArtLens-Content-SHA256 with the body it received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from artlens.apikeys import (
+    DEFAULT_FILE_TTL_S,
+    DEFAULT_SECRET_TTL_S,
+    KEY_ID_PATTERN,
+    ApiKeySource,
+    FileKeys,
+    SecretsManagerKeys,
+    secrets_client,
+)
+from artlens.auth import Principal, register_scheme
+from artlens.errors import Unauthorized
+from artlens.http import body_bytes, header
+from artlens.nonces import NonceLedger, PostgresNonces
+from artlens.settings import ConfigError, Settings
+
+SCHEME = "ArtLens-HMAC-SHA256"
+PRINCIPAL_SCHEME = "hmac"  # the `scheme` the authorizer puts in its context
+WINDOW_S = 300
+KEY_ID_HEADER = "X-ArtLens-Key-Id"
+TIMESTAMP_HEADER = "X-ArtLens-Timestamp"
+NONCE_HEADER = "X-ArtLens-Nonce"
+CONTENT_HEADER = "X-ArtLens-Content-SHA256"
+API_KEYS_FILE_NAME = "api_keys.json"
+
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_RFC3986_UNRESERVED = "-_.~"
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- canonical form
+
+
+def _encode(text: str) -> str:
+    return quote(text, safe=_RFC3986_UNRESERVED)
+
+
+def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
+    """Decoded (name, value) pairs -> `n=v&n=v`, each side RFC 3986-encoded, sorted."""
+    encoded = sorted((_encode(name), _encode(value)) for name, value in pairs)
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def body_sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def canonical_request(
+    method: str, path: str, query: Iterable[tuple[str, str]], timestamp: str | int,
+    nonce: str, key_id: str, content_sha256: str,
+) -> str:
+    return "\n".join([
+        SCHEME, method.upper(), path or "/", canonical_query(query), str(timestamp), nonce,
+        key_id, content_sha256.lower(),
+    ])
+
+
+def signature(secret: str, canonical: str) -> str:
+    return hmac.new(secret.encode("utf-8"), canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sign_request(
+    key_id: str, secret: str, method: str, path: str, query: Iterable[tuple[str, str]],
+    body: bytes, *, now: float | None = None, nonce: str | None = None,
+) -> dict[str, str]:
+    """The headers that sign one request (the client side of the scheme)."""
+    timestamp = str(int(time.time() if now is None else now))
+    nonce = nonce or secrets.token_urlsafe(18)
+    content = body_sha256(body)
+    canonical = canonical_request(method, path, query, timestamp, nonce, key_id, content)
+    return {
+        "Authorization": f"{SCHEME} {signature(secret, canonical)}",
+        KEY_ID_HEADER: key_id,
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        CONTENT_HEADER: content,
+    }
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def query_pairs(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every (name, value) of the request's query, as API Gateway decoded it."""
+    multi = event.get("multiValueQueryStringParameters") or {}
+    if multi:
+        return [(name, str(v)) for name, values in multi.items() for v in (values or [])]
+    return [(name, str(v)) for name, v in (event.get("queryStringParameters") or {}).items()]
+
+
+def _signed_paths(event: Mapping[str, Any]) -> list[str]:
+    """The path a client may have signed: `/predict`, or `/<stage>/predict` when it called the
+    execute-api URL (API Gateway reports the first in `path`, the second in requestContext)."""
+    paths = [event.get("path"), (event.get("requestContext") or {}).get("path")]
+    return list(dict.fromkeys(p for p in paths if isinstance(p, str) and p))
+
+
+class HmacVerifier:
+    """The authorizer side: `(credentials, event, token keys) -> Principal` or Unauthorized."""
+
+    def __init__(
+        self, keys: ApiKeySource, nonces: NonceLedger, *, window_s: int = WINDOW_S,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._keys = keys
+        self._nonces = nonces
+        self._window_s = int(window_s)
+        self._clock = clock
+
+    def __call__(self, credentials: str, event: Mapping[str, Any], _token_keys: Any) -> Principal:
+        claimed = credentials.strip().lower()
+        key_id = header(event, KEY_ID_HEADER) or ""
+        timestamp = header(event, TIMESTAMP_HEADER) or ""
+        nonce = header(event, NONCE_HEADER) or ""
+        content = (header(event, CONTENT_HEADER) or "").lower()
+        if not (
+            _HEX64.match(claimed) and KEY_ID_PATTERN.match(key_id) and _TIMESTAMP.match(timestamp)
+            and _NONCE.match(nonce) and _HEX64.match(content)
+        ):
+            raise Unauthorized("The request signature headers are missing or malformed.",
+                               code="bad_signature")
+        if abs(self._clock() - int(timestamp)) > self._window_s:
+            raise Unauthorized("The request timestamp is outside the allowed window.",
+                               code="stale_request")
+        key = self._keys.get(key_id)
+        if key is None or not key.active:
+            raise Unauthorized("The API key is unknown or revoked.", code="bad_key")
+        method = str(event.get("httpMethod") or "")
+        pairs = query_pairs(event)
+        matched = False
+        for path in _signed_paths(event):
+            canonical = canonical_request(method, path, pairs, timestamp, nonce, key_id, content)
+            # compare_digest on every candidate: the time taken does not depend on the secret.
+            matched |= hmac.compare_digest(signature(key.secret, canonical), claimed)
+        if not matched:
+            raise Unauthorized("The request signature does not match.", code="bad_signature")
+        try:
+            fresh = self._nonces.remember(key_id, nonce, int(timestamp) + self._window_s)
+        except Exception as exc:  # ledger down: refuse rather than risk a replay
+            _log.error("nonce ledger unavailable: %s", type(exc).__name__)
+            raise Unauthorized("Authentication is not available.") from None
+        if not fresh:
+            raise Unauthorized("This signed request was already used.", code="replayed_request")
+        return Principal(sub=key_id, scheme=PRINCIPAL_SCHEME)
+
+
+def verify_signed_body(event: Mapping[str, Any]) -> None:
+    """In the predict handler: a signed request's body must be the one its signature covers."""
+    context = (event.get("requestContext") or {}).get("authorizer") or {}
+    if context.get("scheme") != PRINCIPAL_SCHEME:
+        return
+    claimed = (header(event, CONTENT_HEADER) or "").lower().encode()
+    actual = body_sha256(body_bytes(event)).encode()
+    if not hmac.compare_digest(claimed, actual):
+        raise Unauthorized(
+            "The body does not match X-ArtLens-Content-SHA256.", code="body_hash_mismatch"
+        )
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    """API_KEYS_SECRET_ARN | API_KEYS_FILE (default: api_keys.json beside ARTLENS_TOKEN_KEY_FILE,
+    the local stack's state dir); API_KEYS_TTL_S (default 60 for the secret, 2 for a file)."""
+
+    api_keys_secret_arn: str | None
+    api_keys_file: str | None
+    api_keys_ttl_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SigningSettings:
+        def get(name: str) -> str | None:
+            return (environ.get(name) or "").strip() or None
+
+        arn, file = get("API_KEYS_SECRET_ARN"), get("API_KEYS_FILE")
+        if arn is None and file is None and get("ARTLENS_TOKEN_KEY_FILE"):
+            file = str(Path(get("ARTLENS_TOKEN_KEY_FILE")).with_name(API_KEYS_FILE_NAME))
+        if (arn is None) == (file is None):
+            raise ConfigError("set exactly one of API_KEYS_SECRET_ARN and API_KEYS_FILE")
+        default_ttl = DEFAULT_SECRET_TTL_S if arn else DEFAULT_FILE_TTL_S
+        try:
+            ttl = float(get("API_KEYS_TTL_S") or default_ttl)
+        except ValueError:
+            raise ConfigError("API_KEYS_TTL_S must be a number of seconds") from None
+        if not 0 <= ttl <= 3600:
+            raise ConfigError("API_KEYS_TTL_S must be between 0 and 3600")
+        return cls(api_keys_secret_arn=arn, api_keys_file=file, api_keys_ttl_s=ttl)
+
+
+def verifier_from_env(environ: Mapping[str, str]) -> HmacVerifier:
+    from artlens.store import store_from_settings
+
+    signing = SigningSettings.from_env(environ)
+    if signing.api_keys_secret_arn:
+        backend: Any = SecretsManagerKeys(secrets_client(), signing.api_keys_secret_arn)
+    else:
+        backend = FileKeys(signing.api_keys_file)
+    store = store_from_settings(Settings.from_env(environ, needs=("database",)))
+    return HmacVerifier(ApiKeySource(backend, signing.api_keys_ttl_s), PostgresNonces(store))
+
+
+class LazyVerifier:
+    """Builds the verifier on the first signed request, so a container that only ever sees
+    bearer tokens never needs the key secret or the database, and a configuration error
+    denies (and is logged) instead of failing the authorizer's cold start."""
+
+    def __init__(self, build: Callable[[], HmacVerifier]):
+        self._build = build
+        self._verifier: HmacVerifier | None = None
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._verifier = None
+
+    def __call__(self, credentials: str, event: Mapping[str, Any], token_keys: Any) -> Principal:
+        with self._lock:
+            if self._verifier is None:
+                try:
+                    self._verifier = self._build()
+                except Exception as exc:
+                    _log.error("request signing is not configured: %s: %s",
+                               type(exc).__name__, exc)
+                    raise Unauthorized("Signed requests are not available.") from None
+            verifier = self._verifier
+        return verifier(credentials, event, token_keys)
+
+
+def register_from_env(environ: Mapping[str, str]) -> LazyVerifier:
+    """The authorizer's one call: accept `Authorization: ArtLens-HMAC-SHA256 ...`."""
+    verifier = LazyVerifier(lambda: verifier_from_env(environ))
+    register_scheme(SCHEME, verifier)
+    return verifier

@@ -1,0 +1,290 @@
+"""HMAC request signing: the documented example, canonical form, verifier, keys, body check."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from artlens.apikeys import ApiKeySource, FileKeys, issue_key, parse_keys, revoke_key
+from artlens.auth import AUTH_SCHEMES, authenticate
+from artlens.errors import NotFound, Unauthorized
+from artlens.nonces import MemoryNonces
+from artlens.signing import (
+    SCHEME,
+    HmacVerifier,
+    LazyVerifier,
+    SigningSettings,
+    canonical_query,
+    canonical_request,
+    sign_request,
+    verify_signed_body,
+)
+from artlens.settings import ConfigError
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "signing.md"
+NOW = 1_767_225_600.0
+
+
+def _doc_value(text: str, label: str) -> str:
+    match = re.search(rf"(?:^|Inputs: ){label}:? `([^`]+)`", text, re.M)
+    assert match, f"docs/signing.md lost its '{label}'"
+    return match.group(1)
+
+
+def test_worked_example_in_the_docs_is_what_the_code_and_plain_hmac_compute():
+    text = DOC.read_text()
+    secret = _doc_value(text, "secret")
+    canonical = re.search(r"```text\n(.*?)\n```", text, re.S).group(1)
+    documented_body_hash = _doc_value(text, "Body SHA-256")
+    documented_signature = _doc_value(text, "Signature")
+    # Independent of artlens.signing: only hashlib/hmac on what the page shows.
+    assert hashlib.sha256(b"hello artlens").hexdigest() == documented_body_hash
+    plain = hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+    assert plain == documented_signature
+    # And the implementation builds exactly that string and those headers from the inputs.
+    query = [("scope", "all"), ("neighbors", "3"), ("note", "a b/é")]
+    assert canonical_request(
+        "post", "/predict", query, 1767225600, "n0nce-0123456789abcdef", "ak_0123456789abcdef",
+        documented_body_hash,
+    ) == canonical
+    headers = sign_request("ak_0123456789abcdef", secret, "POST", "/predict", query,
+                           b"hello artlens", now=1767225600, nonce="n0nce-0123456789abcdef")
+    assert headers["Authorization"] == f"{SCHEME} {documented_signature}"
+    assert headers["X-ArtLens-Content-SHA256"] == documented_body_hash
+
+
+def test_canonical_query_sorts_and_encodes_strictly():
+    assert canonical_query([]) == ""
+    assert canonical_query([("b", "2"), ("a", "z"), ("a", "1"), ("x", "")]) == "a=1&a=z&b=2&x="
+    assert canonical_query([("q", "a+b c~*'")]) == "q=a%2Bb%20c~%2A%27"
+
+
+# --------------------------------------------------------------------------- verifier
+
+
+class Keys:
+    """A key backend in memory (the real file and Secrets Manager backends are tested below and
+    in the integration tests)."""
+
+    def __init__(self):
+        self.keys = parse_keys({"ak_good": {"secret": "s3cret-value", "name": "alice"},
+                                "ak_old": {"secret": "old", "revoked": "2026-01-01"}})
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        return dict(self.keys)
+
+    def write(self, keys):
+        self.keys = dict(keys)
+
+
+@pytest.fixture
+def verifier():
+    clock = [NOW]
+    v = HmacVerifier(ApiKeySource(Keys(), ttl_s=60), MemoryNonces(lambda: clock[0]),
+                     clock=lambda: clock[0])
+    v.clock = clock
+    return v
+
+
+def event_for(headers: dict, method="POST", path="/predict", query=None, stage_path=None):
+    return {
+        "type": "REQUEST", "httpMethod": method, "path": path, "headers": headers,
+        "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()},
+        "requestContext": {"path": stage_path or f"/prod{path}", "requestId": "r1"},
+    }
+
+
+def signed(query=None, body=b"img", key_id="ak_good", secret="s3cret-value", **kw):
+    return sign_request(key_id, secret, "POST", "/predict", list((query or {}).items()), body,
+                        now=kw.pop("now", NOW), **kw)
+
+
+def credentials(headers):
+    return headers["Authorization"].split(" ", 1)[1]
+
+
+def test_a_signed_request_is_accepted_once(verifier):
+    headers = signed({"neighbors": "3"})
+    event = event_for(headers, query={"neighbors": "3"})
+    principal = verifier(credentials(headers), event, None)
+    assert (principal.sub, principal.scheme) == ("ak_good", "hmac")
+    with pytest.raises(Unauthorized) as replay:
+        verifier(credentials(headers), event, None)
+    assert replay.value.code == "replayed_request"
+
+
+def test_the_stage_prefixed_path_of_the_execute_api_url_is_accepted(verifier):
+    headers = sign_request("ak_good", "s3cret-value", "POST", "/prod/predict", [], b"", now=NOW)
+    assert verifier(credentials(headers), event_for(headers), None).sub == "ak_good"
+
+
+@pytest.mark.parametrize("change", [
+    "method", "path", "query_value", "query_added", "timestamp", "nonce", "content", "key_id",
+])
+def test_any_tampering_breaks_the_signature(verifier, change):
+    headers = signed({"neighbors": "3"})
+    method, path, query = "POST", "/predict", {"neighbors": "3"}
+    if change == "method":
+        method = "GET"
+    elif change == "path":
+        path = "/map"
+    elif change == "query_value":
+        query = {"neighbors": "20"}
+    elif change == "query_added":
+        query = {"neighbors": "3", "scope": "all"}
+    elif change == "timestamp":
+        headers["X-ArtLens-Timestamp"] = str(int(NOW) + 1)
+    elif change == "nonce":
+        headers["X-ArtLens-Nonce"] = "another-nonce-0000000"
+    elif change == "content":
+        headers["X-ArtLens-Content-SHA256"] = hashlib.sha256(b"other").hexdigest()
+    elif change == "key_id":
+        headers["X-ArtLens-Key-Id"] = "ak_old"
+    event = event_for(headers, method=method, path=path, query=query, stage_path=f"/prod{path}")
+    with pytest.raises(Unauthorized) as refused:
+        verifier(credentials(headers), event, None)
+    assert refused.value.code in ("bad_signature", "bad_key")
+
+
+@pytest.mark.parametrize("skew", [-301, 301, -10_000_000])
+def test_timestamps_outside_five_minutes_are_refused(verifier, skew):
+    headers = signed(now=NOW + skew)
+    with pytest.raises(Unauthorized) as refused:
+        verifier(credentials(headers), event_for(headers), None)
+    assert refused.value.code == "stale_request"
+
+
+def test_the_window_edges_are_inclusive(verifier):
+    for skew in (-300, 300):
+        headers = signed(now=NOW + skew)
+        assert verifier(credentials(headers), event_for(headers), None).sub == "ak_good"
+
+
+def test_revoked_unknown_and_wrong_secret_keys_are_refused(verifier):
+    for key_id, secret in (("ak_old", "old"), ("ak_nobody", "x"), ("ak_good", "guess")):
+        headers = signed(key_id=key_id, secret=secret)
+        with pytest.raises(Unauthorized):
+            verifier(credentials(headers), event_for(headers), None)
+
+
+@pytest.mark.parametrize("header,value", [
+    ("X-ArtLens-Key-Id", ""), ("X-ArtLens-Key-Id", "ak bad"), ("X-ArtLens-Timestamp", "-5"),
+    ("X-ArtLens-Timestamp", "1e9"), ("X-ArtLens-Nonce", "short"),
+    ("X-ArtLens-Nonce", "x" * 129), ("X-ArtLens-Content-SHA256", "abc"),
+])
+def test_malformed_signature_headers_are_refused(verifier, header, value):
+    headers = signed()
+    headers[header] = value
+    with pytest.raises(Unauthorized) as refused:
+        verifier(credentials(headers), event_for(headers), None)
+    assert refused.value.code == "bad_signature"
+
+
+def test_a_malformed_authorization_value_is_refused(verifier):
+    headers = signed()
+    for value in ("zz" * 32, "0" * 63, "0" * 65, credentials(headers) + "00"):
+        with pytest.raises(Unauthorized):
+            verifier(value, event_for(headers), None)
+
+
+def test_the_nonce_ledger_being_down_denies(verifier):
+    class Down:
+        def remember(self, *args):
+            raise OSError("connection refused")
+
+    v = HmacVerifier(ApiKeySource(Keys(), 60), Down(), clock=lambda: NOW)
+    headers = signed()
+    with pytest.raises(Unauthorized):
+        v(credentials(headers), event_for(headers), None)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_authenticate_dispatches_on_the_scheme_word(verifier, monkeypatch):
+    monkeypatch.setitem(AUTH_SCHEMES, SCHEME.lower(), verifier)
+    headers = signed()
+    assert authenticate(event_for(headers), keys=None).scheme == "hmac"
+
+
+def test_lazy_verifier_denies_when_signing_is_not_configured():
+    def broken():
+        raise ConfigError("set exactly one of API_KEYS_SECRET_ARN and API_KEYS_FILE")
+
+    lazy = LazyVerifier(broken)
+    headers = signed()
+    with pytest.raises(Unauthorized):
+        lazy(credentials(headers), event_for(headers), None)
+
+
+def test_signing_settings_from_env():
+    local = SigningSettings.from_env({"ARTLENS_TOKEN_KEY_FILE": "/state/token.key"})
+    assert (local.api_keys_file, local.api_keys_ttl_s) == ("/state/api_keys.json", 2.0)
+    aws = SigningSettings.from_env({"API_KEYS_SECRET_ARN": "arn:x", "API_KEYS_TTL_S": "30"})
+    assert (aws.api_keys_secret_arn, aws.api_keys_ttl_s) == ("arn:x", 30.0)
+    for bad in ({}, {"API_KEYS_SECRET_ARN": "a", "API_KEYS_FILE": "f"},
+                {"API_KEYS_FILE": "f", "API_KEYS_TTL_S": "soon"}):
+        with pytest.raises(ConfigError):
+            SigningSettings.from_env(bad)
+
+
+# --------------------------------------------------------------------------- body check
+
+
+def proxy_event(headers, body: bytes, scheme="hmac"):
+    return {
+        "headers": headers, "body": base64.b64encode(body).decode(), "isBase64Encoded": True,
+        "requestContext": {"authorizer": {"scheme": scheme, "sub": "ak_good"}},
+    }
+
+
+def test_the_predict_side_checks_the_body_against_the_signed_hash():
+    headers = signed(body=b"the real body")
+    verify_signed_body(proxy_event(headers, b"the real body"))
+    with pytest.raises(Unauthorized) as refused:
+        verify_signed_body(proxy_event(headers, b"a swapped body"))
+    assert (refused.value.code, refused.value.status) == ("body_hash_mismatch", 401)
+    # Bearer requests carry no body hash and are not checked.
+    verify_signed_body(proxy_event({}, b"anything", scheme="bearer"))
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_key_file_issue_revoke_and_permissions(tmp_path):
+    backend = FileKeys(tmp_path / "api_keys.json")
+    key = issue_key(backend, "alice")
+    assert stat.S_IMODE((tmp_path / "api_keys.json").stat().st_mode) == 0o600
+    assert key.secret not in repr(key) and key.secret not in str(key.public())
+    assert backend.read()[key.key_id].active
+    assert revoke_key(backend, key.key_id).revoked is not None
+    assert not backend.read()[key.key_id].active
+    with pytest.raises(NotFound):
+        revoke_key(backend, "ak_missing")
+
+
+def test_key_source_caches_for_its_ttl_then_sees_revocation(tmp_path):
+    backend = FileKeys(tmp_path / "api_keys.json")
+    key = issue_key(backend, "bob")
+    clock = [0.0]
+    source = ApiKeySource(backend, ttl_s=5, clock=lambda: clock[0])
+    assert source.get(key.key_id).active
+    revoke_key(backend, key.key_id)
+    clock[0] = 4.9
+    assert source.get(key.key_id).active  # cached
+    clock[0] = 5.0
+    assert not source.get(key.key_id).active
+
+
+def test_an_unreadable_key_document_fails_closed(tmp_path):
+    (tmp_path / "api_keys.json").write_text("{not json")
+    with pytest.raises(Unauthorized):
+        ApiKeySource(FileKeys(tmp_path / "api_keys.json"), ttl_s=1).get("ak_x")
