@@ -24,7 +24,9 @@ def run(bench: Bench) -> dict[str, Any]:
 
     served = Classifier(bench.card, threads=1)
     all_cores = Classifier(bench.card, threads=bench.threads)
-    onnx_b1 = time_calls(lambda i: served.predict(singles[i % 32]), sizes.onnx_reps_b1, sizes.warmup)
+    onnx_b1 = time_calls(
+        lambda i: served.predict(singles[i % 32]), sizes.onnx_reps_b1, sizes.warmup
+    )
     onnx_b32 = time_calls(lambda i: served.predict(images), sizes.onnx_reps_b32, sizes.warmup)
     onnx_b1_all = time_calls(
         lambda i: all_cores.predict(singles[i % 32]), sizes.onnx_reps_b1, sizes.warmup

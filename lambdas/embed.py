@@ -24,15 +24,19 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from artlens.ingest import IngestReport, Status, ensure_model_version, ingest_objects
 from artlens.lake import lake_from_settings
-from artlens.model import get_classifier
+from artlens.model import registry_from_settings
+from artlens.service import CurrentModel
 from artlens.settings import Settings
 from artlens.store import store_from_settings
 
 settings = Settings.from_env(os.environ, needs=("model", "database", "lake"))
 logger = Logger(service="artlens-embed", level=settings.log_level)
-classifier = get_classifier(settings.model_card_path, threads=settings.ort_threads)
+registry = registry_from_settings(settings)
 lake = lake_from_settings(settings)
 store = store_from_settings(settings)  # connects lazily, on first use
+# New pictures are embedded with the model of the current version (as predict searches it),
+# so pictures ingested after a reindex switch or a rollback are found at once.
+current_model = CurrentModel(registry, store, threads=settings.ort_threads)
 # Every record of a batch is judged on the outcome of the shared ingest call, so an all-failed
 # batch is still a partial response (every message listed) rather than an exception.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -67,9 +71,9 @@ def keys_in_message(body: str) -> list[str]:
 def _ingest(keys: list[str]) -> IngestReport:
     global _version_ready
     if not _version_ready:
-        ensure_model_version(store, classifier)
+        ensure_model_version(store, registry.default_classifier(settings.ort_threads))
         _version_ready = True
-    return ingest_objects(keys, lake, classifier, store)
+    return ingest_objects(keys, lake, current_model.classifier(), store)
 
 
 @logger.inject_lambda_context

@@ -3,8 +3,12 @@
 Cold start: nothing is read from the environment at import, so tests and the local stack can
 import this module first and set the environment later. The first invocation of a container
 (its cold start) builds `Settings.from_env(os.environ)` once and caches it, together with the
-classifier (ONNX session), the store (database connection) and the lake; a ConfigError fails
-that invocation loudly and is retried on the next one.
+model registry, the store (database connection) and the lake; a ConfigError fails that
+invocation loudly and is retried on the next one.
+
+Which model answers is the database's current version (`artlens.service.CurrentModel`, re-read
+every CURRENT_VERSION_TTL_S), not the model baked into the image: a completed reindex or a
+rollback switches every warm container without a redeploy.
 
 Routing is a two-entry table rather than Powertools' APIGatewayRestResolver: every answer,
 including 404/405 and errors, must go through `artlens.http` so it carries our JSON error shape
@@ -31,8 +35,8 @@ from artlens.http import (
     response_for_exception,
 )
 from artlens.lake import lake_from_settings
-from artlens.model import Classifier, get_classifier
-from artlens.service import collection_map, predict_image
+from artlens.model import Classifier, ModelRegistry, registry_from_settings
+from artlens.service import CURRENT_VERSION_TTL_S, CurrentModel, collection_map, predict_image
 from artlens.settings import Settings
 from artlens.signing import verify_signed_body
 from artlens.store import EmbeddingStore, store_from_settings
@@ -48,8 +52,8 @@ def settings() -> Settings:
 
 
 @functools.cache
-def classifier() -> Classifier:
-    return get_classifier(settings().model_card_path, settings().ort_threads)
+def registry() -> ModelRegistry:
+    return registry_from_settings(settings())
 
 
 @functools.cache
@@ -62,9 +66,21 @@ def lake() -> Any:
     return lake_from_settings(settings())
 
 
+@functools.cache
+def current_model() -> CurrentModel:
+    return CurrentModel(
+        registry(), store(), threads=settings().ort_threads, ttl_s=CURRENT_VERSION_TTL_S
+    )
+
+
+def classifier() -> Classifier:
+    """The classifier of the current model version (see the module docstring)."""
+    return current_model().classifier()
+
+
 def reset() -> None:
     """Forget the cached settings and clients (tests that change the environment)."""
-    for cached in (settings, classifier, store, lake):
+    for cached in (settings, registry, store, lake, current_model):
         cached.cache_clear()
 
 

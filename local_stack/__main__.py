@@ -15,8 +15,10 @@ import sys
 import threading
 from pathlib import Path
 
+from artlens.model import ModelIntegrityError, ModelRegistry
 from local_stack.database import start_postgres
 from local_stack.gateway import Backend, GatewayConfig, GatewayServer, content_type_for
+from local_stack.reindex import registry_dir
 from local_stack.state import (
     RunningStack,
     StatePaths,
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if running is not None:
         return _fail(f"a local stack already runs on {paths.root} at {running.url} "
                      f"(pid {running.pid}); stop it first")
+    # Copied into the registry, the model stays servable (rollback) after models/ is retrained.
+    try:
+        ModelRegistry(registry_dir(paths)).register(card_path)
+    except ModelIntegrityError as exc:
+        return _fail(f"cannot register the model: {exc}")
     _terminate_on_sigterm()
 
     # Bind first: a busy port fails fast, and with --port 0 the origin (for CORS) is only
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     os.environ.update({
         "MODEL_CARD_PATH": str(card_path),
+        "MODEL_REGISTRY_DIR": str(registry_dir(paths)),
         "DATABASE_URL": dsn,
         "LOCAL_LAKE_DIR": str(paths.lake),
         "LOCAL_URL_KEY": url_key,

@@ -13,6 +13,7 @@ from constructs import Construct
 from infra.constructs.data_lake import GALLERY_PREFIX, grant_objects
 from infra.constructs.database import Database
 from infra.constructs.lambda_defaults import (
+    IMAGE_MODEL_CARD_PATH,
     create_function,
     image_code,
     runtime_layer,
@@ -20,7 +21,6 @@ from infra.constructs.lambda_defaults import (
 )
 from infra.settings import DeploymentSettings
 
-MODEL_CARD_PATH = "/var/task/models/artlens.json"  # baked into the image (lambdas/Dockerfile)
 STAGE_NAME = "v1"
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Artlens-Date", "X-Artlens-Key-Id"]
 
@@ -94,7 +94,7 @@ class Api(Construct):
             memory_mb=settings.predict_memory_mb,
             timeout=Duration.seconds(settings.predict_timeout_s),
             environment={
-                "MODEL_CARD_PATH": MODEL_CARD_PATH,
+                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
                 "IMAGES_BUCKET": images.bucket_name,
                 "CORS_ORIGIN": frontend_origin,
                 "ORT_THREADS": str(settings.ort_threads),

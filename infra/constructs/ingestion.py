@@ -17,10 +17,9 @@ from infra.constructs.data_lake import (
     grant_objects,
 )
 from infra.constructs.database import Database
-from infra.constructs.lambda_defaults import create_function, image_code
+from infra.constructs.lambda_defaults import IMAGE_MODEL_CARD_PATH, create_function, image_code
 from infra.settings import DeploymentSettings
 
-MODEL_CARD_PATH = "/var/task/models/artlens.json"
 # AWS's guidance for SQS event sources: visibility timeout at least six times the function
 # timeout, so a message is not redelivered while a (retried, batched) invocation still runs.
 VISIBILITY_FACTOR = 6
@@ -71,7 +70,7 @@ class Ingestion(Construct):
             memory_mb=settings.embed_memory_mb,
             timeout=Duration.seconds(settings.embed_timeout_s),
             environment={
-                "MODEL_CARD_PATH": MODEL_CARD_PATH,
+                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
                 "IMAGES_BUCKET": images.bucket_name,
                 "ORT_THREADS": str(settings.ort_threads),
                 **database.connection_environment(),
@@ -82,7 +81,9 @@ class Ingestion(Construct):
         )
         # incoming/: read and remove once handled; gallery/ and rejected/: write (a copy needs
         # read on its source and write on its target, nothing else).
-        grant_objects(images, self.embed_function, INCOMING_PREFIX, "s3:GetObject", "s3:DeleteObject")
+        grant_objects(
+            images, self.embed_function, INCOMING_PREFIX, "s3:GetObject", "s3:DeleteObject"
+        )
         grant_list(images, self.embed_function, INCOMING_PREFIX)
         grant_objects(images, self.embed_function, GALLERY_PREFIX, "s3:PutObject")
         grant_objects(images, self.embed_function, REJECTED_PREFIX, "s3:PutObject")
@@ -108,7 +109,7 @@ class Ingestion(Construct):
             memory_mb=settings.embed_memory_mb,
             timeout=Duration.seconds(settings.reindex_timeout_s),
             environment={
-                "MODEL_CARD_PATH": MODEL_CARD_PATH,
+                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
                 "IMAGES_BUCKET": images.bucket_name,
                 "ORT_THREADS": str(settings.ort_threads),
                 **database.connection_environment(),

@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 ARCHITECTURE = lambda_.Architecture.X86_64
 LAYER_PYTHON_TAG = "3.11"
+# The model is baked into the image (lambdas/Dockerfile sets the same path as its default).
+IMAGE_MODEL_CARD_PATH = "/var/task/models/artlens.json"
 
 # Every variable a handler reads (artlens.settings + the signing scheme of issue 6). A name
 # outside this set is a typo that would only surface as a ConfigError at the first cold start.

@@ -130,7 +130,7 @@ def test_batch_with_odd_keys_poison_and_vanished_objects(
     assert reason["source_key"] == "incoming/poison.jpg"
     assert reason["error"] in ("corrupt_image", "unsupported_format")
     store = EmbeddingStore(pg_dsn)
-    assert store.current_version() == embed.classifier.version  # fresh install activated it
+    assert store.current_version() == embed.registry.default_card.version  # fresh install
     assert store.keys() == [f"gallery/{digest}.png"]
     store.close()
 

@@ -15,6 +15,7 @@ from artlens.apikeys import ApiKeySource, FileKeys, issue_key, parse_keys, revok
 from artlens.auth import AUTH_SCHEMES, authenticate
 from artlens.errors import NotFound, Unauthorized
 from artlens.nonces import MemoryNonces
+from artlens.settings import ConfigError
 from artlens.signing import (
     SCHEME,
     HmacVerifier,
@@ -25,7 +26,6 @@ from artlens.signing import (
     sign_request,
     verify_signed_body,
 )
-from artlens.settings import ConfigError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "signing.md"
 NOW = 1_767_225_600.0
@@ -102,7 +102,10 @@ def event_for(headers: dict, method="POST", path="/predict", query=None, stage_p
     }
 
 
-def signed(query=None, body=b"img", key_id="ak_good", secret="s3cret-value", **kw):
+SECRET = "s3cret-value"
+
+
+def signed(query=None, body=b"img", key_id="ak_good", secret=SECRET, **kw):
     return sign_request(key_id, secret, "POST", "/predict", list((query or {}).items()), body,
                         now=kw.pop("now", NOW), **kw)
 

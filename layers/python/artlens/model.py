@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,10 @@ CARD_REQUIRED_KEYS = (
 
 class ModelIntegrityError(RuntimeError):
     """The model card and the ONNX file do not belong together: refuse to serve."""
+
+
+class ModelNotRegistered(ModelIntegrityError):
+    """The registry holds no model for this version."""
 
 
 @dataclass(frozen=True)
@@ -205,21 +209,21 @@ class ModelRegistry:
             raise ModelIntegrityError(
                 f"{card.onnx_path.name} has SHA-256 {actual}, the card says {card.onnx_sha256}"
             )
-        if target.exists():
+        if target.parent.exists():
             self._check_registered(card, target)
             return card.version
         self.root.mkdir(parents=True, exist_ok=True)
         # Build the version folder beside its final place, then rename it in one step, so a
         # reader (predict in another process) never sees a card without its ONNX file.
-        staging = Path(tempfile.mkdtemp(prefix=f".{card.version}.", dir=self.root))
+        staging = self.root / f".{card.version}.{uuid.uuid4().hex}.tmp"
+        staging.mkdir()
         try:
             (staging / card.onnx_path.name).write_bytes(model_bytes)
             shutil.copyfile(Path(card_path).expanduser().resolve(), staging / REGISTRY_CARD_NAME)
-            os.chmod(staging, 0o755)  # mkdtemp makes it private; the models are not secret
             try:
                 os.rename(staging, target.parent)
             except OSError:
-                if not target.exists():
+                if not target.parent.exists():
                     raise
                 self._check_registered(card, target)  # registered meanwhile by another process
         finally:
@@ -228,11 +232,21 @@ class ModelRegistry:
 
     @staticmethod
     def _check_registered(card: ModelCard, target: Path) -> None:
+        """The registered copy of `card.version` is this very model, intact."""
         existing = ModelCard.load(target)
         if existing.onnx_sha256 != card.onnx_sha256:
             raise ModelIntegrityError(
                 f"model version {card.version!r} is already registered with another model "
                 f"(ONNX SHA-256 {existing.onnx_sha256}); give the new model a new version"
+            )
+        try:
+            registered = _sha256_bytes(existing.onnx_path.read_bytes())
+        except OSError:
+            registered = "unreadable"
+        if registered != existing.onnx_sha256:
+            raise ModelIntegrityError(
+                f"the registered copy {existing.onnx_path} is damaged ({registered}); "
+                f"delete {target.parent} and register the model again"
             )
 
     def card_for(self, version: str) -> ModelCard | None:
@@ -251,18 +265,10 @@ class ModelRegistry:
     def require(self, version: str) -> ModelCard:
         card = self.card_for(version)
         if card is None:
-            raise ModelIntegrityError(
+            raise ModelNotRegistered(
                 f"model version {version!r} is not in the registry at {self.root}"
             )
         return card
-
-    def versions(self) -> list[str]:
-        """Every version the registry can serve (the default's included), sorted."""
-        found = {p.parent.name for p in self.root.glob(f"*/{REGISTRY_CARD_NAME}")
-                 if _SAFE_VERSION.match(p.parent.name)}
-        if self.default_card is not None:
-            found.add(self.default_card.version)
-        return sorted(found)
 
     def classifier_for(self, version: str, threads: int = 1) -> Classifier:
         """The process-wide classifier of `version` (its ONNX file's SHA-256 is verified)."""

@@ -1,4 +1,5 @@
-"""Request-path domain functions: classify one picture and find its neighbours; the collection map.
+"""Request-path domain functions: classify one picture and find its neighbours; the collection map;
+which model serves (the database's current version, `CurrentModel`) and switching it back.
 
 Ingestion and reindexing live in artlens.ingest. Both take their collaborators (classifier,
 store, lake) as arguments, so handlers, the local stack and tests wire them the same way.
@@ -7,16 +8,106 @@ store, lake) as arguments, so handlers, the local stack and tests wire them the 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from artlens.errors import Unavailable
 from artlens.image import load_image, preprocess
+from artlens.ingest import rollback
+from artlens.model import ModelIntegrityError
+
+logger = logging.getLogger(__name__)
 
 PROBABILITY_DIGITS = 6
 SIMILARITY_DIGITS = 6
+# How stale predict's idea of the current model version may be: one indexed lookup per
+# container per interval, and a switch reaches every warm container within it.
+CURRENT_VERSION_TTL_S = 5.0
+
+
+class CurrentModel:
+    """The classifier predict serves: the model of the database's current version.
+
+    The switch (a reindex completing, a rollback) is a row in the database, so every process
+    follows it within `ttl_s`. When the registry lacks the current version's model (or its file
+    fails verification) the default model serves instead, searching its own version's rows, and
+    a warning is logged once per switch. When the database cannot be asked, the model already
+    serving keeps serving.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        store: Any,
+        *,
+        threads: int = 1,
+        ttl_s: float = CURRENT_VERSION_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.registry = registry
+        self.store = store
+        self.threads = threads
+        self.ttl_s = float(ttl_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._serving: Any = None
+        self._chosen_for: str | None = None  # the current version `_serving` was chosen for
+        self._checked_at = 0.0
+
+    def classifier(self) -> Any:
+        with self._lock:
+            now = self._clock()
+            if self._serving is not None and now - self._checked_at < self.ttl_s:
+                return self._serving
+            self._checked_at = now
+            try:
+                current = self.store.current_version()
+            except Unavailable:
+                if self._serving is None:
+                    raise
+                logger.warning("cannot read the current model version; keeping %s",
+                               self._serving.version)
+                return self._serving
+            if self._serving is None or current != self._chosen_for:
+                self._serving = self._choose(current)
+                self._chosen_for = current
+            return self._serving
+
+    def _choose(self, version: str | None) -> Any:
+        if version is None:  # a fresh index: nothing is current yet
+            return self.registry.default_classifier(self.threads)
+        try:
+            if self.registry.card_for(version) is not None:
+                chosen = self.registry.classifier_for(version, self.threads)
+                logger.info("serving model version %s", version)
+                return chosen
+            problem = f"the registry at {self.registry.root} does not hold it"
+        except ModelIntegrityError as exc:
+            problem = str(exc)
+        fallback = self.registry.default_classifier(self.threads)
+        logger.warning(
+            "model version %s is current but cannot serve (%s); serving the default model %s "
+            "and its own rows instead", version, problem, fallback.version,
+        )
+        return fallback
+
+
+def switch_back(store: Any, registry: Any) -> tuple[str | None, str]:
+    """Roll the index back to the previously active version; returns (old, new) versions.
+
+    Refuses when the registry lacks that version's model: predict could not serve it and would
+    fall back to the default model instead of really switching back.
+    """
+    current = store.current_version()
+    previous = store.previous_version()
+    if previous is not None:
+        registry.require(previous)
+    return current, rollback(store)
 
 
 def _ms(seconds: float) -> float:

@@ -7,6 +7,8 @@ a `ConfigError` that names the variable, instead of a confusing error on the fir
 
 Variables:
   MODEL_CARD_PATH                       model card JSON (ONNX file beside it)      [model]
+  MODEL_REGISTRY_DIR  optional: folder of <version>/artlens.json models predict may serve;
+                      default: the folder of MODEL_CARD_PATH (the image's models/)
   DATABASE_URL | DB_SECRET_ARN + DB_HOST + DB_NAME (+ DB_PORT, default 5432)       [database]
   IMAGES_BUCKET | LOCAL_LAKE_DIR + LOCAL_URL_KEY (+ LOCAL_URL_BASE, default "")    [lake]
   TOKEN_SECRET_ARN | ARTLENS_TOKEN_KEY | ARTLENS_TOKEN_KEY_FILE                    [token]
@@ -30,6 +32,7 @@ class ConfigError(RuntimeError):
 @dataclass(frozen=True)
 class Settings:
     model_card_path: str | None = None
+    model_registry_dir: str | None = None
     database_url: str | None = None
     db_secret_arn: str | None = None
     db_host: str | None = None
@@ -72,6 +75,7 @@ class Settings:
 
         values: dict = {
             "model_card_path": get("MODEL_CARD_PATH"),
+            "model_registry_dir": get("MODEL_REGISTRY_DIR"),
             "database_url": get("DATABASE_URL"),
             "db_secret_arn": get("DB_SECRET_ARN"),
             "db_host": get("DB_HOST"),

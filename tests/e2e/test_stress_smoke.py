@@ -1,0 +1,37 @@
+"""`make stress` in miniature: bench.stress against its own local stack, 4 clients x 5 s, plus
+the database-outage table. Zero errors, a sane summary, a healthy server afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bench.stress import REPO_ROOT, stack_env
+
+
+def test_stress_smoke_has_no_errors_and_a_sane_summary(tiny_model_card, tmp_path):
+    out = tmp_path / "stress.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.stress", "--clients", "4", "--duration", "5",
+         "--images", "6", "--model-card", str(tiny_model_card), "--db-down", "--json", str(out)],
+        cwd=REPO_ROOT, env=stack_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "throughput (req/s)" in done.stdout and "stress: PASS" in done.stdout
+    summaries = json.loads(out.read_text())
+
+    load = summaries["load"]
+    assert load["errors"] == 0 and load["transport_errors"] == {}
+    assert load["statuses"] == {"200": load["requests"]} and load["requests"] >= 8
+    assert 0 < load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"] < 30_000
+    measured = load["throughput_rps"] * load["seconds"]
+    assert abs(measured - load["requests"]) <= max(2, 0.05 * load["requests"])
+    assert load["health_after"] == "200 ok"
+    assert load["memory_stable"] and 0 < load["rss_mb"]["start"] <= load["rss_mb"]["max"]
+
+    outage = summaries["db_down"]
+    assert set(outage["statuses"]) <= {"200", "503"}, outage["statuses"]
+    assert outage["statuses"].get("503", 0) > 0, "the database outage was not noticed"
+    assert outage["statuses"].get("200", 0) > 0 and outage["transport_errors"] == {}
+    assert outage["health_after"] == "200"

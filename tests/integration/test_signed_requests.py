@@ -1,0 +1,175 @@
+"""Signed requests through the real local stack (gateway -> authorizer -> predict handler), with
+keys issued and revoked live by `python -m client.keys`, and the nonce ledger in PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import quote, urlencode
+
+import psycopg2
+import pytest
+
+from artlens.apikeys import ApiKeySource, parse_keys
+from artlens.errors import Unauthorized
+from artlens.nonces import PostgresNonces
+from artlens.signing import HmacVerifier, sign_request
+from artlens.store import EmbeddingStore
+from bench.stress import REPO_ROOT, LocalStackProcess, local_stack, stack_env
+from client import ApiError, ArtLensClient
+from tests.imagegen import jpeg_bytes
+
+PICTURE = jpeg_bytes(601)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_card):
+    with local_stack(tmp_path_factory.mktemp("signed_stack"), tiny_model_card) as running:
+        yield running
+
+
+def issue(stack: LocalStackProcess, name: str) -> dict:
+    done = stack.run("client.keys", "--json", "issue", "--name", name)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def key(stack) -> dict:
+    return issue(stack, "integration")
+
+
+def post(stack, headers: dict, body: bytes, query: dict | None = None) -> tuple[int, dict]:
+    url = f"{stack.base_url}/predict"
+    if query:
+        url += "?" + urlencode(query, quote_via=quote)
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "image/jpeg", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def signed(key: dict, body: bytes, query: dict | None = None, **kwargs) -> dict:
+    return sign_request(key["key_id"], key["secret"], "POST", "/predict",
+                        list((query or {}).items()), body, **kwargs)
+
+
+def test_a_signed_request_is_classified_by_the_client_library(stack, key):
+    client = ArtLensClient(stack.base_url, key["key_id"], key["secret"])
+    answer = client.predict(PICTURE, content_type="image/jpeg", neighbors=2, scope="all")
+    assert answer["label"] in answer["probabilities"]
+    assert answer["model_version"]
+
+
+def test_the_cli_predicts_a_file_and_summarizes_a_folder(stack, key, tmp_path):
+    (tmp_path / "one.jpg").write_bytes(PICTURE)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "two.jpg").write_bytes(jpeg_bytes(602))
+    env = stack_env({"ARTLENS_URL": stack.base_url, "ARTLENS_KEY_ID": key["key_id"],
+                     "ARTLENS_KEY_SECRET": key["secret"], "ARTLENS_CONFIG": str(tmp_path / "no")})
+    one = subprocess.run([sys.executable, "-m", "client", "predict", str(tmp_path / "one.jpg")],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout)["label"]
+    folder = subprocess.run([sys.executable, "-m", "client", "upload", str(tmp_path), "--json"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert folder.returncode == 0, folder.stderr
+    lines = [json.loads(line) for line in folder.stdout.splitlines()]
+    assert sorted(line["file"] for line in lines[:-1]) == ["one.jpg", "sub/two.jpg"]
+    assert lines[-1]["classified"] == 2 and lines[-1]["failed"] == 0
+    assert key["secret"] not in one.stdout + one.stderr + folder.stdout + folder.stderr
+
+
+def test_a_body_other_than_the_signed_one_is_refused(stack, key):
+    headers = signed(key, PICTURE)
+    status, body = post(stack, headers, jpeg_bytes(603))
+    assert (status, body["error"]) == (401, "body_hash_mismatch")
+
+
+def test_a_stale_timestamp_is_refused(stack, key):
+    status, body = post(stack, signed(key, PICTURE, now=time.time() - 301), PICTURE)
+    assert (status, body["error"]) == (401, "unauthorized")
+    status, _ = post(stack, signed(key, PICTURE, now=time.time() + 400), PICTURE)
+    assert status == 401
+
+
+def test_a_replayed_request_is_refused(stack, key):
+    headers = signed(key, PICTURE)
+    assert post(stack, headers, PICTURE)[0] == 200
+    assert post(stack, headers, PICTURE)[0] == 401
+    # The ledger of record is the database, so another authorizer container would refuse too.
+    dsn = json.loads((stack.state_dir / "stack.json").read_text())["dsn"]
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM request_nonces WHERE key_id = %s AND nonce = %s",
+                    (key["key_id"], headers["X-ArtLens-Nonce"]))
+        assert cur.fetchone()[0] == 1
+
+
+def test_a_tampered_query_is_refused(stack, key):
+    headers = signed(key, PICTURE, {"neighbors": "1"})
+    assert post(stack, headers, PICTURE, {"neighbors": "20"})[0] == 401
+    assert post(stack, headers, PICTURE, {"neighbors": "1", "scope": "all"})[0] == 401
+    assert post(stack, headers, PICTURE, {"neighbors": "1"})[0] == 200
+
+
+def test_a_revoked_key_is_refused_without_a_restart(stack):
+    fresh = issue(stack, "short-lived")
+    deadline = time.monotonic() + 10
+    while post(stack, signed(fresh, PICTURE), PICTURE)[0] != 200:  # key cache TTL: 2 s locally
+        assert time.monotonic() < deadline, "a newly issued key was never accepted"
+        time.sleep(0.3)
+    revoked = stack.run("client.keys", "revoke", fresh["key_id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert fresh["secret"] not in revoked.stdout + revoked.stderr
+    deadline = time.monotonic() + 10
+    while post(stack, signed(fresh, PICTURE), PICTURE)[0] != 401:
+        assert time.monotonic() < deadline, "a revoked key was still accepted after 10 s"
+        time.sleep(0.3)
+    listed = stack.run("client.keys", "--json", "list")
+    entries = {k["key_id"]: k for k in json.loads(listed.stdout)}
+    assert entries[fresh["key_id"]]["revoked"] and "secret" not in listed.stdout
+    key_file = stack.state_dir / "api_keys.json"
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+
+
+def test_bearer_tokens_still_work_beside_signatures(stack):
+    assert post(stack, {"Authorization": f"Bearer {stack.token}"}, PICTURE)[0] == 200
+
+
+def test_two_containers_share_the_nonce_ledger(pg_dsn):
+    """Two verifiers with their own connections (two authorizer containers): one use only."""
+    keys = parse_keys({"ak_shared": {"secret": "shared-secret"}})
+
+    class Backend:
+        def read(self):
+            return dict(keys)
+
+    first, second = (
+        HmacVerifier(ApiKeySource(Backend(), 60), PostgresNonces(EmbeddingStore(pg_dsn)))
+        for _ in range(2)
+    )
+    headers = sign_request("ak_shared", "shared-secret", "GET", "/map", [], b"")
+    event = {"httpMethod": "GET", "path": "/map", "headers": headers, "requestContext": {}}
+    credentials = headers["Authorization"].split(" ", 1)[1]
+    assert first(credentials, event, None).sub == "ak_shared"
+    with pytest.raises(Unauthorized) as refused:
+        second(credentials, event, None)
+    assert refused.value.code == "replayed_request"
+    assert hashlib.sha256(b"").hexdigest() == headers["X-ArtLens-Content-SHA256"]
+
+
+def test_the_client_raises_typed_errors(stack, key):
+    client = ArtLensClient(stack.base_url, key["key_id"], "not-the-secret")
+    with pytest.raises(ApiError) as refused:
+        client.predict(PICTURE)
+    assert refused.value.status == 401
