@@ -13,7 +13,7 @@ export PYTHONPATH := $(CURDIR)/layers/python:$(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
-        bench stress key synth layer browser clean
+        bench stress key synth layer deploy browser clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -32,6 +32,11 @@ $(VENV)/.local-installed: requirements/runtime.txt requirements/local.txt | $(VE
 $(VENV)/.dev-installed: requirements/*.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
 	touch $@ $(VENV)/.local-installed
+
+# The AWS CDK CLI (pinned in package.json / package-lock.json) for cdk synth and deploy.
+node_modules/.bin/cdk: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Debian's Chromium for the page tests (Playwright drives it; no browser download).
 browser:
@@ -60,10 +65,16 @@ train: $(VENV)/.dev-installed
 	$(PY) -m training --data "$(DATA)" $(TRAIN_ARGS)
 
 # --- tests ----------------------------------------------------------------------------------
-test: $(VENV)/.dev-installed browser lint audit
+test: $(VENV)/.dev-installed node_modules/.bin/cdk browser lint audit
 	$(PY) -m pytest tests
 
-unit integration infra e2e: $(VENV)/.dev-installed
+unit integration: $(VENV)/.dev-installed
+	$(PY) -m pytest tests/$@
+
+infra: $(VENV)/.dev-installed node_modules/.bin/cdk
+	$(PY) -m pytest tests/$@
+
+e2e: $(VENV)/.dev-installed browser
 	$(PY) -m pytest tests/$@
 
 lint: $(VENV)/.dev-installed
@@ -82,8 +93,24 @@ key: $(VENV)/.local-installed
 	$(PY) -m client.keys $(ARGS)
 
 # --- infrastructure -------------------------------------------------------------------------
-synth: $(VENV)/.dev-installed
-	$(PY) -m infra.app
+ENV ?= dev
+CDK := CDK_DISABLE_CLI_TELEMETRY=true node_modules/.bin/cdk
+
+synth: $(VENV)/.dev-installed node_modules/.bin/cdk
+	$(CDK) synth --no-notices -q -c env=$(ENV)
+
+# The zip functions' layer: our library + the runtime requirements except onnxruntime, built
+# for Lambda's Linux x86_64 Python 3.11 (wheels only, so it builds on any machine).
+layer: $(VENV)/.dev-installed
+	rm -rf build/layer && mkdir -p build/layer/python
+	grep -v '^onnxruntime' requirements/runtime.txt > build/layer/requirements.txt
+	$(VENV)/bin/pip install --quiet --only-binary=:all: --platform manylinux2014_x86_64 \
+	  --python-version 3.11 --implementation cp --target build/layer/python \
+	  -r build/layer/requirements.txt
+	cp -r layers/python/artlens build/layer/python/
+
+deploy: layer node_modules/.bin/cdk
+	$(CDK) deploy --all -c env=$(ENV)
 
 clean:
-	rm -rf cdk.out out test-artifacts .pytest_cache .ruff_cache
+	rm -rf cdk.out build test-artifacts .pytest_cache .ruff_cache

@@ -160,6 +160,8 @@ def run(bench: Bench) -> dict[str, Any]:
         "tensorflow_s": tensorflow_s,
         "ratio": ratio(tensorflow_s, runtime_s),
         "runtime_imports_s": p50([r["imports_s"] for r in runtime]),
+        "runtime_onnxruntime_import_s": p50([r["onnxruntime_import_s"] for r in runtime]),
+        "runtime_first_request_s": p50([r["first_request_s"] for r in runtime]),
         "tensorflow_imports_s": p50([r["imports_s"] for r in tensorflow]),
         "runtime_interpreter_s": float(
             np.median([r["wall_s"] - r["in_process_s"] for r in runtime])

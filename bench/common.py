@@ -50,6 +50,7 @@ class Sizes:
     large_requests: int = 120
     nodraft_requests: int = 60
     keras_requests: int = 30
+    profile_requests: int = 100
     cold_start_runs: int = 3
     knn_rows: tuple[int, ...] = (100_000, 10_000)  # the first one chooses the parameters
     knn_queries: int = 200
@@ -67,7 +68,8 @@ class Sizes:
         return cls(
             quick=True, onnx_reps_b1=20, onnx_reps_b32=3, keras_reps_b1=5, keras_reps_b32=2,
             warmup=2, request_rows=1_000, small_requests=20, large_requests=5,
-            nodraft_requests=5, keras_requests=3, cold_start_runs=1, knn_rows=(1_000,),
+            nodraft_requests=5, keras_requests=3, profile_requests=5, cold_start_runs=1,
+            knn_rows=(1_000,),
             knn_queries=20, ef_search_sweep=(20, 40), hnsw_builds=((16, 64),),
             ingest_images=48, pool_limit=64,
         )

@@ -13,9 +13,11 @@ import base64
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,14 +95,17 @@ def handler_environment(env: dict[str, str]) -> Iterator[Any]:
         predict.reset()
 
 
-def serve(predict: Any, pictures: list[bytes], count: int, warmup: int) -> dict[str, Any]:
-    events = [predict_event(data) for data in pictures]
-    context = LambdaContext()
-    import time
+def serve(predict: Any, events: list[dict[str, Any]], count: int, warmup: int) -> dict[str, Any]:
+    """`count` requests through the handler, cycling over `events`; p50/p99 and stage medians.
 
+    `outside_service` is the handler's own share: base64, routing, JSON, logging (the wall time
+    minus the service's `timings_ms.total`).
+    """
+    context = LambdaContext()
     for i in range(warmup):
         predict.handler(events[i % len(events)], context)
-    totals, stages = [], {"decode": [], "infer": [], "search": []}
+    totals, outside = [], []
+    stages: dict[str, list[float]] = {"decode": [], "infer": [], "search": []}
     for i in range(count):
         started = time.perf_counter()
         response = predict.handler(events[i % len(events)], context)
@@ -110,10 +115,29 @@ def serve(predict: Any, pictures: list[bytes], count: int, warmup: int) -> dict[
         timings = json.loads(response["body"])["timings_ms"]
         for stage, values in stages.items():
             values.append(timings[stage])
-    return {
-        "p50_ms": p50(totals), "p99_ms": p99(totals), "requests": count,
-        "stages_p50_ms": {stage: p50(values) for stage, values in stages.items()},
-    }
+        outside.append(totals[-1] - timings["total"])
+    stage_p50 = {stage: p50(values) for stage, values in stages.items()}
+    stage_p50["outside_service"] = p50(outside)
+    return {"p50_ms": p50(totals), "p99_ms": p99(totals), "requests": count,
+            "stages_p50_ms": stage_p50}
+
+
+def profile(work: Any, top: int = 15) -> list[str]:
+    """cProfile of `work()`: the functions with the most own time, as readable lines."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(work)
+    stats = pstats.Stats(profiler)
+    total = sum(entry[2] for entry in stats.stats.values()) or 1.0
+    ranked = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    lines = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in ranked:
+        where = f"{Path(filename).name}:{line}" if line else "built-in"
+        lines.append(f"{100 * own / total:5.1f}% own, {cumulative:.3f}s cum, {calls} calls: "
+                     f"{name} ({where})")
+    return lines
 
 
 def run(bench: Bench) -> dict[str, Any]:
@@ -140,16 +164,19 @@ def run(bench: Bench) -> dict[str, Any]:
         "LOG_LEVEL": "WARNING",
     }
     small, large = bench.small_jpegs[:50], bench.large_jpegs
+    small_events = [predict_event(data) for data in small]
+    large_events = [predict_event(data) for data in large]
     with handler_environment(env) as predict:
-        small_run = serve(predict, small, sizes.small_requests, sizes.warmup)
-        large_run = serve(predict, large, sizes.large_requests, 2)
+        small_run = serve(predict, small_events, sizes.small_requests, sizes.warmup)
+        small_profile = profile(lambda: serve(predict, small_events, sizes.profile_requests, 0))
+        large_run = serve(predict, large_events, sizes.large_requests, 2)
         import artlens.service
 
         with patched(artlens.service, "load_image", load_image_without_draft):
-            nodraft_run = serve(predict, large, sizes.nodraft_requests, 1)
+            nodraft_run = serve(predict, large_events, sizes.nodraft_requests, 1)
         keras = KerasClassifier(bench.model.keras_path, bench.card)
         with patched(predict, "classifier", lambda: keras):
-            keras_run = serve(predict, small, sizes.keras_requests, 2)
+            keras_run = serve(predict, small_events, sizes.keras_requests, 2)
 
     return {
         "small_p50_ms": small_run["p50_ms"],
@@ -166,6 +193,7 @@ def run(bench: Bench) -> dict[str, Any]:
             "large_nodraft": nodraft_run["stages_p50_ms"],
             "keras_small": keras_run["stages_p50_ms"],
         },
+        "small_profile_top": small_profile,
         "requests": {
             "small": sizes.small_requests, "large": sizes.large_requests,
             "large_nodraft": sizes.nodraft_requests, "keras_small": sizes.keras_requests,

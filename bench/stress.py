@@ -321,7 +321,8 @@ def table(title: str, summary: dict) -> str:
         ("latency p50 / p95 / p99 (ms)",
          f"{summary['p50_ms']} / {summary['p95_ms']} / {summary['p99_ms']}"),
         ("statuses", json.dumps(summary["statuses"])),
-        ("errors", summary["errors"]),
+        ("errors", f"{summary['errors']} {json.dumps(summary['transport_errors'])}"
+                   if summary["transport_errors"] else summary["errors"]),
         ("server RSS start / middle / end (MB)",
          f"{rss['start']} / {rss['middle']} / {rss['end']}"),
         ("memory stable", "yes" if summary["memory_stable"] else "NO"),

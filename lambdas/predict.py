@@ -36,6 +36,7 @@ from artlens.http import (
 )
 from artlens.lake import lake_from_settings
 from artlens.model import Classifier, ModelRegistry, registry_from_settings
+from artlens.nonces import PostgresNonces
 from artlens.service import CURRENT_VERSION_TTL_S, CurrentModel, collection_map, predict_image
 from artlens.settings import Settings
 from artlens.signing import verify_signed_body
@@ -67,6 +68,12 @@ def lake() -> Any:
 
 
 @functools.cache
+def nonces() -> PostgresNonces:
+    """The replay ledger for signed requests (same database as the index)."""
+    return PostgresNonces(store())
+
+
+@functools.cache
 def current_model() -> CurrentModel:
     return CurrentModel(
         registry(), store(), threads=settings().ort_threads, ttl_s=CURRENT_VERSION_TTL_S
@@ -80,13 +87,12 @@ def classifier() -> Classifier:
 
 def reset() -> None:
     """Forget the cached settings and clients (tests that change the environment)."""
-    for cached in (settings, registry, store, lake, current_model):
+    for cached in (settings, registry, store, lake, nonces, current_model):
         cached.cache_clear()
 
 
 def predict_route(event: Mapping[str, Any]) -> dict[str, Any]:
     query = parse_predict_query(event)
-    verify_signed_body(event)
     image = extract_image(event)
     return predict_image(image, classifier(), store(), lake(), query.neighbors, query.scope)
 
@@ -126,7 +132,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if str(event.get("httpMethod", "")).upper() == "OPTIONS":
         return {"statusCode": 204, "headers": cors_headers(cors_origin), "body": ""}
     try:
-        body = _route(event)(event)
+        route = _route(event)
+        verify_signed_body(event, nonces())  # signed requests: body hash, then replay check
+        body = route(event)
         response = json_response(200, body, cors_origin)
     except Exception as exc:  # the one place errors become responses
         response = response_for_exception(exc, cors_origin, logger)

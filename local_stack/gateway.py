@@ -160,6 +160,8 @@ def content_type_for(path: str) -> str:
 
 
 class GatewayServer(ThreadingHTTPServer):
+    # Python's default listen backlog (5) resets connections when 32 clients connect at once.
+    request_queue_size = 128
     daemon_threads = True
     allow_reuse_address = True
 

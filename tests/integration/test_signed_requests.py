@@ -3,7 +3,6 @@ keys issued and revoked live by `python -m client.keys`, and the nonce ledger in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,10 +15,9 @@ from urllib.parse import quote, urlencode
 import psycopg2
 import pytest
 
-from artlens.apikeys import ApiKeySource, parse_keys
 from artlens.errors import Unauthorized
 from artlens.nonces import PostgresNonces
-from artlens.signing import HmacVerifier, sign_request
+from artlens.signing import sign_request, verify_signed_body
 from artlens.store import EmbeddingStore
 from bench.stress import REPO_ROOT, LocalStackProcess, local_stack, stack_env
 from client import ApiError, ArtLensClient
@@ -147,25 +145,15 @@ def test_bearer_tokens_still_work_beside_signatures(stack):
 
 
 def test_two_containers_share_the_nonce_ledger(pg_dsn):
-    """Two verifiers with their own connections (two authorizer containers): one use only."""
-    keys = parse_keys({"ak_shared": {"secret": "shared-secret"}})
-
-    class Backend:
-        def read(self):
-            return dict(keys)
-
-    first, second = (
-        HmacVerifier(ApiKeySource(Backend(), 60), PostgresNonces(EmbeddingStore(pg_dsn)))
-        for _ in range(2)
-    )
+    """Two predict containers with their own connections: a signed request is served once."""
     headers = sign_request("ak_shared", "shared-secret", "GET", "/map", [], b"")
-    event = {"httpMethod": "GET", "path": "/map", "headers": headers, "requestContext": {}}
-    credentials = headers["Authorization"].split(" ", 1)[1]
-    assert first(credentials, event, None).sub == "ak_shared"
+    event = {"httpMethod": "GET", "path": "/map", "headers": headers, "body": "",
+             "requestContext": {"authorizer": {"scheme": "hmac", "sub": "ak_shared"}}}
+    first, second = (PostgresNonces(EmbeddingStore(pg_dsn)) for _ in range(2))
+    verify_signed_body(event, first)
     with pytest.raises(Unauthorized) as refused:
-        second(credentials, event, None)
+        verify_signed_body(event, second)
     assert refused.value.code == "replayed_request"
-    assert hashlib.sha256(b"").hexdigest() == headers["X-ArtLens-Content-SHA256"]
 
 
 def test_the_client_raises_typed_errors(stack, key):

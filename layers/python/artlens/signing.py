@@ -9,9 +9,11 @@ A request carries:
 X-ArtLens-Signature is not used: the signature travels in Authorization, so that no two signed
 requests ever share an authorizer cache entry keyed on that header.
 
-The authorizer checks the window, the key, the signature (constant time), then records the nonce
-(artlens.nonces) so a replay is refused. It never sees the body, so the predict handler calls
-`verify_signed_body` to compare X-ArtLens-Content-SHA256 with the body it received.
+The authorizer checks the window, the key and the signature (constant time). It never sees the
+body, and API Gateway may answer a repeated Authorization header from its policy cache without
+calling it at all, so the predict handler - which sees every request - calls
+`verify_signed_body`: the body must match X-ArtLens-Content-SHA256, and the nonce is recorded
+(artlens.nonces) so a replay is refused. The authorizer therefore needs no database access.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from artlens.apikeys import (
 from artlens.auth import Principal, register_scheme
 from artlens.errors import Unauthorized
 from artlens.http import body_bytes, header
-from artlens.nonces import NonceLedger, PostgresNonces
-from artlens.settings import ConfigError, Settings
+from artlens.nonces import NonceLedger
+from artlens.settings import ConfigError
 
 SCHEME = "ArtLens-HMAC-SHA256"
 PRINCIPAL_SCHEME = "hmac"  # the `scheme` the authorizer puts in its context
@@ -132,11 +134,10 @@ class HmacVerifier:
     """The authorizer side: `(credentials, event, token keys) -> Principal` or Unauthorized."""
 
     def __init__(
-        self, keys: ApiKeySource, nonces: NonceLedger, *, window_s: int = WINDOW_S,
+        self, keys: ApiKeySource, *, window_s: int = WINDOW_S,
         clock: Callable[[], float] = time.time,
     ):
         self._keys = keys
-        self._nonces = nonces
         self._window_s = int(window_s)
         self._clock = clock
 
@@ -167,18 +168,14 @@ class HmacVerifier:
             matched |= hmac.compare_digest(signature(key.secret, canonical), claimed)
         if not matched:
             raise Unauthorized("The request signature does not match.", code="bad_signature")
-        try:
-            fresh = self._nonces.remember(key_id, nonce, int(timestamp) + self._window_s)
-        except Exception as exc:  # ledger down: refuse rather than risk a replay
-            _log.error("nonce ledger unavailable: %s", type(exc).__name__)
-            raise Unauthorized("Authentication is not available.") from None
-        if not fresh:
-            raise Unauthorized("This signed request was already used.", code="replayed_request")
         return Principal(sub=key_id, scheme=PRINCIPAL_SCHEME)
 
 
-def verify_signed_body(event: Mapping[str, Any]) -> None:
-    """In the predict handler: a signed request's body must be the one its signature covers."""
+def verify_signed_body(
+    event: Mapping[str, Any], nonces: NonceLedger, *, window_s: int = WINDOW_S
+) -> None:
+    """In the predict handler, for signed requests: the body must be the one the signature
+    covers, and the request must not have been seen before (its nonce is recorded)."""
     context = (event.get("requestContext") or {}).get("authorizer") or {}
     if context.get("scheme") != PRINCIPAL_SCHEME:
         return
@@ -188,6 +185,15 @@ def verify_signed_body(event: Mapping[str, Any]) -> None:
         raise Unauthorized(
             "The body does not match X-ArtLens-Content-SHA256.", code="body_hash_mismatch"
         )
+    key_id = header(event, KEY_ID_HEADER) or ""
+    nonce = header(event, NONCE_HEADER) or ""
+    timestamp = header(event, TIMESTAMP_HEADER) or ""
+    if not (_NONCE.match(nonce) and _TIMESTAMP.match(timestamp)):
+        raise Unauthorized("The request signature headers are missing or malformed.",
+                           code="bad_signature")
+    # The ledger being down propagates as Unavailable (503): refused, never let through.
+    if not nonces.remember(key_id, nonce, int(timestamp) + window_s):
+        raise Unauthorized("This signed request was already used.", code="replayed_request")
 
 
 # --------------------------------------------------------------------------- wiring
@@ -223,20 +229,17 @@ class SigningSettings:
 
 
 def verifier_from_env(environ: Mapping[str, str]) -> HmacVerifier:
-    from artlens.store import store_from_settings
-
     signing = SigningSettings.from_env(environ)
     if signing.api_keys_secret_arn:
         backend: Any = SecretsManagerKeys(secrets_client(), signing.api_keys_secret_arn)
     else:
         backend = FileKeys(signing.api_keys_file)
-    store = store_from_settings(Settings.from_env(environ, needs=("database",)))
-    return HmacVerifier(ApiKeySource(backend, signing.api_keys_ttl_s), PostgresNonces(store))
+    return HmacVerifier(ApiKeySource(backend, signing.api_keys_ttl_s))
 
 
 class LazyVerifier:
     """Builds the verifier on the first signed request, so a container that only ever sees
-    bearer tokens never needs the key secret or the database, and a configuration error
+    bearer tokens never reads the key secret, and a configuration error
     denies (and is logged) instead of failing the authorizer's cold start."""
 
     def __init__(self, build: Callable[[], HmacVerifier]):
