@@ -23,10 +23,12 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from artlens.auth import TokenKeySource, allow_policy, authenticate
 from artlens.errors import ArtLensError
+from artlens.logs import route_library_logs
 from artlens.settings import Settings
 from artlens.signing import register_from_env
 
 logger = Logger(service="artlens-authorizer")
+route_library_logs(logger)
 hmac_scheme = register_from_env(os.environ)  # built on the first signed request
 
 

@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from artlens.ingest import IngestReport, Status, ensure_model_version, ingest_objects
 from artlens.lake import lake_from_settings
+from artlens.logs import route_library_logs
 from artlens.model import registry_from_settings
 from artlens.service import CurrentModel
 from artlens.settings import Settings
@@ -31,6 +32,7 @@ from artlens.store import store_from_settings
 
 settings = Settings.from_env(os.environ, needs=("model", "database", "lake"))
 logger = Logger(service="artlens-embed", level=settings.log_level)
+route_library_logs(logger)
 registry = registry_from_settings(settings)
 lake = lake_from_settings(settings)
 store = store_from_settings(settings)  # connects lazily, on first use

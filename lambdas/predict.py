@@ -35,6 +35,7 @@ from artlens.http import (
     response_for_exception,
 )
 from artlens.lake import lake_from_settings
+from artlens.logs import route_library_logs
 from artlens.model import Classifier, ModelRegistry, registry_from_settings
 from artlens.nonces import PostgresNonces
 from artlens.service import CURRENT_VERSION_TTL_S, CurrentModel, collection_map, predict_image
@@ -43,6 +44,7 @@ from artlens.signing import verify_signed_body
 from artlens.store import EmbeddingStore, store_from_settings
 
 logger = Logger(service="artlens-predict")
+route_library_logs(logger)
 
 
 @functools.cache
