@@ -40,11 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run kNN at 1,000,000 rows (long on 2 cores)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="folder with artlens.json + artlens.keras (default models/)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of an existing results file (--out) and refresh "
+                        "docs/performance.md from it; measures nothing")
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
-    if args.quick and args.out is None:
+    if args.quick and args.out is None and not args.table_only:
         parser.error("--quick writes a smoke result; name it with --out (results.json is "
                      "the record of a full run)")
     return args
@@ -52,6 +55,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table_only:
+        import json
+
+        results = json.loads((args.out or DEFAULT_OUT).read_text())
+        print(report.text_table(results))
+        if results.get("mode") == "full" and report.update_doc(results):
+            print(f"updated the table in {report.DOC.relative_to(_REPO)}")
+        return 0
     started = time.perf_counter()
     sizes = common.Sizes.for_mode(args.quick, args.million)
     wanted = [s for s in SECTIONS if s in args.sections.split(",")]

@@ -101,6 +101,8 @@ def p99(values: Sequence[float]) -> float:
 def rounded(value: Any, digits: int = 3) -> Any:
     """Round floats (recursively) so results.json stays readable."""
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:  # small differences keep 3 significant digits
+            return float(f"{value:.3g}")
         return round(value, digits)
     if isinstance(value, dict):
         return {k: rounded(v, digits) for k, v in value.items()}
@@ -271,7 +273,7 @@ class Postgres:
                 row = cur.fetchone()
         finally:
             conn.close()
-        return {"postgresql": server, "pgvector": row[0] if row else "absent"}
+        return {"postgresql": server, "pgvector-extension": row[0] if row else "absent"}
 
     def close(self) -> None:
         self._server.cleanup()

@@ -120,8 +120,14 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"{knn.get('ef_construction')}, ef_search = {knn.get('ef_search')} "
             f"(chosen at {knn.get('chosen_at_rows'):,} rows)."
         )
+    start = machine.get("load_average_at_start") or ["?"]
+    end = machine.get("load_average_at_end") or ["?"]
+    busy = isinstance(end[0], int | float) and end[0] > (machine.get("cores") or 1)
     out.append(f"Generated {results.get('generated_at')} by `make bench` in "
-               f"{results.get('bench_seconds', 0):.0f} s.")
+               f"{results.get('bench_seconds', 0):.0f} s; 1-minute load average "
+               f"{start[0]} at start, {end[0]} at end"
+               + (" — other work shared the cores, so the figures are inflated; rerun on a "
+                  "quiet machine." if busy else "."))
     return "\n".join(out)
 
 

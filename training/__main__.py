@@ -60,6 +60,13 @@ def parse_args(argv=None):
         "--per-class-limit", type=int, default=None, help="cap rows per class (quick runs)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--baseline-cv",
+        type=Path,
+        default=None,
+        help="a previous model card: its cross-validation results for configs not run now are "
+        "reused for the comparison (same data checksum, folds, epochs and seed required)",
+    )
     p.add_argument("--version", default=None, help="model version (default: date + git short hash)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -101,6 +108,38 @@ def limit_per_class(pool, limit, seed):
     return pool.pixels[keep], pool.labels[keep]
 
 
+def summarise_cv(cv: dict) -> dict:
+    """The card's form of a CV result: per-fold figures without the epoch histories."""
+    if "fold_results" not in cv:  # reused from an earlier card: already summarised
+        return cv
+    per_fold = [
+        {k: r[k] for k in ("fold", "accuracy", "macro_f1", "recall", "seconds")}
+        for r in cv["fold_results"]
+    ]
+    return {k: v for k, v in cv.items() if k != "fold_results"} | {"per_fold": per_fold}
+
+
+def reused_cv(card_path: Path, checksum: str, args) -> dict:
+    """Cross-validation results of an earlier run, when its protocol is exactly this one's."""
+    card = json.loads(Path(card_path).read_text())
+    training = card["training"]
+    same = (
+        training["data"]["checksum"] == checksum
+        and training["folds"] == args.folds
+        and training["cv_epochs"] == args.cv_epochs
+        and training["seed"] == args.seed
+        and training.get("per_class_limit") == args.per_class_limit
+    )
+    if not same:
+        raise SystemExit(f"{card_path}: its CV protocol differs from this run's; not reusable")
+    wanted = set(args.configs.split(","))
+    return {
+        name: cv | {"reused_from_model_version": card["version"]}
+        for name, cv in card["metrics"]["cross_validation"].items()
+        if name not in wanted
+    }
+
+
 def main(argv=None) -> int:
     import keras
     import tensorflow as tf
@@ -112,7 +151,6 @@ def main(argv=None) -> int:
     verbose = 0 if args.quiet else 2
     args.out.mkdir(parents=True, exist_ok=True)
     args.model_dir.mkdir(parents=True, exist_ok=True)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     keras.utils.set_random_seed(args.seed)
 
     print(f"== loading and cleaning {args.data}", flush=True)
@@ -136,6 +174,8 @@ def main(argv=None) -> int:
 
     config_names = [c for c in args.configs.split(",") if c]
     cv_results = {}
+    if args.baseline_cv:
+        cv_results.update(reused_cv(args.baseline_cv, pool.report["data_checksum"], args))
     if args.folds >= 2:
         for name in config_names:
             print(
@@ -197,16 +237,7 @@ def main(argv=None) -> int:
     # The Keras original is kept beside it for the ONNX-vs-Keras benchmark; serving never loads it.
     final.model.save(args.model_dir / "artlens.keras")
     elapsed = time.perf_counter() - started
-    cv_summary = {
-        name: {k: v for k, v in cv.items() if k != "fold_results"}
-        | {
-            "per_fold": [
-                {k: r[k] for k in ("fold", "accuracy", "macro_f1", "recall", "seconds")}
-                for r in cv["fold_results"]
-            ]
-        }
-        for name, cv in cv_results.items()
-    }
+    cv_summary = {name: summarise_cv(cv) for name, cv in cv_results.items()}
     card = write_card(
         args.model_dir / "artlens.json",
         onnx_path,

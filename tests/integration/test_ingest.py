@@ -143,6 +143,84 @@ def test_a_database_outage_fails_items_without_losing_them(lake, classifier):
     assert lake.exists("incoming/p.png")  # still there for the retry
 
 
+class CountingStore(EmbeddingStore):
+    """The real store, counting the calls ingest makes and failing chosen upsert_many calls."""
+
+    def __init__(self, dsn, fail_upsert_calls=()):
+        super().__init__(dsn)
+        self.calls: dict[str, int] = {}
+        self.fail_upsert_calls = set(fail_upsert_calls)
+
+    def _count(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return self.calls[name]
+
+    def existing_sha256(self, *args, **kwargs):
+        self._count("existing_sha256")
+        return super().existing_sha256(*args, **kwargs)
+
+    def upsert_many(self, rows):
+        if self._count("upsert_many") in self.fail_upsert_calls:
+            raise Unavailable("injected: the transaction did not commit")
+        return super().upsert_many(rows)
+
+    def has_sha256(self, *args, **kwargs):
+        self._count("has_sha256")
+        return super().has_sha256(*args, **kwargs)
+
+    def upsert(self, row):
+        self._count("upsert")
+        return super().upsert(row)
+
+
+def test_ingest_asks_the_database_twice_per_chunk_and_fails_only_the_chunk_hit(
+    lake, pg_dsn, classifier
+):
+    store = CountingStore(pg_dsn, fail_upsert_calls={2})
+    store.migrate()
+    ensure_model_version(store, classifier)
+    keys = [f"incoming/{i}.png" for i in range(7)]
+    for i, key in enumerate(keys):
+        lake.put(key, picture(300 + i))
+    store.calls.clear()
+
+    report = ingest_objects(keys, lake, classifier, store, batch_size=3)
+    assert store.calls == {"existing_sha256": 3, "upsert_many": 3}  # chunks of 3, 3, 1
+    assert report.failed_keys == keys[3:6]  # exactly the second chunk
+    assert all(isinstance(report.outcomes[k].error, Unavailable) for k in keys[3:6])
+    assert [report.outcomes[k].status for k in keys[:3] + keys[6:]] == [Status.INDEXED] * 4
+    assert lake.list("incoming/") == keys[3:6]  # kept for the retry
+    assert store.count() == 4
+
+    retry = ingest_objects(report.failed_keys, lake, classifier, store, batch_size=3)
+    assert (retry.indexed, retry.failed) == (3, 0)
+    assert lake.list("incoming/") == []
+    assert store.count() == 7
+    assert set(store.keys()) == set(lake.list("gallery/"))
+    store.close()
+
+
+def test_one_failed_gallery_write_fails_only_that_picture(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    broken = picture(400)
+    keys = ["incoming/ok1.png", "incoming/broken.png", "incoming/ok2.png"]
+    for key, data in zip(keys, (picture(401), broken, picture(402)), strict=True):
+        lake.put(key, data)
+    original_put = lake.put
+
+    def put(key, data, content_type="application/octet-stream"):
+        if key == f"gallery/{sha(broken)}.png":
+            raise OSError("disk full")
+        original_put(key, data, content_type)
+
+    lake.put = put
+    report = ingest_objects(keys, lake, classifier, store)
+    assert report.failed_keys == ["incoming/broken.png"]
+    assert (report.indexed, store.count()) == (2, 2)
+    assert lake.list("incoming/") == ["incoming/broken.png"]
+    assert not store.existing_sha256([sha(broken)], classifier.version)
+
+
 def test_ingest_writes_rows_for_the_classifier_version_while_queries_stay(
     lake, store, classifier, tiny_model_card_v2
 ):
@@ -289,7 +367,11 @@ def test_local_lake_signed_urls(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key", ["../outside.png", "/etc/passwd", "gallery/../../x", "", "a\\b", "gallery/"]
+    "key",
+    [
+        "../outside.png", "/etc/passwd", "gallery/../../x", "", "a\\b", "gallery/",
+        "gallery//x.png", "./gallery/x.png", "gallery/x.png/.", ".", "gallery/\x00.png",
+    ],
 )
 def test_local_lake_refuses_keys_outside_its_folder(tmp_path, key):
     from artlens.errors import BadRequest
@@ -302,6 +384,21 @@ def test_local_lake_refuses_keys_outside_its_folder(tmp_path, key):
         lake.put(key, b"x")
     assert not lake.verify_url(key, "9999999999", "0" * 64)
     assert not (tmp_path / "outside.png").exists()
+
+
+def test_local_lake_signs_urls_from_the_key_text_alone(tmp_path, monkeypatch):
+    import pathlib
+
+    lake = LocalLake(tmp_path, b"k", clock=lambda: 1_000.0)
+
+    def no_file_system(self, *args, **kwargs):
+        raise AssertionError(f"url_for touched the file system for {self}")
+
+    monkeypatch.setattr(pathlib.Path, "resolve", no_file_system)
+    monkeypatch.setattr(pathlib.Path, "stat", no_file_system)
+    url = lake.url_for("gallery/not written yet.png")
+    query = dict(p.split("=") for p in url.split("?", 1)[1].split("&"))
+    assert lake.verify_url("gallery/not written yet.png", query["exp"], query["sig"])
 
 
 def test_local_lake_objects(tmp_path):

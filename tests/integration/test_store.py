@@ -208,6 +208,85 @@ def test_upsert_is_idempotent_on_sha256_and_version(store):
     assert store.count("v1") == 1 and store.count("v2") == 1
 
 
+def _row(sha: str, version: str = "v1", key: str | None = None) -> ImageRow:
+    return ImageRow(
+        key=key or f"gallery/{sha}.jpg", sha256=sha, label="painting", probability=0.5,
+        embedding=np.full(128, 0.25, np.float32), model_version=version,
+        width=1, height=1, size_bytes=1,
+    )
+
+
+def test_upsert_many_reports_each_row_and_is_one_transaction(store):
+    _ready(store, "v1")
+    store.register_version("v2")
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    assert store.upsert(_row(a)) is True
+    assert store.upsert_many([]) == []
+
+    inserted = store.upsert_many([
+        _row(b), _row(a), _row(c), _row(b, key="gallery/b-again.jpg"), _row(c, "v2"),
+    ])
+    assert inserted == [True, False, True, False, True]
+    assert store.keys("v1") == sorted(f"gallery/{sha}.jpg" for sha in (a, b, c))
+    assert store.count("v2") == 1
+
+    # One row the database refuses (an unknown model version) and the whole batch is undone.
+    with pytest.raises(psycopg2.IntegrityError):
+        store.upsert_many([_row(d), _row("e" * 64, "never-registered")])
+    assert store.existing_sha256([d]) == set()
+    assert store.upsert_many([_row(d)]) == [True]  # the connection is usable afterwards
+
+
+def test_existing_sha256_is_per_version(store):
+    _ready(store, "v1")
+    store.register_version("v2")
+    a, c = "a" * 64, "c" * 64
+    store.upsert_many([_row(a), _row(c), _row(c, "v2")])
+    assert store.existing_sha256([a, c, "f" * 64, a], "v1") == {a, c}
+    assert store.existing_sha256([a, c], "v2") == {c}
+    assert store.existing_sha256([a, "f" * 64]) == {a}  # default: the current version (v1)
+    assert store.existing_sha256([], "v1") == set()
+
+
+def test_search_settings_are_per_session_and_survive_a_reconnect(pg_dsn, store):
+    _ready(store, "v1")
+    store.upsert(_row("a" * 64))
+
+    def session(cur):
+        cur.execute(
+            "SELECT pg_backend_pid(), current_setting('hnsw.ef_search'),"
+            " current_setting('hnsw.iterative_scan')"
+        )
+        return cur.fetchone()
+
+    assert len(store.nearest(np.ones(128), k=1)) == 1
+    pid, ef, scan = store._transaction(session)
+    assert (ef, scan) == ("40", "relaxed_order")
+
+    store.ef_search = 77
+    assert len(store.nearest(np.ones(128), k=1)) == 1
+    assert store._transaction(session) == (pid, "77", "relaxed_order")  # same session, new value
+
+    def fails(cur):
+        cur.execute("SELECT 1")
+        raise ValueError("rolled back")
+
+    with pytest.raises(ValueError):
+        store._transaction(fails)
+    assert store._transaction(session) == (pid, "77", "relaxed_order")  # not undone by rollback
+
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    admin.close()
+    assert len(store.nearest(np.ones(128), k=1)) == 1  # transparently on a new connection
+    new_pid, ef, scan = store._transaction(session)
+    assert new_pid != pid and (ef, scan) == ("77", "relaxed_order")
+    with pytest.raises(ValueError):
+        store.ef_search = 0
+
+
 def test_migrations_rerun_cleanly_and_concurrently(pg_server, pg_dsn):
     first = EmbeddingStore(pg_dsn)
     names = [p.name for p in migration_files()]

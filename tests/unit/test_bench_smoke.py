@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cold_start, report
+from bench import cold_start, knn, report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,8 @@ def test_machine_versions_and_table_are_reported(quick_run):
     results, stdout, record_untouched = quick_run
     assert results["mode"] == "quick"
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu_model"]
-    for library in ("onnxruntime", "tensorflow-cpu", "keras", "postgresql", "pgvector"):
+    for library in ("onnxruntime", "tensorflow-cpu", "keras", "postgresql", "pgvector",
+                    "pgvector-extension"):
         assert results["versions"][library] not in ("", "not installed", "absent"), library
     assert "stand-in" in results["model"]["source"]
     assert "figure" in stdout and "kNN recall@5, 1,000 rows" in stdout
@@ -140,3 +141,19 @@ def test_table_marks_missed_targets():
     assert table["kNN p50, 100,000 rows"][4].startswith("NO")
     assert table["kNN recall@5, 100,000 rows"][4].startswith("yes")
     assert table["inference, batch 1"][3] == "40.0x"
+
+
+def test_hnsw_choice_prefers_the_cheaper_build_within_ten_percent():
+    def point(m, efc, build_s, ef, recall, ms):
+        return {"m": m, "ef_construction": efc, "build_s": build_s, "ef_search": ef,
+                "recall_at_5": recall, "hnsw_p50_ms": ms}
+
+    sweep = [
+        point(16, 64, 20.0, 10, 0.95, 1.0), point(16, 64, 20.0, 40, 0.992, 1.50),
+        point(24, 128, 60.0, 20, 0.995, 1.40),
+    ]
+    assert knn.choose(sweep)["m"] == 16  # 1.50 is within 10 % of 1.40: cheaper build wins
+    sweep[1]["hnsw_p50_ms"] = 2.0
+    assert knn.choose(sweep)["m"] == 24
+    missed = [point(16, 64, 20.0, 250, 0.97, 3.0), point(24, 128, 60.0, 250, 0.98, 4.0)]
+    assert knn.choose(missed)["recall_at_5"] == 0.98  # none reach the target: best recall

@@ -86,6 +86,13 @@ def test_invalid_base64_body_is_400():
     assert err.code == "invalid_base64"
 
 
+def test_raw_base64_body_with_line_breaks_and_spaces_is_decoded():
+    wrapped = base64.encodebytes(IMAGE).decode().replace("\n", " \r\n\t")
+    assert extract_image(event(wrapped, b64=True, headers={"Content-Type": "image/jpeg"})) == IMAGE
+    err = bad_request(extract_image, event(wrapped + "*", b64=True))
+    assert err.code == "invalid_base64"
+
+
 @pytest.mark.parametrize("content_type", ["multipart/form-data", "Multipart/Form-Data"])
 def test_multipart_field_file_is_extracted_binary_safe(content_type):
     boundary = "XyZ123"
@@ -155,6 +162,10 @@ def test_json_body_itself_base64_encoded_by_api_gateway():
     [
         ('{"image_base64": "abc$"}', "invalid_base64"),
         ('{"image_base64": "abcde"}', "invalid_base64"),  # bad padding
+        ('{"image_base64": "QQ==QQ=="}', "invalid_base64"),  # data after the padding
+        ('{"image_base64": "=QUJD"}', "invalid_base64"),  # leading padding
+        ('{"image_base64": "QU\\nJ$D"}', "invalid_base64"),  # bad even without whitespace
+        ('{"image_base64": "QUJ\\u00e9"}', "invalid_base64"),  # not ASCII
         ('{"image": "abcd"}', "missing_file"),
         ('["image_base64"]', "missing_file"),
         ('{"image_base64": 12}', "missing_file"),

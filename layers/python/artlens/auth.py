@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from artlens.errors import Unauthorized
 from artlens.http import header
 
@@ -42,6 +40,8 @@ def mint_token(key: str | bytes, sub: str, ttl_s: int, *, now: float | None = No
         raise ValueError("ttl_s must be positive")
     issued = int(time.time() if now is None else now)
     claims = {"sub": sub, "iat": issued, "exp": issued + int(ttl_s)}
+    import jwt  # lazily: PyJWT pulls in `cryptography`, which the predict cold start never needs
+
     return jwt.encode(claims, _key_bytes(key), algorithm=ALGORITHM)
 
 
@@ -49,6 +49,8 @@ def verify_token(key: str | bytes, token: str) -> dict[str, Any]:
     """Claims of a valid token. Expired, forged, other-alg or exp-less tokens: Unauthorized."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized("The token is missing or too long.")
+    import jwt  # lazily, as in mint_token
+
     try:
         claims = jwt.decode(
             token,

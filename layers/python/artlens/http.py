@@ -7,7 +7,6 @@ with CORS headers (`response_for_exception` is the ONE place errors become respo
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -111,9 +110,16 @@ def _image_from_json(body: bytes) -> bytes:
 
 
 def _b64decode(text: str | bytes, message: str) -> bytes:
+    # Gateway bodies and browser data URLs are one unbroken line, so the strict decoder almost
+    # always succeeds at once; only a failure pays for copying the text without whitespace
+    # (MIME-style line breaks), which is then validated just as strictly.
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
     try:
         compact = "".join(text.split()) if isinstance(text, str) else b"".join(text.split())
-        return base64.b64decode(compact, validate=True)
+        return binascii.a2b_base64(compact, strict_mode=True)
     except (binascii.Error, ValueError):
         raise BadRequest(message, code="invalid_base64") from None
 

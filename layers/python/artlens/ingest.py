@@ -102,6 +102,16 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class _Drop:
+    """An incoming object read, decoded and hashed; not yet checked against the index."""
+
+    key: str
+    data: bytes
+    image: LoadedImage
+    sha256: str
+
+
+@dataclass(frozen=True)
 class _Picture:
     key: str
     data: bytes
@@ -188,17 +198,26 @@ def ingest_objects(
 
     Items that failed for a transient reason (database down, S3 error) have status FAILED and
     carry the error, so the caller can retry exactly those.
+
+    The database is asked twice per chunk of `batch_size` keys, not twice per picture: one
+    query for the pictures already indexed and one transaction inserting the new rows.
     """
     version = classifier.version
     report = IngestReport(model_version=version)
     unique_keys = list(dict.fromkeys(keys))
 
     for chunk in _batches(unique_keys, batch_size):
-        pictures: list[_Picture] = []
+        drops: list[_Drop] = []
         for key in chunk:
-            outcome_or_picture = _read_incoming(key, lake, store, version, max_bytes)
+            outcome_or_drop = _read_incoming(key, lake, max_bytes)
+            if isinstance(outcome_or_drop, IngestOutcome):
+                report.outcomes[key] = outcome_or_drop
+            else:
+                drops.append(outcome_or_drop)
+        pictures: list[_Picture] = []
+        for outcome_or_picture in _skip_indexed(drops, lake, store, version):
             if isinstance(outcome_or_picture, IngestOutcome):
-                report.outcomes[key] = outcome_or_picture
+                report.outcomes[outcome_or_picture.key] = outcome_or_picture
             else:
                 pictures.append(outcome_or_picture)
         if not pictures:
@@ -212,17 +231,15 @@ def ingest_objects(
                     picture.key, Status.FAILED, sha256=picture.sha256, error=exc
                 )
             continue
-        for picture, result in zip(pictures, embedded, strict=True):
-            report.outcomes[picture.key] = _store_picture(picture, result, lake, store, version)
+        for outcome in _store_pictures(pictures, embedded, lake, store, version):
+            report.outcomes[outcome.key] = outcome
 
     # Report in the caller's order.
     report.outcomes = {key: report.outcomes[key] for key in unique_keys}
     return report
 
 
-def _read_incoming(
-    key: str, lake: ObjectLake, store: EmbeddingStore, version: str, max_bytes: int
-) -> IngestOutcome | _Picture:
+def _read_incoming(key: str, lake: ObjectLake, max_bytes: int) -> IngestOutcome | _Drop:
     if not key.startswith(INCOMING_PREFIX) or key.endswith("/"):
         # Never consume (and delete) objects outside incoming/, whatever a notification says.
         logger.warning("ignoring %s: not an object under %s", key, INCOMING_PREFIX)
@@ -233,15 +250,7 @@ def _read_incoming(
             image = load_image(data, max_bytes=max_bytes)
         except ImageRejected as rejection:
             return _reject(lake, key, rejection)
-        sha = sha256_hex(data)
-        if store.has_sha256(sha, version):
-            # A redelivered message or the same picture dropped again: the row (and, written
-            # before it, the gallery copy) exist, so only the drop is left to clean up.
-            lake.delete(key)
-            return IngestOutcome(
-                key, Status.DUPLICATE, sha256=sha, gallery_key=gallery_key_for(sha, image.format)
-            )
-        return _Picture(key, data, image, sha, preprocess(image.rgb))
+        return _Drop(key, data, image, sha256_hex(data))
     except NotFound:
         # Already processed by an earlier delivery, or deleted by the user: nothing to do.
         logger.warning("skipping %s: the object no longer exists", key)
@@ -251,27 +260,86 @@ def _read_incoming(
         return IngestOutcome(key, Status.FAILED, error=exc)
 
 
-def _store_picture(
-    picture: _Picture, embedded: _Embedded, lake: ObjectLake, store: EmbeddingStore, version: str
-) -> IngestOutcome:
-    gallery_key = gallery_key_for(picture.sha256, picture.image.format)
-    _, content_type = FORMATS[picture.image.format]
+def _failed(key: str, sha256: str | None, exc: Exception, step: str) -> IngestOutcome:
+    logger.warning("%s %s failed: %s", step, key, type(exc).__name__)
+    return IngestOutcome(key, Status.FAILED, sha256=sha256, error=exc)
+
+
+def _skip_indexed(
+    drops: Sequence[_Drop], lake: ObjectLake, store: EmbeddingStore, version: str
+) -> list[IngestOutcome | _Picture]:
+    """Finish the drops whose picture is indexed already; preprocess the others."""
+    if not drops:
+        return []
     try:
-        # Put the very bytes that were hashed (not a copy of the incoming key, which could
-        # have been overwritten since) so gallery/<sha256> always holds that content.
-        lake.put(gallery_key, picture.data, content_type)
-        inserted = store.upsert(_row(picture, embedded, gallery_key, version))
-        lake.delete(picture.key)
+        indexed = store.existing_sha256([d.sha256 for d in drops], version)
     except Exception as exc:
-        logger.warning("storing %s failed: %s", picture.key, type(exc).__name__)
-        return IngestOutcome(picture.key, Status.FAILED, sha256=picture.sha256, error=exc)
-    return IngestOutcome(
-        picture.key,
-        Status.INDEXED if inserted else Status.DUPLICATE,
-        sha256=picture.sha256,
-        gallery_key=gallery_key,
-        label=embedded.label,
-    )
+        return [_failed(d.key, d.sha256, exc, "checking") for d in drops]
+    results: list[IngestOutcome | _Picture] = []
+    for drop in drops:
+        try:
+            if drop.sha256 in indexed:
+                # A redelivered message or the same picture dropped again: the row (and,
+                # written before it, the gallery copy) exist; only the drop is left to clean up.
+                lake.delete(drop.key)
+                results.append(IngestOutcome(
+                    drop.key, Status.DUPLICATE, sha256=drop.sha256,
+                    gallery_key=gallery_key_for(drop.sha256, drop.image.format),
+                ))
+            else:
+                pixels = preprocess(drop.image.rgb)
+                results.append(_Picture(drop.key, drop.data, drop.image, drop.sha256, pixels))
+        except Exception as exc:
+            results.append(_failed(drop.key, drop.sha256, exc, "reading"))
+    return results
+
+
+def _store_pictures(
+    pictures: Sequence[_Picture],
+    embedded: Sequence[_Embedded],
+    lake: ObjectLake,
+    store: EmbeddingStore,
+    version: str,
+) -> list[IngestOutcome]:
+    """Gallery copies, then all rows in one transaction, then the drops are deleted.
+
+    A picture whose gallery write failed gets no row; if the transaction fails, every
+    picture that was in it is FAILED and keeps its incoming object for the retry.
+    """
+    outcomes: list[IngestOutcome] = []
+    staged: list[tuple[_Picture, _Embedded, str]] = []
+    for picture, result in zip(pictures, embedded, strict=True):
+        gallery_key = gallery_key_for(picture.sha256, picture.image.format)
+        _, content_type = FORMATS[picture.image.format]
+        try:
+            # Put the very bytes that were hashed (not a copy of the incoming key, which could
+            # have been overwritten since) so gallery/<sha256> always holds that content.
+            lake.put(gallery_key, picture.data, content_type)
+        except Exception as exc:
+            outcomes.append(_failed(picture.key, picture.sha256, exc, "storing"))
+            continue
+        staged.append((picture, result, gallery_key))
+    if not staged:
+        return outcomes
+    try:
+        inserted = store.upsert_many([_row(p, r, g, version) for p, r, g in staged])
+    except Exception as exc:
+        return outcomes + [_failed(p.key, p.sha256, exc, "indexing") for p, _, _ in staged]
+    for (picture, result, gallery_key), new in zip(staged, inserted, strict=True):
+        try:
+            lake.delete(picture.key)
+        except Exception as exc:
+            # The row is committed: the retry finds the picture indexed and only deletes.
+            outcomes.append(_failed(picture.key, picture.sha256, exc, "deleting"))
+            continue
+        outcomes.append(IngestOutcome(
+            picture.key,
+            Status.INDEXED if new else Status.DUPLICATE,
+            sha256=picture.sha256,
+            gallery_key=gallery_key,
+            label=result.label,
+        ))
+    return outcomes
 
 
 # -- model versions -----------------------------------------------------------------------
@@ -345,8 +413,12 @@ def reindex(
                     continue
                 pictures.append(_Picture(key, data, image, sha256_hex(data), preprocess(image.rgb)))
             if pictures:
-                for picture, result in zip(pictures, _embed(classifier, pictures), strict=True):
-                    if store.upsert(_row(picture, result, picture.key, version)):
+                rows = [
+                    _row(picture, result, picture.key, version)
+                    for picture, result in zip(pictures, _embed(classifier, pictures), strict=True)
+                ]
+                for picture, inserted in zip(pictures, store.upsert_many(rows), strict=True):
+                    if inserted:
                         report.embedded += 1
                     else:
                         report.duplicates += 1

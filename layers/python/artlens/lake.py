@@ -137,13 +137,24 @@ class LocalLake:
         self.base_url = base_url.rstrip("/")
         self._clock = clock
 
-    def path_for(self, key: str) -> Path:
-        """The file behind a key; refuses keys that would leave the lake folder."""
+    @staticmethod
+    def _checked_key(key: str) -> PurePosixPath:
+        """The key as a relative path, judged on its text alone (no file system access).
+
+        Only canonical keys pass ("a/b", never "a//b", "./a" or "a/."), so one object has one
+        key and one signed URL.
+        """
         if not isinstance(key, str) or not key or "\x00" in key or "\\" in key:
             raise BadRequest("Invalid object key.", code="invalid_key")
         posix = PurePosixPath(key)
-        if posix.is_absolute() or ".." in posix.parts or key.endswith("/"):
+        if posix.is_absolute() or ".." in posix.parts or "/".join(posix.parts) != key:
             raise BadRequest("Invalid object key.", code="invalid_key")
+        return posix
+
+    def path_for(self, key: str) -> Path:
+        """The file behind a key; refuses keys that would leave the lake folder."""
+        posix = self._checked_key(key)
+        # resolve() also catches a symlink inside the lake that points outside it.
         path = (self.root / posix).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise BadRequest("Invalid object key.", code="invalid_key")
@@ -196,7 +207,9 @@ class LocalLake:
         return hmac.new(self._url_key, message, hashlib.sha256).hexdigest()
 
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str:
-        self.path_for(key)
+        # Text checks only: signing touches no file, and the symlink check happens where the
+        # URL is served (get -> path_for).
+        self._checked_key(key)
         exp = int(self._clock()) + int(expires)
         sig = self._signature(key, exp)
         return f"{self.base_url}/lake/{quote(key, safe='/')}?exp={exp}&sig={sig}"
@@ -208,7 +221,7 @@ class LocalLake:
         """
         try:
             exp_value = int(exp)
-            self.path_for(key)
+            self._checked_key(key)
         except (TypeError, ValueError, BadRequest):
             return False
         if exp_value < self._clock():

@@ -27,6 +27,7 @@ import psycopg2
 import psycopg2.extensions
 from pgvector.psycopg2 import register_vector
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from artlens.errors import ArtLensError, NotFound, Unavailable
 
@@ -108,8 +109,6 @@ class EmbeddingStore:
         ef_search: int = DEFAULT_EF_SEARCH,
         migrations_dir: Path = MIGRATIONS_DIR,
     ):
-        if not 1 <= int(ef_search) <= 1000:  # pgvector's accepted range
-            raise ValueError("ef_search must be between 1 and 1000")
         if callable(dsn):
             self._connect_fn: ConnectionFactory = dsn
         else:
@@ -117,12 +116,24 @@ class EmbeddingStore:
             self._connect_fn = lambda: psycopg2.connect(
                 dsn_text, connect_timeout=CONNECT_TIMEOUT_S, application_name="artlens"
             )
-        self.ef_search = int(ef_search)
+        self.ef_search = ef_search
         self.migrations_dir = migrations_dir
         self._conn: psycopg2.extensions.connection | None = None
         self._vector_registered = False
+        self._session_ef_search: int | None = None  # what the open connection's session has
         # One connection serves one transaction at a time; the local stack calls from threads.
         self._lock = threading.Lock()
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if not 1 <= int(value) <= 1000:  # pgvector's accepted range
+            raise ValueError("ef_search must be between 1 and 1000")
+        # An open connection picks the new value up before its next statement (_connection).
+        self._ef_search = int(value)
 
     # -- connection handling -------------------------------------------------------------
 
@@ -133,20 +144,47 @@ class EmbeddingStore:
             conn.autocommit = False
             self._conn = conn
             self._vector_registered = False
+            self._session_ef_search = None
             self._register_vector_if_present()
+        if self._session_ef_search != self._ef_search:
+            self._apply_search_settings()
         return self._conn
 
     def _register_vector_if_present(self) -> None:
         """Teach this connection the `vector` type; before the first migration it is absent."""
         conn = self._conn
         assert conn is not None
+        conn.autocommit = True  # a lone catalog lookup: no BEGIN / ROLLBACK round trips
         try:
             register_vector(conn)
             self._vector_registered = True
         except psycopg2.ProgrammingError:
             self._vector_registered = False
         finally:
-            conn.rollback()  # the type lookup opened a transaction
+            if not conn.closed:
+                conn.autocommit = False
+
+    def _apply_search_settings(self) -> None:
+        """Set the HNSW search options once per session instead of once per query.
+
+        Session-level (is_local = false) and outside any transaction, so no later rollback
+        undoes them; a new connection gets them again from `_connection`. Before the vector
+        library is loaded they are kept as placeholders and take effect when it loads.
+        """
+        conn = self._conn
+        assert conn is not None
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT set_config('hnsw.iterative_scan', %s, false),"
+                    " set_config('hnsw.ef_search', %s, false)",
+                    (ITERATIVE_SCAN, str(self._ef_search)),
+                )
+            self._session_ef_search = self._ef_search
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
 
     def _discard_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -163,10 +201,29 @@ class EmbeddingStore:
         with self._lock:
             return self._transaction_locked(work)
 
-    def _transaction_locked(self, work: Callable[[Any], T]) -> T:
+    def _read(self, work: Callable[[Any], T]) -> T:
+        """Run a single read-only statement in `work(cursor)`: one round trip, no BEGIN/COMMIT.
+
+        The statement runs in autocommit mode, i.e. in its own implicit transaction, which
+        gives a single statement the same snapshot guarantees as an explicit one.
+        """
+        with self._lock:
+            return self._transaction_locked(work, single_statement=True)
+
+    def _transaction_locked(
+        self, work: Callable[[Any], T], *, single_statement: bool = False
+    ) -> T:
         for attempt in (1, 2):
             try:
                 conn = self._connection()
+                if single_statement:
+                    conn.autocommit = True
+                    try:
+                        with conn.cursor() as cur:
+                            return work(cur)
+                    finally:
+                        if not conn.closed:
+                            conn.autocommit = False
                 with conn, conn.cursor() as cur:  # commits, or rolls back on error
                     return work(cur)
             except _TRANSIENT as exc:
@@ -338,22 +395,45 @@ class EmbeddingStore:
 
     def upsert(self, row: ImageRow) -> bool:
         """Insert the row; False when this picture (SHA-256) is already indexed for the version."""
-        embedding = _as_embedding(row.embedding)
+        return self.upsert_many([row])[0]
 
-        def work(cur) -> bool:
-            cur.execute(
-                "INSERT INTO images (key, sha256, label, probability, embedding, model_version,"
-                " width, height, size_bytes)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (sha256, model_version) DO NOTHING RETURNING id",
-                (
-                    row.key, row.sha256, row.label, float(row.probability), embedding,
-                    row.model_version, int(row.width), int(row.height), int(row.size_bytes),
-                ),
+    def upsert_many(self, rows: Sequence[ImageRow]) -> list[bool]:
+        """Insert the rows in one transaction (all or none); per row, True if it was inserted.
+
+        False for a row whose picture (SHA-256) was already indexed for its version, including
+        by an earlier row of the same call (the first of equal rows wins).
+        """
+        values = [
+            (
+                row.key, row.sha256, row.label, float(row.probability),
+                _as_embedding(row.embedding), row.model_version, int(row.width),
+                int(row.height), int(row.size_bytes),
             )
-            return cur.fetchone() is not None
+            for row in rows
+        ]
+        if not values:
+            return []
 
-        return self._transaction(work)
+        def work(cur) -> set[tuple[str, str]]:
+            returned = execute_values(
+                cur,
+                "INSERT INTO images (key, sha256, label, probability, embedding, model_version,"
+                " width, height, size_bytes) VALUES %s"
+                " ON CONFLICT (sha256, model_version) DO NOTHING"
+                " RETURNING sha256, model_version",
+                values,
+                page_size=max(len(values), 1),  # one statement for the whole batch
+                fetch=True,
+            )
+            return {(sha, version) for sha, version in returned}
+
+        inserted = self._transaction(work)
+        results = []
+        for row in rows:
+            identity = (row.sha256, row.model_version)
+            results.append(identity in inserted)
+            inserted.discard(identity)  # later equal rows in this call were the conflicts
+        return results
 
     def nearest(
         self,
@@ -375,11 +455,7 @@ class EmbeddingStore:
         query = _as_embedding(embedding)
 
         def work(cur) -> list[Neighbor]:
-            cur.execute(
-                "SELECT set_config('hnsw.iterative_scan', %s, true),"
-                " set_config('hnsw.ef_search', %s, true)",
-                (ITERATIVE_SCAN, str(self.ef_search)),
-            )
+            # hnsw.ef_search / hnsw.iterative_scan are session settings of this connection.
             cur.execute(
                 "WITH candidates AS MATERIALIZED ("
                 "  SELECT key, label, sha256, embedding <=> %(query)s AS distance"
@@ -402,7 +478,7 @@ class EmbeddingStore:
                 for key, lab, sha, distance in cur.fetchall()
             ]
 
-        return self._transaction(work)
+        return self._read(work)
 
     def count(self, model_version: str | None = None) -> int:
         """Rows of `model_version` (default: the current version; 0 when there is none)."""
@@ -426,7 +502,25 @@ class EmbeddingStore:
             )
             return bool(cur.fetchone()[0])
 
-        return self._transaction(work)
+        return self._read(work)
+
+    def existing_sha256(
+        self, sha256s: Sequence[str], model_version: str | None = None
+    ) -> set[str]:
+        """Which of these pictures already have a row for `model_version` (default: current)."""
+        wanted = list(dict.fromkeys(sha256s))
+        if not wanted:
+            return set()
+
+        def work(cur) -> set[str]:
+            cur.execute(
+                "SELECT sha256 FROM images WHERE sha256 = ANY(%s) AND model_version ="
+                " COALESCE(%s::text, (SELECT version FROM model_versions WHERE is_current))",
+                (wanted, model_version),
+            )
+            return {sha for (sha,) in cur.fetchall()}
+
+        return self._read(work)
 
     def keys(self, model_version: str | None = None) -> list[str]:
         def work(cur) -> list[str]:
