@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,7 @@ from PIL import Image, ImageOps
 
 from bench.common import URL_KEY, Bench, build_index, copy_rows, p50, p99, patched, ratio, tile
 from bench.common import ready_store as make_ready_store
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "artlens-predict"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens-predict"
-    aws_request_id: str = "bench"
+from local_stack.events import LambdaContext
 
 
 def predict_event(data: bytes) -> dict[str, Any]:
@@ -101,7 +93,7 @@ def serve(predict: Any, events: list[dict[str, Any]], count: int, warmup: int) -
     `outside_service` is the handler's own share: base64, routing, JSON, logging (the wall time
     minus the service's `timings_ms.total`).
     """
-    context = LambdaContext()
+    context = LambdaContext("artlens-predict")
     for i in range(warmup):
         predict.handler(events[i % len(events)], context)
     totals, outside = [], []

@@ -28,6 +28,7 @@ from artlens.model import (
 from artlens.service import CurrentModel, predict_image, switch_back
 from artlens.settings import Settings
 from artlens.store import EmbeddingStore
+from local_stack.events import LambdaContext
 from tests.imagegen import artwork, encode
 
 GALLERY_SIZE = 8
@@ -295,12 +296,6 @@ def test_registry_from_settings(tmp_path, tiny_model_card):
 # -- the handlers -----------------------------------------------------------------------------
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "artlens"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens"
-    aws_request_id: str = "cafe"
 
 
 def test_handlers_reindex_switch_and_roll_back_what_predict_serves(
@@ -328,18 +323,18 @@ def test_handlers_reindex_switch_and_roll_back_what_predict_serves(
             "headers": {"content-type": "image/png"}, "queryStringParameters": {"scope": "all"},
             "body": base64.b64encode(gallery.query).decode(), "isBase64Encoded": True,
             "requestContext": {"requestId": "r1"},
-        }, LambdaContext())
+        }, LambdaContext("artlens"))
         assert response["statusCode"] == 200, response["body"]
         return json.loads(response["body"])
 
     try:
         assert_served_by(served(), "tiny-0", gallery, tiny_model_card)
-        report = reindex_lambda.handler({"version": "tiny-1"}, LambdaContext())
+        report = reindex_lambda.handler({"version": "tiny-1"}, LambdaContext("artlens"))
         assert report["activated"] and report["model_version"] == "tiny-1"
         # The image still carries tiny-0, yet predict answers with the current tiny-1.
         assert_served_by(served(), "tiny-1", gallery, tiny_model_card_v2)
 
-        assert reindex_lambda.handler({"rollback": True}, LambdaContext()) == {
+        assert reindex_lambda.handler({"rollback": True}, LambdaContext("artlens")) == {
             "previous_version": "tiny-1", "model_version": "tiny-0"}
         assert_served_by(served(), "tiny-0", gallery, tiny_model_card)
     finally:

@@ -19,18 +19,13 @@ from artlens.lake import LocalLake
 from artlens.model import get_classifier
 from artlens.store import EmbeddingStore, ImageRow
 from lambdas import predict
+from local_stack.events import LambdaContext
 
 ORIGIN = "https://art.example"
 URL_KEY = "local-url-signing-key-for-tests"
 SEED_IMAGES = 48
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "artlens-predict"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens-predict"
-    aws_request_id: str = "beef"
 
 
 def picture(seed: int) -> bytes:
@@ -108,7 +103,7 @@ def post(body: bytes | str, *, content_type="image/png", query=None, b64=True) -
         "isBase64Encoded": b64,
         "requestContext": {"requestId": "req-int-1", "authorizer": {"principalId": "dev"}},
     }
-    return predict.handler(event, LambdaContext())
+    return predict.handler(event, LambdaContext("artlens-predict"))
 
 
 def answer(response: dict, status: int = 200) -> dict:
@@ -229,7 +224,7 @@ def test_collection_map(stack):
     event = {"httpMethod": "GET", "resource": "/map", "path": "/map",
              "headers": {}, "queryStringParameters": {"limit": "20"},
              "requestContext": {"requestId": "req-map"}}
-    body = answer(predict.handler(event, LambdaContext()))
+    body = answer(predict.handler(event, LambdaContext("artlens-predict")))
     assert body["model_version"] == "tiny-0"
     assert body["classes"] == ["drawings", "engraving", "iconography", "painting", "sculpture"]
     assert len(body["points"]) == 20
@@ -245,10 +240,10 @@ def test_collection_map(stack):
 def test_unknown_route_and_wrong_method(stack):
     base = {"headers": {}, "queryStringParameters": None, "requestContext": {"requestId": "r"}}
     missing = predict.handler({**base, "httpMethod": "GET", "resource": "/nope", "path": "/nope"},
-                              LambdaContext())
+                              LambdaContext("artlens-predict"))
     assert answer(missing, 404)["error"] == "not_found"
     wrong = predict.handler({**base, "httpMethod": "GET", "resource": "/predict",
-                             "path": "/predict"}, LambdaContext())
+                             "path": "/predict"}, LambdaContext("artlens-predict"))
     assert answer(wrong, 405)["error"] == "method_not_allowed"
 
 

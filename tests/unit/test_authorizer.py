@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import boto3
 import jwt
@@ -12,18 +11,13 @@ from moto import mock_aws
 
 from artlens.auth import MAX_TOKEN_LENGTH, mint_token
 from lambdas import authorizer
+from local_stack.events import LambdaContext
 
 KEY = "s" * 64
 METHOD_ARN = "arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/POST/predict"
 WILDCARD = "arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/*/*"
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "artlens-authorizer"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:artlens-authorizer"
-    aws_request_id: str = "c0ffee"
 
 
 def authorizer_event(authorization: str | None) -> dict:
@@ -64,7 +58,7 @@ def secret(aws_env):
 
 
 def call(authorization: str | None) -> dict:
-    return authorizer.handler(authorizer_event(authorization), LambdaContext())
+    return authorizer.handler(authorizer_event(authorization), LambdaContext("artlens-authorizer"))
 
 
 def denied(authorization: str | None) -> None:
