@@ -45,6 +45,17 @@ def pg_dsn(pg_server) -> str:
     return pg_server.get_uri(database=name)
 
 
+@pytest.fixture
+def store(pg_dsn):
+    """A migrated EmbeddingStore on a fresh database."""
+    from artlens.store import EmbeddingStore
+
+    store = EmbeddingStore(pg_dsn)
+    store.migrate()
+    yield store
+    store.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_card(tmp_path_factory) -> Path:
     """Path to the card JSON of a tiny real model (5 classes) exported to ONNX by our export."""

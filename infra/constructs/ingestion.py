@@ -61,6 +61,17 @@ class Ingestion(Construct):
             s3.NotificationKeyFilter(prefix=INCOMING_PREFIX),
         )
 
+        # Embed and reindex: the same image, model, bucket and database access.
+        indexing_function = {
+            "environment": {
+                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
+                "IMAGES_BUCKET": images.bucket_name,
+                "ORT_THREADS": str(settings.ort_threads),
+                **database.connection_environment(),
+            },
+            "vpc": database.vpc,
+            "security_groups": [database.client_security_group],
+        }
         self.embed_function = create_function(
             self,
             "EmbedFunction",
@@ -69,14 +80,7 @@ class Ingestion(Construct):
             service="artlens-embed",
             memory_mb=settings.embed_memory_mb,
             timeout=Duration.seconds(settings.embed_timeout_s),
-            environment={
-                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
-                "IMAGES_BUCKET": images.bucket_name,
-                "ORT_THREADS": str(settings.ort_threads),
-                **database.connection_environment(),
-            },
-            vpc=database.vpc,
-            security_groups=[database.client_security_group],
+            **indexing_function,
             description="ArtLens: index pictures dropped under incoming/",
         )
         # incoming/: read and remove once handled; gallery/ and rejected/: write (a copy needs
@@ -108,14 +112,7 @@ class Ingestion(Construct):
             service="artlens-reindex",
             memory_mb=settings.embed_memory_mb,
             timeout=Duration.seconds(settings.reindex_timeout_s),
-            environment={
-                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
-                "IMAGES_BUCKET": images.bucket_name,
-                "ORT_THREADS": str(settings.ort_threads),
-                **database.connection_environment(),
-            },
-            vpc=database.vpc,
-            security_groups=[database.client_security_group],
+            **indexing_function,
             reserved_concurrency=1,  # one reindex at a time
             description="ArtLens: re-embed the gallery with the deployed model",
         )

@@ -41,13 +41,6 @@ def lake(tmp_path):
     return LocalLake(tmp_path / "lake", b"test-url-key")
 
 
-@pytest.fixture
-def store(pg_dsn):
-    store = EmbeddingStore(pg_dsn)
-    store.migrate()
-    yield store
-    store.close()
-
 
 @pytest.fixture
 def classifier(tiny_model_card):

@@ -75,13 +75,6 @@ def _index_only(dsn: str):
     return lambda: psycopg2.connect(dsn, options=INDEX_ONLY)
 
 
-@pytest.fixture
-def store(pg_dsn):
-    store = EmbeddingStore(pg_dsn)
-    store.migrate()
-    yield store
-    store.close()
-
 
 @pytest.fixture
 def filled(pg_dsn, store):

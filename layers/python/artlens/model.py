@@ -99,6 +99,20 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def verified_model_bytes(card: ModelCard) -> bytes:
+    """The ONNX file's bytes, refused unless their SHA-256 is the card's."""
+    try:
+        model_bytes = card.onnx_path.read_bytes()
+    except OSError as exc:
+        raise ModelIntegrityError(f"cannot read ONNX file {card.onnx_path}: {exc}") from exc
+    actual = _sha256_bytes(model_bytes)
+    if actual != card.onnx_sha256:
+        raise ModelIntegrityError(
+            f"{card.onnx_path.name} has SHA-256 {actual}, the card says {card.onnx_sha256}"
+        )
+    return model_bytes
+
+
 class Classifier:
     """ONNX Runtime inference over batches of preprocessed images (NHWC float32 in [0, 1])."""
 
@@ -107,16 +121,8 @@ class Classifier:
 
         if threads < 1:
             raise ValueError("threads must be >= 1")
-        try:
-            model_bytes = card.onnx_path.read_bytes()
-        except OSError as exc:
-            raise ModelIntegrityError(f"cannot read ONNX file {card.onnx_path}: {exc}") from exc
         # Verify the exact bytes we hand to the runtime, so nothing can swap the file in between.
-        actual = _sha256_bytes(model_bytes)
-        if actual != card.onnx_sha256:
-            raise ModelIntegrityError(
-                f"{card.onnx_path.name} has SHA-256 {actual}, the card says {card.onnx_sha256}"
-            )
+        model_bytes = verified_model_bytes(card)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -200,15 +206,7 @@ class ModelRegistry:
         """
         card = ModelCard.load(card_path)
         target = self.path_for(card.version)
-        try:
-            model_bytes = card.onnx_path.read_bytes()
-        except OSError as exc:
-            raise ModelIntegrityError(f"cannot read ONNX file {card.onnx_path}: {exc}") from exc
-        actual = _sha256_bytes(model_bytes)
-        if actual != card.onnx_sha256:
-            raise ModelIntegrityError(
-                f"{card.onnx_path.name} has SHA-256 {actual}, the card says {card.onnx_sha256}"
-            )
+        model_bytes = verified_model_bytes(card)
         if target.parent.exists():
             self._check_registered(card, target)
             return card.version
