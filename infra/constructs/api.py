@@ -22,7 +22,16 @@ from infra.constructs.lambda_defaults import (
 from infra.settings import DeploymentSettings
 
 STAGE_NAME = "v1"
-ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Artlens-Date", "X-Artlens-Key-Id"]
+# The same list the handlers answer with (artlens.http.ALLOWED_HEADERS; a test keeps them equal):
+# the bearer token or signature, the body's type, and the signed-request headers.
+ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "X-ArtLens-Key-Id",
+    "X-ArtLens-Timestamp",
+    "X-ArtLens-Nonce",
+    "X-ArtLens-Content-SHA256",
+]
 
 
 class AuthSecrets(Construct):
@@ -131,7 +140,7 @@ class Api(Construct):
             rest_api_name=f"artlens-{settings.env_name}",
             description="ArtLens: classify artworks and find similar ones",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            binary_media_types=["image/*", "multipart/form-data"],
+            binary_media_types=["image/*", "multipart/form-data", "application/octet-stream"],
             # API Gateway needs an account-level role to write logs; this creates it.
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=RemovalPolicy.DESTROY,

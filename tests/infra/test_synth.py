@@ -82,7 +82,8 @@ def test_predict_and_map_require_the_authorizer_and_options_do_not(dev):
 
 def test_api_binary_types_cors_and_gateway_responses(dev):
     (api,) = dev.of_type("AWS::ApiGateway::RestApi").values()
-    assert {"image/*", "multipart/form-data"} <= set(api["Properties"]["BinaryMediaTypes"])
+    binary = {"image/*", "multipart/form-data", "application/octet-stream"}
+    assert binary <= set(api["Properties"]["BinaryMediaTypes"])
     (distribution_id,) = dev.of_type("AWS::CloudFront::Distribution")
     responses = {
         r["Properties"]["ResponseType"]: r["Properties"]
@@ -101,6 +102,14 @@ def test_api_binary_types_cors_and_gateway_responses(dev):
     ]
     assert preflight and all(distribution_id in resource_text(p) for p in preflight)
     assert "'*'" not in resource_text(preflight)
+    # API Gateway's own answers allow the headers the handlers allow (signed requests included)
+    from artlens.http import ALLOWED_HEADERS
+
+    for response in responses.values():
+        allowed = response["ResponseParameters"][
+            "gatewayresponse.header.Access-Control-Allow-Headers"
+        ]
+        assert set(allowed.strip("'").split(",")) == set(ALLOWED_HEADERS)
 
 
 def test_stage_is_throttled_traced_and_access_logged(dev):

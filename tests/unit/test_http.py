@@ -242,7 +242,7 @@ def assert_cors(response, origin):
         assert key in headers
     assert headers["Access-Control-Allow-Origin"] == origin
     allowed = headers["Access-Control-Allow-Headers"].lower()
-    for name in ("authorization", "content-type", "x-artlens-signature"):
+    for name in ("authorization", "content-type", "x-artlens-nonce", "x-artlens-content-sha256"):
         assert name in allowed
     assert "POST" in headers["Access-Control-Allow-Methods"]
     assert headers["Cache-Control"] == "no-store"

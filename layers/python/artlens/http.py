@@ -25,7 +25,6 @@ SIGNING_HEADERS = (
     "X-ArtLens-Timestamp",
     "X-ArtLens-Nonce",
     "X-ArtLens-Content-SHA256",
-    "X-ArtLens-Signature",
 )
 ALLOWED_HEADERS = ("Authorization", "Content-Type", *SIGNING_HEADERS)
 ALLOWED_METHODS = ("GET", "POST", "OPTIONS")
