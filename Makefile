@@ -2,6 +2,8 @@
 #   make run     the local stack with the shipped model (http://127.0.0.1:$(PORT))
 #   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
 #                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
+#   make token / ingest DIR=… / reindex / rollback / redrive / key ARGS=…   (local stack)
+#   make train DATA=… / bench / stress / synth / layer / deploy ENV=…
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +15,7 @@ export PYTHONPATH := $(CURDIR)/layers/python:$(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
-        bench stress key synth layer deploy browser clean
+        bench stress key synth layer deploy browser clean redrive
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -59,6 +61,10 @@ reindex: $(VENV)/.local-installed
 
 rollback: $(VENV)/.local-installed
 	$(PY) -m local_stack.reindex --rollback
+
+# Put dead-lettered ingestion messages back (docs/operations.md); ARGS="--list" shows them.
+redrive: $(VENV)/.local-installed
+	$(PY) -m local_stack.redrive $(ARGS)
 
 # --- training -------------------------------------------------------------------------------
 train: $(VENV)/.dev-installed
