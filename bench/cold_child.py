@@ -6,7 +6,7 @@ imported at the top so that the measured imports are those of the serving path.
 
 runtime:    the predict handler as the Lambda runs it (environment from the parent).
 tensorflow: the study's way: import TensorFlow/Keras, load artlens.keras, model.predict, then the
-            same database query through artlens.store.
+            same database query through artlens.index.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _tensorflow(picture: bytes) -> dict:
     import tensorflow  # noqa: F401  (the Keras backend; imported as the study's server did)
 
     from artlens.image import image_to_input
-    from artlens.store import EmbeddingStore
+    from artlens.index.embeddings import EmbeddingStore
 
     imported = time.perf_counter()
     card_dir = os.path.dirname(os.environ["MODEL_CARD_PATH"])

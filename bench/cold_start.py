@@ -4,6 +4,10 @@ Cold start: the wall time from spawning a new interpreter to its first answer (i
 load, database connect, one predict + nearest-5), with a warm OS page cache, as a Lambda
 container that is reused after a deploy sees it. Median over a few runs.
 
+Handler imports: the wall time of `import lambdas.<handler>` in a fresh interpreter, for the
+authorizer (which runs before every uncached request and must stay free of numpy and psycopg2)
+beside the predict handler (the whole serving stack) as its baseline. Median over a few runs.
+
 Install size: what each runtime carries, measured from the installed distributions in this
 virtualenv (every file their RECORD lists, .pyc included), over the dependency closure of the
 roots. Our runtime's roots are requirements/runtime.txt; the Keras runtime's are the same with
@@ -128,13 +132,46 @@ def one_cold_start(kind: str, picture: Path, env: dict[str, str]) -> dict[str, A
     return {"wall_s": elapsed, **result}
 
 
+IMPORT_PROBE = (
+    "import sys, time; started = time.perf_counter(); "
+    "import importlib; importlib.import_module(sys.argv[1]); "
+    "print(time.perf_counter() - started)"
+)
+
+
+def handler_import_s(module: str, runs: int) -> float:
+    """Median seconds to import one handler module in a fresh interpreter (warm page cache:
+    one unmeasured import first). Importing builds nothing: the handlers start lazily."""
+    env = child_env(LOG_LEVEL="WARNING")
+
+    def once() -> float:
+        completed = subprocess.run(
+            [sys.executable, "-c", IMPORT_PROBE, module], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        return float(completed.stdout.strip().splitlines()[-1])
+
+    once()
+    return p50([once() for _ in range(runs)])
+
+
+def handler_imports(runs: int) -> dict[str, Any]:
+    authorizer = handler_import_s("lambdas.authorizer", runs)
+    predict = handler_import_s("lambdas.predict", runs)
+    return {
+        "authorizer_import_s": authorizer,
+        "predict_import_s": predict,
+        "authorizer_import_ratio": ratio(predict, authorizer),
+    }
+
+
 def run(bench: Bench) -> dict[str, Any]:
     dsn = bench.pg.new_database("cold")
     store = ready_store(dsn, bench.card.version)
     store.close()
     embedded = bench.embedded
     copy_rows(dsn, bench.card.version, embedded.embeddings, embedded.labels)
-    from artlens.store import HNSW_EF_CONSTRUCTION, HNSW_M
+    from artlens.index.embeddings import HNSW_EF_CONSTRUCTION, HNSW_M
 
     build_index(dsn, HNSW_M, HNSW_EF_CONSTRUCTION)
     picture = bench.workdir / "cold.jpg"
@@ -169,5 +206,6 @@ def run(bench: Bench) -> dict[str, Any]:
         "runs": runs,
         "index_rows": len(embedded.embeddings),
         "statistic": "median wall seconds from spawn to first answer, warm page cache",
+        **handler_imports(max(runs, 3)),
         **install_sizes(),
     }

@@ -289,13 +289,15 @@ def connect_with(dsn: str, **settings: str) -> Callable[[], Any]:
 
 def ready_store(dsn: str, version: str, **settings: str):
     """A migrated store whose current (ready) model version is `version`."""
-    from artlens.store import EmbeddingStore
+    from artlens.index.embeddings import EmbeddingStore
+    from artlens.models.versions import versions_of
 
     store = EmbeddingStore(connect_with(dsn, **settings) if settings else dsn)
     store.migrate()
-    store.register_version(version)
-    store.mark_ready(version)
-    store.activate(version)
+    states = versions_of(store)
+    states.register(version)
+    states.mark_ready(version)
+    states.activate(version)
     return store
 
 
@@ -306,12 +308,17 @@ def copy_rows(dsn: str, version: str, embeddings: np.ndarray, labels: Sequence[s
     Rows go in chunks so that a million rows never sit in memory as one text buffer.
     """
     import psycopg2
+    from psycopg2 import sql
+
+    from artlens.index.embeddings import version_index_name
 
     started = time.perf_counter()
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("DROP INDEX IF EXISTS images_embedding_hnsw")
+            # The version's HNSW index is rebuilt after the load (build_index).
+            cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                sql.Identifier(version_index_name(version))))
             for start in range(0, len(embeddings), COPY_CHUNK_ROWS):
                 buf = io.StringIO()
                 stop = min(len(embeddings), start + COPY_CHUNK_ROWS)
@@ -347,7 +354,7 @@ def index_scans(dsn: str) -> int:
             cur.execute("SELECT pg_stat_clear_snapshot()")
             cur.execute(
                 "SELECT COALESCE(sum(idx_scan), 0) FROM pg_stat_user_indexes"
-                " WHERE indexrelname = 'images_embedding_hnsw'"
+                " WHERE indexrelname LIKE 'images\\_hnsw\\_%'"  # one per model version
             )
             return int(cur.fetchone()[0])
     finally:
@@ -356,7 +363,7 @@ def index_scans(dsn: str) -> int:
 
 def build_index(dsn: str, m: int, ef_construction: int) -> float:
     """(Re)build the HNSW index through EmbeddingStore.rebuild_index; returns seconds."""
-    from artlens.store import EmbeddingStore
+    from artlens.index.embeddings import EmbeddingStore
 
     store = EmbeddingStore(connect_with(dsn, maintenance_work_mem="1GB"))
     started = time.perf_counter()
@@ -472,15 +479,15 @@ class Bench:
 
     @functools.cached_property
     def card(self):
-        from artlens.model import ModelCard
+        from artlens.models.card import ModelCard
 
         return ModelCard.load(self.model.card_path)
 
     @functools.cached_property
     def embedded(self) -> Embedded:
-        from artlens.model import Classifier
+        from artlens.models.classifier import OnnxClassifier
 
-        return embed_pool(Classifier(self.card, threads=self.threads), self.pool)
+        return embed_pool(OnnxClassifier(self.card, threads=self.threads), self.pool)
 
     @functools.cached_property
     def small_jpegs(self) -> list[bytes]:

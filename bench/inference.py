@@ -16,7 +16,7 @@ from bench.common import Bench, p50, ratio, time_calls
 
 
 def run(bench: Bench) -> dict[str, Any]:
-    from artlens.model import Classifier
+    from artlens.models.classifier import OnnxClassifier as Classifier
 
     sizes = bench.sizes
     images = bench.model_inputs(32)

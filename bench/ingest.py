@@ -48,7 +48,7 @@ def _timer(fn: Callable, bucket: str, totals: dict[str, float], calls: dict[str,
 def _one_run(bench: Bench, batch_size: int, pictures: list[bytes], tag: str) -> dict[str, Any]:
     import artlens.ingest
     from artlens.lake import LocalLake
-    from artlens.model import Classifier
+    from artlens.models.classifier import OnnxClassifier as Classifier
 
     dsn = bench.pg.new_database(f"ingest{tag}")
     store = ready_store(dsn, bench.card.version)

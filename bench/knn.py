@@ -96,7 +96,7 @@ class _Measured:
 
 def _one_count(bench: Bench, n: int, queries, query_labels, sigma, rng, sweep_here: bool,
                chosen: dict[str, int] | None) -> dict[str, Any]:
-    from artlens.store import EmbeddingStore
+    from artlens.index.embeddings import EmbeddingStore
 
     version = bench.card.version
     rows, labels = tile(bench.embedded, n, sigma, rng)

@@ -26,6 +26,8 @@ ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None]
     ("request", "large_p99_ms", "predict request, 6 MP, p99", "ms", None, "", None),
     ("cold_start", "runtime_s", "cold start to first answer", "s", "tensorflow_s",
      "Keras runtime", ("<=", 0.5)),
+    ("cold_start", "authorizer_import_s", "authorizer handler import", "s", "predict_import_s",
+     "predict handler import", None),
     ("cold_start", "runtime_install_mb", "runtime install size", "MB", "tensorflow_install_mb",
      "Keras runtime", ("<=", 250)),
     ("ingest", "images_per_s", "ingest, 256 px JPEGs", "img/s", "batch1_images_per_s",

@@ -3,7 +3,7 @@ ONNX inference -> nearest 5 (same class) in PostgreSQL over indexed rows -> JSON
 
 Baselines measured in the same run:
 - large pictures without JPEG draft mode (full-size decode, then the same preprocessing): the
-  handler with `artlens.service.load_image` swapped for a bench-only no-draft loader;
+  handler with `artlens.api.answers.load_image` swapped for a bench-only no-draft loader;
 - the study's serving (Keras `model.predict`) behind the same handler, for small pictures.
 """
 
@@ -61,12 +61,24 @@ class KerasClassifier:
         self.card = card
         self.version = card.version
         self.classes = card.classes
+        self.input_size = card.input_size
+        self.embedding_size = card.embedding_size
 
     def predict(self, batch: np.ndarray):
-        from artlens.model import Prediction
+        from artlens.models.classifier import Prediction
 
         probabilities, embeddings = self._model.predict(batch, verbose=0)
         return Prediction(np.asarray(probabilities), np.asarray(embeddings))
+
+
+class FixedModel:
+    """Serves one classifier, in place of the database's current version."""
+
+    def __init__(self, classifier: Any):
+        self._classifier = classifier
+
+    def classifier(self) -> Any:
+        return self._classifier
 
 
 @contextmanager
@@ -142,7 +154,7 @@ def run(bench: Bench) -> dict[str, Any]:
     dsn = bench.pg.new_database("request")
     make_ready_store(dsn, bench.card.version).close()
     copy_rows(dsn, bench.card.version, rows, labels)
-    from artlens.store import DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M
+    from artlens.index.embeddings import DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M
 
     build_index(dsn, HNSW_M, HNSW_EF_CONSTRUCTION)
 
@@ -162,12 +174,12 @@ def run(bench: Bench) -> dict[str, Any]:
         small_run = serve(predict, small_events, sizes.small_requests, sizes.warmup)
         small_profile = profile(lambda: serve(predict, small_events, sizes.profile_requests, 0))
         large_run = serve(predict, large_events, sizes.large_requests, 2)
-        import artlens.service
+        import artlens.api.answers
 
-        with patched(artlens.service, "load_image", load_image_without_draft):
+        with patched(artlens.api.answers, "load_image", load_image_without_draft):
             nodraft_run = serve(predict, large_events, sizes.nodraft_requests, 1)
         keras = KerasClassifier(bench.model.keras_path, bench.card)
-        with patched(predict, "classifier", lambda: keras):
+        with patched(predict.deps().api, "model", FixedModel(keras)):
             keras_run = serve(predict, small_events, sizes.keras_requests, 2)
 
     return {
@@ -197,7 +209,7 @@ def run(bench: Bench) -> dict[str, Any]:
             f"median {int(np.median([len(d) for d in large])):,} bytes",
         },
         "index_rows": sizes.request_rows,
-        # The production settings (artlens.store), not the bench's choice in knn.params.
+        # The production settings (artlens.index.embeddings), not the bench's choice in knn.params.
         "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION,
                  "ef_search": DEFAULT_EF_SEARCH},
         "ort_threads": 1,

@@ -4,7 +4,7 @@
     client = ArtLensClient("https://api.example/prod", key_id="ak_...", secret="...")
     answer = client.predict(Path("picture.jpg").read_bytes())
 
-The signing rules are artlens.signing's (documented in docs/signing.md); this package only
+The signing rules are artlens.auth.signing's (documented in docs/signing.md); this package only
 applies them to outgoing requests.
 """
 

@@ -13,9 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from artlens.names import IMAGE_SUFFIXES
 from client.signer import ApiError, ArtLensClient, ClientConfig
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def _images(folder: Path) -> list[Path]:

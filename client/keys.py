@@ -17,9 +17,9 @@ import os
 import sys
 
 import client  # noqa: F401  (puts the shared library on sys.path when run from a checkout)
-from artlens.apikeys import FileKeys, SecretsManagerKeys, issue_key, revoke_key, secrets_client
+from artlens.auth.keys import FileKeys, SecretsManagerKeys, issue_key, revoke_key, secrets_client
 from artlens.errors import NotFound
-from artlens.signing import API_KEYS_FILE_NAME
+from artlens.names import API_KEYS_FILE_NAME, ENV_API_KEYS_SECRET_ARN
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", help="local stack state folder")
     parser.add_argument("--aws", action="store_true", help="keys in Secrets Manager")
-    parser.add_argument("--secret-arn", default=os.environ.get("API_KEYS_SECRET_ARN"))
+    parser.add_argument("--secret-arn", default=os.environ.get(ENV_API_KEYS_SECRET_ARN))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
     issue = commands.add_parser("issue", help="create a key; prints its id and secret once")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from artlens.signing import sign_request
+from artlens.auth.signing import sign_request
 
 DEFAULT_CONFIG_FILE = Path("~/.config/artlens/client.json")
 DEFAULT_TIMEOUT_S = 60.0

@@ -1,60 +1,64 @@
-"""API Gateway REQUEST authorizer: Bearer JWT (HS256, exp) -> Allow policy for the whole API.
+"""API Gateway REQUEST authorizer: a bearer JWT (HS256, exp) or a signed request -> an Allow
+policy for the whole API.
 
 Anything that is not a valid credential -- a missing header, a bad token, an unreadable
 signing key, even a configuration error -- raises Exception("Unauthorized"), the exact message
 API Gateway turns into a 401; the authorizer fails closed and never answers 500.
 
-Cold start: settings (only the token part: TOKEN_SECRET_ARN or ARTLENS_TOKEN_KEY[_FILE]) and the
-key source are built on the first invocation of a container and cached; the key itself is
-cached inside TokenKeySource with a TTL so rotations propagate.
-
-A second scheme (HMAC request signing) registers itself in artlens.auth.AUTH_SCHEMES; this
-handler does not change.
+Start-up (artlens.wiring): settings (only the token part: TOKEN_SECRET_ARN or
+ARTLENS_TOKEN_KEY[_FILE]) and the authenticator are built on the first invocation of a container
+and cached; the token key is cached inside TokenKeySource with a TTL so rotations propagate,
+and the signed-request verifier is built on the first signed request. The import closure holds
+neither numpy nor psycopg2 (tests/unit/test_authorizer.py), to keep the cold start small.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
 
-from artlens.auth import TokenKeySource, allow_policy, authenticate
+from artlens.auth.policy import BEARER_SCHEME, Authenticator, BearerVerifier, allow_policy
+from artlens.auth.signing import LazyVerifier, verifier_from_settings
+from artlens.auth.tokens import TokenKeySource
 from artlens.errors import ArtLensError
-from artlens.logs import route_library_logs
-from artlens.settings import Settings
-from artlens.signing import register_from_env
+from artlens.logs import handler_logger
+from artlens.names import SIGNING_SCHEME
+from artlens.settings import Settings, SigningSettings
+from artlens.wiring import Lazy
 
-logger = Logger(service="artlens-authorizer")
-route_library_logs(logger)
-hmac_scheme = register_from_env(os.environ)  # built on the first signed request
-
-
-@functools.cache
-def settings() -> Settings:
-    built = Settings.from_env(os.environ, needs=("token",))
-    logger.setLevel(built.log_level)
-    return built
+logger = handler_logger("artlens-authorizer")
 
 
-@functools.cache
-def key_source() -> TokenKeySource:
-    return TokenKeySource.from_settings(settings())
+@dataclass(frozen=True)
+class Deps:
+    token_keys: TokenKeySource  # cached key, re-read after its TTL (rotation)
+    authenticator: Authenticator
 
 
-def reset() -> None:
-    """Forget cached settings and key (tests that change the environment)."""
-    settings.cache_clear()
-    key_source.cache_clear()
-    hmac_scheme.reset()
+def build() -> Deps:
+    settings = Settings.from_env(os.environ, needs=("token",))
+    logger.setLevel(settings.log_level)
+    token_keys = TokenKeySource.from_settings(settings)
+    # Built on the first signed request: a bearer-only container never reads the API keys.
+    signed = LazyVerifier(lambda: verifier_from_settings(SigningSettings.from_env(os.environ)))
+    authenticator = Authenticator({
+        BEARER_SCHEME: BearerVerifier(token_keys),
+        SIGNING_SCHEME: signed,
+    })
+    return Deps(token_keys=token_keys, authenticator=authenticator)
+
+
+deps = Lazy(build)
+reset = deps.reset  # tests that change the environment
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
-        principal = authenticate(event, key_source())
+        principal = deps().authenticator.authenticate(event)
         return allow_policy(principal.sub, event.get("methodArn", ""), principal.context())
     except ArtLensError as exc:
         # The reason is logged, never the credential itself.

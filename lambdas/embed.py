@@ -11,38 +11,63 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from artlens.ingest import IngestReport, Status, ensure_model_version, ingest_objects
-from artlens.lake import lake_from_settings
-from artlens.logs import route_library_logs
-from artlens.model import registry_from_settings
-from artlens.service import CurrentModel
-from artlens.settings import Settings
-from artlens.store import store_from_settings
+from artlens.ingest import IngestReport, Status, ingest_objects
+from artlens.logs import handler_logger
+from artlens.models.versions import CurrentModel, ensure_model_version
+from artlens.serving import Serving
+from artlens.wiring import Lazy
 
-settings = Settings.from_env(os.environ, needs=("model", "database", "lake"))
-logger = Logger(service="artlens-embed", level=settings.log_level)
-route_library_logs(logger)
-registry = registry_from_settings(settings)
-lake = lake_from_settings(settings)
-store = store_from_settings(settings)  # connects lazily, on first use
-# New pictures are embedded with the model of the current version (as predict searches it),
-# so pictures ingested after a reindex switch or a rollback are found at once.
-current_model = CurrentModel(registry, store, threads=settings.ort_threads)
+logger = handler_logger("artlens-embed")
 # Every record of a batch is judged on the outcome of the shared ingest call, so an all-failed
 # batch is still a partial response (every message listed) rather than an exception.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-_version_ready = False
+
+
+@dataclass(frozen=True)
+class Deps:
+    serving: Serving
+    # New pictures are embedded with the model of the current version (as predict searches
+    # it), so pictures ingested after a reindex switch or a rollback are found at once.
+    model: CurrentModel
+
+
+def build() -> Deps:
+    serving = Serving.from_env(os.environ)
+    logger.setLevel(serving.settings.log_level)
+    threads = serving.settings.ort_threads
+    return Deps(serving, CurrentModel(serving.registry, serving.store, threads=threads))
+
+
+def build_ready() -> Deps:
+    """The dependencies, once the deployed model's version is known to the index."""
+    built = deps()
+    serving = built.serving
+    default = serving.registry.default_classifier(serving.settings.ort_threads)  # verified
+    ensure_model_version(serving.store, default)
+    return built
+
+
+deps = Lazy(build)
+ready = Lazy(build_ready)  # a failure (database down) is retried by the next batch
+
+
+def reset() -> None:
+    """Forget the dependencies (tests that change the environment)."""
+    deps.reset()
+    ready.reset()
 
 
 class MalformedMessage(ValueError):
@@ -71,15 +96,12 @@ def keys_in_message(body: str) -> list[str]:
 
 
 def _ingest(keys: list[str]) -> IngestReport:
-    global _version_ready
-    if not _version_ready:
-        ensure_model_version(store, registry.default_classifier(settings.ort_threads))
-        _version_ready = True
-    return ingest_objects(keys, lake, current_model.classifier(), store)
+    built = ready()
+    return ingest_objects(keys, built.serving.lake, built.model.classifier(), built.serving.store)
 
 
 @logger.inject_lambda_context
-def handler(event, context):
+def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     keys_by_message: dict[str, list[str] | Exception] = {}
     for raw in event.get("Records", []):
         record = SQSRecord(raw)
@@ -90,7 +112,7 @@ def handler(event, context):
     all_keys = [k for keys in keys_by_message.values() if isinstance(keys, list) for k in keys]
 
     batch_error: Exception | None = None
-    report = None
+    report: IngestReport | None = None
     if all_keys:
         try:
             report = _ingest(all_keys)
@@ -113,6 +135,7 @@ def handler(event, context):
         for key in keys:
             if batch_error is not None:
                 raise batch_error
+            assert report is not None  # no batch error: the ingest call reported
             outcome = report.outcomes[key]
             if outcome.status is Status.FAILED:
                 raise outcome.error or RuntimeError(f"ingesting {key} failed")

@@ -7,24 +7,41 @@ data, since dropping a collection's index with a stack update would be irreversi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
-from aws_lambda_powertools import Logger
-
+from artlens.index.database import Database, database_from_settings
+from artlens.index.migrations import migrate, migration_files
+from artlens.logs import handler_logger
 from artlens.settings import Settings
-from artlens.store import migration_files, store_from_settings
+from artlens.wiring import Lazy
 
-settings = Settings.from_env(os.environ, needs=("database",))
-logger = Logger(service="artlens-migrate", level=settings.log_level)
-store = store_from_settings(settings)
+logger = handler_logger("artlens-migrate")
 PHYSICAL_RESOURCE_ID = "artlens-index-schema"
 
 
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    database: Database
+
+
+def build() -> Deps:
+    settings = Settings.from_env(os.environ, needs=("database",))
+    logger.setLevel(settings.log_level)
+    return Deps(settings, database_from_settings(settings))
+
+
+deps = Lazy(build)
+reset = deps.reset  # tests that change the environment
+
+
 @logger.inject_lambda_context
-def handler(event, context):
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_type = event.get("RequestType")
     physical_id = event.get("PhysicalResourceId") or PHYSICAL_RESOURCE_ID
     if request_type in ("Create", "Update"):
-        applied = store.migrate()
+        applied = migrate(deps().database)
         logger.info("migrations applied", extra={"applied": applied})
         return {
             "PhysicalResourceId": physical_id,

@@ -9,32 +9,36 @@ Events:
 The switch to the new model version happens inside `reindex` only once the whole gallery has
 rows for it; a re-invocation resumes where an interrupted one stopped. Models come from the
 registry (MODEL_REGISTRY_DIR, default the image's models/): a version, or a rollback target,
-whose files are not in the image cannot be used (see artlens.model.ModelRegistry).
+whose files are not in the image cannot be used (see artlens.models.registry).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-
-from aws_lambda_powertools import Logger
+from typing import Any
 
 from artlens.errors import BadRequest
-from artlens.ingest import reindex
-from artlens.lake import lake_from_settings
-from artlens.model import registry_from_settings
-from artlens.service import switch_back
-from artlens.settings import Settings
-from artlens.store import store_from_settings
+from artlens.logs import handler_logger
+from artlens.models.versions import reindex, switch_back
+from artlens.serving import Serving
+from artlens.wiring import Lazy
 
-settings = Settings.from_env(os.environ, needs=("model", "database", "lake"))
-logger = Logger(service="artlens-reindex", level=settings.log_level)
-registry = registry_from_settings(settings)
-lake = lake_from_settings(settings)
-store = store_from_settings(settings)
+logger = handler_logger("artlens-reindex")
 
 
-def _keys_from(event) -> list[str] | None:
+def build() -> Serving:
+    """Its dependencies are exactly the serving ones: settings, registry, index, lake."""
+    built = Serving.from_env(os.environ)
+    logger.setLevel(built.settings.log_level)
+    return built
+
+
+deps = Lazy(build)
+reset = deps.reset  # tests that change the environment
+
+
+def _keys_from(event: dict[str, Any]) -> list[str] | None:
     keys = event.get("keys")
     if keys is None:
         return None
@@ -43,7 +47,7 @@ def _keys_from(event) -> list[str] | None:
     return keys
 
 
-def _version_from(event) -> str | None:
+def _version_from(event: dict[str, Any]) -> str | None:
     version = event.get("version")
     if version is not None and not (isinstance(version, str) and version):
         raise BadRequest('"version" must be a model version name')
@@ -51,18 +55,20 @@ def _version_from(event) -> str | None:
 
 
 @logger.inject_lambda_context
-def handler(event, context):
+def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     event = event or {}
+    built = deps()
     if event.get("rollback"):
-        old, new = switch_back(store, registry)
+        old, new = switch_back(built.store, built.registry)
         logger.info("rolled back", extra={"from": old, "to": new})
         return {"previous_version": old, "model_version": new}
     version = _version_from(event)
+    threads = built.settings.ort_threads
     classifier = (
-        registry.classifier_for(version, settings.ort_threads)
+        built.registry.classifier_for(version, threads)
         if version is not None
-        else registry.default_classifier(settings.ort_threads)
+        else built.registry.default_classifier(threads)
     )
-    report = reindex(store, lake, classifier, keys=_keys_from(event))
+    report = reindex(built.store, built.lake, classifier, keys=_keys_from(event))
     logger.info("reindex finished", extra={"report": dataclasses.asdict(report)})
     return dataclasses.asdict(report)

@@ -1,8 +1,7 @@
 """`python -m local_stack` (make run): the whole serving path on 127.0.0.1.
 
-Order matters: the handlers build their Settings from the environment when they are imported,
-so the database, keys and lake must exist and the environment must be set before `lambdas.*`
-is imported.
+Order matters: the database, keys and lake must exist and the environment must be set before
+the handlers' first invocation, when they build their dependencies from it (artlens.wiring).
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ import sys
 import threading
 from pathlib import Path
 
-from artlens.model import ModelIntegrityError, ModelRegistry
+from artlens import names as n
+from artlens.models.card import ModelIntegrityError
+from artlens.models.registry import ModelRegistry
 from local_stack.database import start_postgres
 from local_stack.gateway import Backend, GatewayConfig, GatewayServer, content_type_for
 from local_stack.reindex import registry_dir
@@ -36,7 +37,8 @@ DEV_TOKEN_TTL_S = 12 * 3600
 # Variables naming AWS resources or other key sources: left over from a shell they would make
 # the handlers look for AWS (or refuse two key sources), so the local stack clears them.
 AWS_ONLY_ENV = (
-    "IMAGES_BUCKET", "TOKEN_SECRET_ARN", "ARTLENS_TOKEN_KEY", "DB_SECRET_ARN", "DB_HOST", "DB_NAME",
+    n.ENV_IMAGES_BUCKET, n.ENV_TOKEN_SECRET_ARN, n.ENV_TOKEN_KEY, n.ENV_DB_SECRET_ARN,
+    n.ENV_DB_HOST, n.ENV_DB_NAME,
 )
 
 
@@ -126,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in AWS_ONLY_ENV:
         os.environ.pop(name, None)
     os.environ.update({
-        "MODEL_CARD_PATH": str(card_path),
-        "MODEL_REGISTRY_DIR": str(registry_dir(paths)),
-        "DATABASE_URL": dsn,
-        "LOCAL_LAKE_DIR": str(paths.lake),
-        "LOCAL_URL_KEY": url_key,
-        "LOCAL_URL_BASE": "",
-        "ARTLENS_TOKEN_KEY_FILE": str(paths.token_key),
-        "CORS_ORIGIN": cors_origin,
+        n.ENV_MODEL_CARD_PATH: str(card_path),
+        n.ENV_MODEL_REGISTRY_DIR: str(registry_dir(paths)),
+        n.ENV_DATABASE_URL: dsn,
+        n.ENV_LOCAL_LAKE_DIR: str(paths.lake),
+        n.ENV_LOCAL_URL_KEY: url_key,
+        n.ENV_LOCAL_URL_BASE: "",
+        n.ENV_TOKEN_KEY_FILE: str(paths.token_key),
+        n.ENV_CORS_ORIGIN: cors_origin,
     })
 
     from local_stack.runtime import LocalRuntime
@@ -156,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         model_version=runtime.model_version,
     ).write(paths)
 
-    from artlens.auth import mint_token
+    from artlens.auth.tokens import mint_token
 
     token = mint_token(token_key, DEV_USER, DEV_TOKEN_TTL_S)
     print(f"ArtLens local stack on {gateway.url}  (model {runtime.model_version})")
+    notice = runtime.upgrade_notice()
+    if notice:
+        print(notice)
     print(f"Bearer token for user '{DEV_USER}' (12 h):\n{token}")
     print(f"Try: curl -H 'Authorization: Bearer <token>' --data-binary @picture.jpg "
           f"-H 'Content-Type: image/jpeg' {gateway.url}/predict")

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from artlens.http import cors_headers
+from artlens.api.responses import cors_headers
 from local_stack import events
 
 log = logging.getLogger("local_stack.gateway")
@@ -165,14 +165,23 @@ class GatewayServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], config: GatewayConfig, backend: Backend):
+    def __init__(
+        self, address: tuple[str, int], config: GatewayConfig, backend: Backend | None
+    ):
         super().__init__(address, GatewayRequestHandler)
         self.config = config
         self.backend = backend
 
     @property
+    def ready_backend(self) -> Backend:
+        """The backend; `make run` sets it after binding, before serving the first request."""
+        if self.backend is None:
+            raise RuntimeError("the gateway has no backend yet")
+        return self.backend
+
+    @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = cast(tuple[str, int], self.server_address)[:2]
         return f"http://{host}:{port}"
 
 
@@ -312,7 +321,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
 
     def _health(self) -> None:
         try:
-            payload = self.server.backend.health()
+            payload = self.server.ready_backend.health()
         except Exception as exc:
             log.warning("health check failed: %s", exc)
             self._send_error_json(503, "unavailable", "The database is not reachable.")
@@ -338,7 +347,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
         params = parse_qs(query)
         exp = (params.get("exp") or [""])[-1]
         sig = (params.get("sig") or [""])[-1]
-        found = self.server.backend.lake_object(key, exp, sig) if exp and sig else None
+        found = self.server.ready_backend.lake_object(key, exp, sig) if exp and sig else None
         if found is None:
             self._send_error_json(403, "forbidden", "The link is not valid or has expired.")
             return
@@ -369,7 +378,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             body=body, source_ip=self.client_address[0],
         )
         request_id = str(uuid.uuid4())
-        backend = self.server.backend
+        backend = self.server.ready_backend
         try:
             policy = backend.authorize(events.authorizer_event(request, request_id))
         except Unauthorized:

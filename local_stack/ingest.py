@@ -13,7 +13,6 @@ Exit status: 0 when every file was settled (rejections included), 1 on DLQ or ti
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -24,11 +23,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from local_stack.state import RunningStack, StatePaths, find_running_stack, resolve_state_dir
+from artlens.digests import sha256_hex
+from artlens.names import IMAGE_SUFFIXES, INCOMING_PREFIX, REASON_SUFFIX, REJECTED_PREFIX
+from local_stack.state import RunningStack, StatePaths, running_stack_or_explain
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
 POLL_S = 0.25
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -73,11 +71,7 @@ def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_hex(path.read_bytes())  # pictures are a few MB at most (6 MB lake limit)
 
 
 def _incoming_name(run_id: str, index: int, source: Path) -> str:
@@ -94,7 +88,7 @@ def drop(source: Path, incoming: Path, name: str) -> None:
 
 def _rejection(rejected_dir: Path, name: str, gone_from_incoming: bool) -> tuple[str, str] | None:
     """(reason code, message) once the embed handler has moved `name` to rejected/."""
-    reason_path = rejected_dir / f"{name}.reason.json"
+    reason_path = rejected_dir / f"{name}{REASON_SUFFIX}"
     try:
         reason = json.loads(reason_path.read_text())
     except (OSError, ValueError):
@@ -123,20 +117,24 @@ def _dead_lettered(dlq_dir: Path) -> dict[str, str]:
 
 class Ingestion:
     def __init__(self, stack: RunningStack, paths: StatePaths):
-        from artlens.store import EmbeddingStore
+        from artlens.index.embeddings import EmbeddingStore
 
         self.stack = stack
         self.paths = paths
-        self.incoming = Path(stack.lake_dir) / "incoming"
-        self.rejected_dir = Path(stack.lake_dir) / "rejected"
+        self.incoming = Path(stack.lake_dir) / INCOMING_PREFIX
+        self.rejected_dir = Path(stack.lake_dir) / REJECTED_PREFIX
         self.store = EmbeddingStore(stack.dsn)
 
     def run(self, directory: Path, timeout_s: float, progress: bool) -> Summary:
         from tqdm import tqdm
 
+        from artlens.models.versions import versions_of
+
         started = time.monotonic()
         images, others = find_images(directory)
-        version = self.stack.model_version  # the version the embed handler writes rows for
+        # The version the embed handler writes rows for: the current one (a reindex or a
+        # rollback since the stack started changes it).
+        version = versions_of(self.store).current() or self.stack.model_version
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         items: list[Item] = []
         new_shas: set[str] = set()
@@ -184,7 +182,7 @@ class Ingestion:
         parked = _dead_lettered(self.paths.dlq)
         settled = []
         for item in pending:
-            key = f"incoming/{item.incoming_name}"
+            key = f"{INCOMING_PREFIX}{item.incoming_name}"
             if key in parked:
                 item.outcome, item.reason = "failed", parked[key]
                 settled.append(item)
@@ -242,11 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if not directory.is_dir():
         print(f"ingest: {args.directory} is not a folder", file=sys.stderr)
         return 2
-    paths = StatePaths(resolve_state_dir(args.state_dir))
-    stack = find_running_stack(paths)
+    paths, stack = running_stack_or_explain(args.state_dir, "ingest")
     if stack is None:
-        print(f"ingest: the local stack is not running (state {paths.root}); "
-              "start it with `make run` in another terminal, then retry", file=sys.stderr)
         return 2
 
     summary = Ingestion(stack, paths).run(directory, args.timeout, progress=not args.no_progress)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from artlens.names import INCOMING_PREFIX
 from local_stack.state import StatePaths, resolve_state_dir
 
 
@@ -42,7 +43,7 @@ def redrive(paths: StatePaths, message_ids: set[str] | None = None,
             continue
         key = str(record.get("key", ""))
         target = paths.lake / key
-        if not key.startswith("incoming/") or not target.is_file():
+        if not key.startswith(INCOMING_PREFIX) or not target.is_file():
             missing.append(key)
             if drop_missing:
                 path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from local_stack.state import RunningStack, StatePaths, find_running_stack, resolve_state_dir
+from local_stack.state import RunningStack, StatePaths, running_stack_or_explain
 
 DEFAULT_THREADS = 2
 
@@ -56,9 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _open(stack: RunningStack, paths: StatePaths):
+    from artlens.index.embeddings import EmbeddingStore
     from artlens.lake import LocalLake
-    from artlens.model import ModelRegistry
-    from artlens.store import EmbeddingStore
+    from artlens.models.registry import ModelRegistry
 
     # Signed URLs are never made here, but the lake is built with the stack's own key.
     lake = LocalLake(stack.lake_dir, paths.url_key.read_text().strip().encode())
@@ -67,8 +67,8 @@ def _open(stack: RunningStack, paths: StatePaths):
 
 def run_rollback(stack: RunningStack, paths: StatePaths) -> int:
     from artlens.errors import NotFound
-    from artlens.model import ModelNotRegistered
-    from artlens.service import switch_back
+    from artlens.models.card import ModelNotRegistered
+    from artlens.models.versions import switch_back
 
     store, _, registry = _open(stack, paths)
     try:
@@ -85,8 +85,8 @@ def run_rollback(stack: RunningStack, paths: StatePaths) -> int:
 def run_reindex(stack: RunningStack, paths: StatePaths, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from artlens.ingest import reindex
-    from artlens.model import ModelIntegrityError
+    from artlens.models.card import ModelIntegrityError
+    from artlens.models.versions import reindex
 
     store, lake, registry = _open(stack, paths)
     try:
@@ -130,11 +130,8 @@ def run_reindex(stack: RunningStack, paths: StatePaths, args: argparse.Namespace
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    paths = StatePaths(resolve_state_dir(args.state_dir))
-    stack = find_running_stack(paths)
+    paths, stack = running_stack_or_explain(args.state_dir, "reindex")
     if stack is None:
-        print(f"reindex: the local stack is not running (state {paths.root}); "
-              "start it with `make run` in another terminal, then retry", file=sys.stderr)
         return 2
     if args.rollback:
         return run_rollback(stack, paths)

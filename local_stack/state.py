@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from artlens.names import INCOMING_PREFIX, LAKE_PREFIXES, REJECTED_PREFIX
+
 DEFAULT_STATE_DIR = ".artlens"
 STATE_DIR_ENV = "ARTLENS_STATE_DIR"
-LAKE_PREFIXES = ("incoming", "gallery", "rejected")
 
 
 def resolve_state_dir(cli_value: str | None = None) -> Path:
@@ -29,41 +31,15 @@ def resolve_state_dir(cli_value: str | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-@dataclass(frozen=True)
 class StatePaths:
-    root: Path
+    """Where each part of the state lives under `root` (see the module docstring)."""
 
-    @property
-    def pgdata(self) -> Path:
-        return self.root / "pg"
-
-    @property
-    def lake(self) -> Path:
-        return self.root / "lake"
-
-    @property
-    def incoming(self) -> Path:
-        return self.lake / "incoming"
-
-    @property
-    def rejected(self) -> Path:
-        return self.lake / "rejected"
-
-    @property
-    def dlq(self) -> Path:
-        return self.root / "dlq"
-
-    @property
-    def token_key(self) -> Path:
-        return self.root / "token.key"
-
-    @property
-    def url_key(self) -> Path:
-        return self.root / "url.key"
-
-    @property
-    def stack_file(self) -> Path:
-        return self.root / "stack.json"
+    def __init__(self, root: Path):
+        self.root = root
+        self.pgdata, self.lake, self.dlq = root / "pg", root / "lake", root / "dlq"
+        self.incoming, self.rejected = self.lake / INCOMING_PREFIX, self.lake / REJECTED_PREFIX
+        self.token_key, self.url_key = root / "token.key", root / "url.key"
+        self.stack_file = root / "stack.json"
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -134,3 +110,15 @@ def find_running_stack(paths: StatePaths) -> RunningStack | None:
     if stack is None or not stack.is_alive():
         return None
     return stack
+
+
+def running_stack_or_explain(state_dir: str | None, command: str) -> tuple[StatePaths,
+                                                                            RunningStack | None]:
+    """The state paths and the running stack; None (and why, on stderr) when it is not running,
+    for the commands that talk to a running stack (`make ingest`, `make reindex`)."""
+    paths = StatePaths(resolve_state_dir(state_dir))
+    stack = find_running_stack(paths)
+    if stack is None:
+        print(f"{command}: the local stack is not running (state {paths.root}); "
+              "start it with `make run` in another terminal, then retry", file=sys.stderr)
+    return paths, stack

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ttl_hours <= 0 or not args.sub:
         parser.error("--ttl-hours must be positive and --sub not empty")
 
-    from artlens.auth import mint_token
+    from artlens.auth.tokens import mint_token
 
     paths = StatePaths(resolve_state_dir(args.state_dir))
     key = load_or_create_secret(paths.token_key)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artlens.names import INCOMING_PREFIX
 from local_stack import events
 
 log = logging.getLogger("local_stack.watcher")
@@ -73,7 +74,7 @@ class IncomingWatcher(threading.Thread):
     ):
         super().__init__(name="incoming-watcher", daemon=True)
         self.lake_dir = lake_dir
-        self.incoming = lake_dir / "incoming"
+        self.incoming = lake_dir / INCOMING_PREFIX
         self.dlq_dir = dlq_dir
         self.embed = embed
         self.poll_s = poll_s
@@ -189,7 +190,7 @@ class IncomingWatcher(threading.Thread):
             log.exception("embed handler raised; the whole batch will be redelivered")
             return all_ids, f"handler raised {type(exc).__name__}"
         failures = (response or {}).get("batchItemFailures") or []
-        failed = {item.get("itemIdentifier") for item in failures if isinstance(item, dict)}
+        failed = {str(item.get("itemIdentifier")) for item in failures if isinstance(item, dict)}
         unknown = failed - all_ids
         if unknown:
             # Lambda treats an unknown identifier as a failure of the whole batch.

@@ -55,7 +55,7 @@ def pg_dsn(pg_server) -> str:
 @pytest.fixture
 def store(pg_dsn):
     """A migrated EmbeddingStore on a fresh database."""
-    from artlens.store import EmbeddingStore
+    from artlens.index.embeddings import EmbeddingStore
 
     store = EmbeddingStore(pg_dsn)
     store.migrate()
@@ -71,9 +71,64 @@ def tiny_model_card(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), classes=TINY_CLASSES, seed=0)
 
 
+# The second model differs from the first in input size and embedding dimension, as a real
+# model v2 does (MobileNetV2 at 160-224 px, 128-512-d): every reindex / rollback test serves and
+# indexes two dimensions side by side.
+TINY_V2_INPUT_SIZE = 112
+TINY_V2_EMBEDDING_SIZE = 256
+
+
+def make_sized_tiny_model(
+    out_dir: Path, *, input_size: int, embedding_size: int, version: str, seed: int
+) -> Path:
+    """A small real CNN of the given input size and embedding dimension, trained for two steps
+    on pictures whose class shows in their colour, exported by training.export (the shipped
+    model's path: ONE ONNX graph, parity checked, card written); returns the card path."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    from artlens.image import preprocessing_for
+    from training.export import PARITY_MIN_IMAGES, export_onnx, write_card
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    embedding = layers.Dense(embedding_size, name="embedding")(x)
+    probabilities = layers.Dense(len(TINY_CLASSES), activation="softmax",
+                                 name="probabilities")(embedding)
+    model = keras.Model(inputs, [probabilities, embedding])
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(PARITY_MIN_IMAGES) % len(TINY_CLASSES)
+    images = rng.random((PARITY_MIN_IMAGES, input_size, input_size, 3), dtype=np.float32) * 0.3
+    for i, label in enumerate(labels):
+        images[i, :, :, label % 3] += 0.5 + 0.1 * (label // 3)
+    images = np.clip(images, 0, 1)
+    trainable = keras.Model(inputs, probabilities)
+    trainable.compile(optimizer="adam", loss="categorical_crossentropy")
+    trainable.fit(images, keras.utils.to_categorical(labels, len(TINY_CLASSES)), batch_size=16,
+                  epochs=1, verbose=0)
+
+    out_dir = Path(out_dir)
+    onnx_path = out_dir / "artlens.onnx"
+    parity = export_onnx(model, onnx_path, images)
+    card_path = out_dir / "artlens.json"
+    write_card(
+        card_path, onnx_path, name="artlens-tiny-sized", version=version,
+        classes=list(TINY_CLASSES), extra={"export_parity": parity},
+        input_size=input_size, embedding_size=embedding_size,
+        preprocessing=preprocessing_for(input_size),
+    )
+    return card_path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_card_v2(tmp_path_factory) -> Path:
-    """A second, differently seeded tiny model: another model version (reindex tests)."""
-    from training.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_model_v2"), classes=TINY_CLASSES, seed=1)
+    """Another model version, tiny-1: 112 px in, 256-d embeddings (tiny-0: 150 px, 128-d)."""
+    return make_sized_tiny_model(
+        tmp_path_factory.mktemp("tiny_model_v2"), input_size=TINY_V2_INPUT_SIZE,
+        embedding_size=TINY_V2_EMBEDDING_SIZE, version="tiny-1", seed=1,
+    )

@@ -2,11 +2,6 @@
 
 const MAX_SAMPLE_SIDE = 1024; // enough pixels for a stable histogram, fast on a phone
 
-/** Decode a File/Blob to an ImageBitmap; throws if the browser cannot decode it. */
-export async function decodeImage(blob) {
-  return createImageBitmap(blob);
-}
-
 /** Count pixel values per channel. Fully transparent pixels are skipped (they have no colour). */
 export function computeHistogram(bitmap) {
   const scale = Math.min(1, MAX_SAMPLE_SIDE / Math.max(bitmap.width, bitmap.height));

@@ -1,9 +1,10 @@
 // Entry point: read config.json, wire the token field, the two views and the hash router.
 
 import { AnalyzeView } from "./analyze.js";
-import { ApiClient } from "./api.js";
+import { ApiClient, ApiError } from "./api.js";
 import { loadConfig } from "./config.js";
 import { MapView } from "./map.js";
+import { readShared } from "./share.js";
 import { TokenField } from "./token.js";
 import { Viewer } from "./viewer.js";
 
@@ -38,16 +39,47 @@ function startRouter(views) {
   route();
 }
 
+/** Check a token with the cheapest authenticated call the API has. */
+async function checkToken(api, token, signal) {
+  const refused = (error) => error instanceof ApiError && (error.status === 401 || error.status === 403);
+  try {
+    const me = await api.whoami(token, { signal });
+    return {
+      verdict: "ok",
+      sub: typeof me.sub === "string" ? me.sub : "",
+      expiresAt: Number.isFinite(me.expires_at) ? me.expires_at : null,
+    };
+  } catch (error) {
+    if (refused(error)) return { verdict: "refused" };
+    if (!(error instanceof ApiError) || !error.routeMissing) throw error;
+  }
+  // An API without /whoami: a one-work map is the next cheapest authenticated answer.
+  try {
+    await api.collectionMap({ limit: 1, signal, token });
+    return { verdict: "ok" };
+  } catch (error) {
+    if (refused(error)) return { verdict: "refused" };
+    if (error instanceof ApiError) {
+      return { verdict: "unknown", detail: error.message };
+    }
+    throw error;
+  }
+}
+
 async function main() {
   const config = await loadConfig();
-  const token = new TokenField({
-    form: $("token-form"),
-    input: $("token-input"),
-    toggle: $("token-toggle"),
-    clear: $("token-clear"),
-    state: $("token-state"),
-  });
-  const api = new ApiClient(config, () => token.value);
+  let api = null;
+  const token = new TokenField(
+    {
+      form: $("token-form"),
+      input: $("token-input"),
+      toggle: $("token-toggle"),
+      clear: $("token-clear"),
+      state: $("token-state"),
+    },
+    (value, signal) => checkToken(api, value, signal),
+  );
+  api = new ApiClient(config, () => token.value);
   const viewer = new Viewer({
     dialog: $("viewer"),
     image: $("viewer-image"),
@@ -57,8 +89,12 @@ async function main() {
   });
   const announce = makeAnnouncer($("announcer"));
   const shared = { api, token, viewer, announce };
-  const views = { analyze: new AnalyzeView(shared), map: new MapView(shared) };
-  startRouter(views);
+  const map = new MapView(shared);
+  const analyze = new AnalyzeView({ ...shared, onResult: (answer) => map.setQuery(answer) });
+  startRouter({ analyze, map });
+  analyze.restoreShared(readShared());
+  // The components, for the browser console and the page tests (no other use).
+  window.artlens = Object.freeze({ analyze, map, token });
   document.documentElement.dataset.ready = "true"; // lets tests wait for the wiring
 }
 

@@ -15,16 +15,20 @@ const FILE_PROBLEM_TITLES = {
 export function describeApiError(error) {
   if (error.kind === "timeout") {
     return {
-      title: "The service is taking too long to answer.",
+      title: "The ArtLens API is taking too long to answer.",
       detail: `${error.message} It may be starting up — please try again in a moment.`,
       tokenProblem: false,
+      retry: true,
     };
   }
   if (error.kind === "network") {
+    // Name the service: "check your internet connection" sends people after the wrong thing
+    // when it is the API that is stopped or unreachable.
     return {
-      title: "Could not reach the ArtLens service.",
-      detail: "Check your internet connection and try again.",
+      title: error.message,
+      detail: "It may be stopped or unreachable from this network. Retry when it is back.",
       tokenProblem: false,
+      retry: true,
     };
   }
   if (error.kind === "bad_response") {
@@ -60,12 +64,14 @@ export function describeApiError(error) {
       title: "The service is temporarily unavailable.",
       detail: `${error.message} Please try again in a moment.`,
       tokenProblem: false,
+      retry: true,
     };
   }
   return {
     title: `Something went wrong (HTTP ${status}).`,
     detail: error.message,
     tokenProblem: false,
+    retry: status >= 500,
   };
 }
 

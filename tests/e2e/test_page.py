@@ -1,28 +1,48 @@
 """The web page (frontend_static/) in a real headless Chromium against the real local stack.
 
 Chromium is the Debian package (/usr/bin/chromium) driven by Playwright; no browser is
-downloaded. Every page records console errors and uncaught exceptions and each test asserts
-there were none (besides the browser's own "Failed to load resource" line for a status the test
-provoked on purpose). Screenshots at desktop and phone width go to test-artifacts/e2e/.
+downloaded. Every page records console errors, uncaught exceptions and failed HTTP answers, and
+each test asserts there were none besides those it provoked and the known gaps of today's API
+(`API_GAPS`). axe-core (from node_modules, installed by `npm ci`) is injected by the tests, never
+loaded by the page. Screenshots at 1280 and 390 px go to test-artifacts/e2e/. The page weight,
+the Analyze-to-result time and the 20,000-point frame rate are printed (run with -s to see them);
+nothing asserts on speed.
+
+The tests in the section "Needs the server contract" at the end need the API additions listed
+in the issue-15 contract (item number in each test's docstring); everything above it runs
+against today's API.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
 import io
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
 from tests.imagegen import artwork, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
+SCREENSHOTS = REPO_ROOT / "tests" / "e2e" / "screenshots"  # committed copies
+AXE_JS = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,7 +53,14 @@ PHONE = {"width": 390, "height": 844}
 GALLERY_SEEDS = range(7100, 7112)  # distinct from other tests' seeds: no dedup surprises
 QUERY_SEED = 7300
 NEIGHBORS = 5
+MAX_NEIGHBORS = 20
 INDEX_TIMEOUT_S = 120.0
+# The page's documented fallback thresholds (frontend_static/js/assessment.js).
+DEFAULT_THRESHOLDS = {"min_probability": 0.6, "min_margin": 0.2}
+# Routes today's API lacks: the page probes them and falls back (contract items 5 and 6). The
+# failed answers they give are expected, and only those: any other failed answer fails a test.
+API_GAPS = {"/whoami": (404,), "/preview": (404, 405)}
+API_PATHS = ("/predict", "/map", "/whoami", "/preview", "/health", "/lake/")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -60,38 +87,161 @@ def percent(p: float, digits: int = 1) -> str:
     return f"{p * 100:.{digits}f}%"
 
 
-class PageProbe:
-    """A page plus the console errors and uncaught exceptions it produced."""
+def expected_assessment(answer: dict) -> dict:
+    """The verdict the page must show: the server's assessment, else the documented rule."""
+    ranked = sorted(answer["probabilities"].items(), key=lambda kv: -kv[1])
+    given = answer.get("assessment")
+    if given:
+        return {"status": given["status"], "candidates": given.get("candidates")
+                or [ranked[0][0], ranked[1][0]]}
+    top, second = ranked[0][1], ranked[1][1]
+    uncertain = (top < DEFAULT_THRESHOLDS["min_probability"]
+                 or top - second < DEFAULT_THRESHOLDS["min_margin"])
+    return {"status": "uncertain" if uncertain else "confident",
+            "candidates": [ranked[0][0], ranked[1][0]] if uncertain else [ranked[0][0]]}
 
-    def __init__(self, page: Page):
+
+def verdict_text(answer: dict) -> str:
+    expected = expected_assessment(answer)
+    if expected["status"] == "not_artwork":
+        return "Probably not an artwork"
+    if expected["status"] == "uncertain":
+        return "Uncertain: " + " or ".join(expected["candidates"])
+    return display(answer["label"])
+
+
+class PageProbe:
+    """A page plus its console errors, uncaught exceptions and failed HTTP answers."""
+
+    def __init__(self, page: Page, base_url: str):
         self.page = page
+        self.base_url = base_url
         self.errors: list[str] = []
+        self.failed: list[tuple[int, str]] = []
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("response", self._on_response)
+
+    def _on_response(self, response) -> None:
+        if response.status >= 400:
+            self.failed.append((response.status, response.url.split("?")[0]))
 
     def assert_no_errors(
-        self, provoked_statuses: tuple[int, ...] = (), also_allowed: tuple[str, ...] = ()
+        self, provoked_statuses: tuple[int, ...] = (), also_allowed: tuple[str, ...] = (),
+        also_failed: dict[str, tuple[int, ...]] | None = None,
     ) -> None:
-        # Chromium itself logs every failed fetch; those the test provoked are expected.
+        # Chromium logs every failed answer on the console without its URL; the answers
+        # themselves are checked instead, by status and route.
+        gaps = {**API_GAPS, **(also_failed or {})}
+
+        def expected(status: int, url: str) -> bool:
+            path = url.removeprefix(self.base_url)
+            return status in provoked_statuses or status in gaps.get(path, ())
+
+        assert [f for f in self.failed if not expected(*f)] == []
         allowed = [
-            re.compile(
-                r"Failed to load resource: the server responded with a status of "
-                rf"({'|'.join(map(str, provoked_statuses)) or 'none'})\b"
-            ),
+            re.compile(r"Failed to load resource: the server responded with a status of \d+"),
             *(re.compile(pattern) for pattern in also_allowed),
         ]
         unexpected = [e for e in self.errors if not any(p.search(e) for p in allowed)]
         assert unexpected == []
 
 
-def open_page(browser, stack, viewport: dict, *, token: str | None = None) -> PageProbe:
-    context = browser.new_context(viewport=viewport, device_scale_factor=1)
-    probe = PageProbe(context.new_page())
-    probe.page.goto(f"{stack.base_url}/")
+def open_page(browser, stack, viewport: dict, *, token: str | None = None, path: str = "/",
+              color_scheme: str = "light", has_touch: bool = False) -> PageProbe:
+    # bypass_csp lets the tests inject axe-core; the page itself never loads it.
+    context = browser.new_context(
+        viewport=viewport, device_scale_factor=1, bypass_csp=True, color_scheme=color_scheme,
+        has_touch=has_touch, accept_downloads=True,
+    )
+    # Playwright does not see XMLHttpRequest bodies sent as Blobs: keep them for the tests.
+    context.add_init_script(
+        "(() => { const send = XMLHttpRequest.prototype.send; window.__uploads = [];"
+        " XMLHttpRequest.prototype.send = function (body) {"
+        " if (body instanceof Blob) window.__uploads.push(body); return send.call(this, body); };"
+        " })();"
+    )
+    probe = PageProbe(context.new_page(), stack.base_url)
+    probe.page.goto(f"{stack.base_url}{path}")
     probe.page.wait_for_selector("html[data-ready=true]")
     if token is not None:
-        probe.page.fill("#token-input", token)
+        set_token(probe.page, token)
     return probe
+
+
+def set_token(page: Page, token: str) -> str:
+    """Type the token and wait for the page's check; returns the check's verdict."""
+    page.fill("#token-input", token)
+    page.wait_for_function(
+        "() => !['set', 'checking'].includes(document.getElementById('token-state').dataset.check)"
+    )
+    return page.get_attribute("#token-state", "data-check")
+
+
+def run_axe(page: Page) -> list[dict]:
+    """axe-core's violations (WCAG A/AA and best practice, plus label-content-name-mismatch)."""
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.add_script_tag(path=str(AXE_JS))
+    return page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+              rules: { 'label-content-name-mismatch': { enabled: true } },
+            });
+            return result.violations.map(v => ({
+              id: v.id, impact: v.impact,
+              nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')),
+            }));
+        }"""
+    )
+
+
+def assert_accessible_in_both_schemes(page: Page) -> None:
+    # Reduced motion turns the page's colour transitions off, so axe measures final colours.
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme, reduced_motion="reduce")
+        page.wait_for_timeout(50)
+        assert (scheme, run_axe(page)) == (scheme, [])
+    page.emulate_media(color_scheme="light", reduced_motion="no-preference")
+
+
+def page_weight(page: Page) -> tuple[int, int]:
+    """Bytes (encoded bodies) and count of the page's own requests: its files, not the API."""
+    entries = page.evaluate(
+        """() => [...performance.getEntriesByType('navigation'),
+                  ...performance.getEntriesByType('resource')]
+              .map(e => ({ name: e.name, size: e.encodedBodySize }))"""
+    )
+    own = [e for e in entries
+           if not any(urlsplit(e["name"]).path.startswith(p) for p in API_PATHS)]
+    return sum(e["size"] for e in own), len(own)
+
+
+def uploaded(page: Page, index: int = 0) -> bytes:
+    """The bytes of the index-th Blob the page uploaded (see open_page)."""
+    encoded = page.evaluate(
+        """async i => { const bytes = new Uint8Array(await window.__uploads[i].arrayBuffer());
+                        let text = ''; for (const b of bytes) text += String.fromCharCode(b);
+                        return btoa(text); }""",
+        index,
+    )
+    return base64.b64decode(encoded)
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Full-page screenshot to test-artifacts/e2e/ every run; copied to the committed
+    tests/e2e/screenshots/ only when it looks different from the copy there, so reruns leave
+    git clean. Run-dependent text (token expiry clock, timings) is masked."""
+    masks = [page.locator(s) for s in ("#token-state", "#result-meta")]
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True, mask=masks)
+    committed = SCREENSHOTS / name
+    if committed.exists():
+        new = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+        old = np.asarray(Image.open(committed).convert("RGB"), dtype=np.int16)
+        if old.shape == new.shape and np.abs(old - new).mean() < 0.5:
+            return
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, committed)
 
 
 def query_png() -> tuple[bytes, tuple[int, int, int]]:
@@ -115,17 +265,54 @@ def canvas_ink(page: Page, selector: str) -> float:
 
 
 def analyze(page: Page, scope: str = "class", trigger=None) -> dict:
-    """Click Analyze (or run `trigger`) and return the /predict answer the page received."""
+    """Click Analyze (or run `trigger`) and return the first /predict answer the page received."""
     with page.expect_response(lambda r: "/predict" in r.url) as answer:
         (trigger or (lambda: page.click("#analyze-button")))()
     response = answer.value
     assert f"scope={scope}" in response.request.url
     assert response.request.headers.get("authorization", "").startswith("Bearer ")
-    return {"status": response.status, "body": response.json()}
+    return {"status": response.status, "body": response.json(), "request": response.request}
+
+
+def analyze_to_result(page: Page) -> tuple[list[dict], float]:
+    """Click Analyze; wait for the result with focus on its heading. Returns every /predict
+    answer the page asked for (an uncertain answer makes it ask again) and the seconds taken."""
+    responses = []
+
+    def listener(response) -> None:
+        if "/predict" in response.url:
+            responses.append(response)
+
+    page.on("response", listener)
+    started = time.perf_counter()
+    page.click("#analyze-button")
+    page.wait_for_function(
+        "() => !document.getElementById('result').hidden"
+        " && document.activeElement.id === 'result-heading'"
+        " && document.getElementById('analyze-button').getAttribute('aria-busy') === 'false'"
+    )
+    elapsed = time.perf_counter() - started
+    page.remove_listener("response", listener)
+    return [{"url": r.url, "body": r.json(), "request": r.request} for r in responses], elapsed
 
 
 def no_horizontal_overflow(page: Page) -> bool:
     return page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
+
+
+def neighbor_keys(page: Page, selector: str = "#neighbors") -> list[str]:
+    return page.eval_on_selector_all(f"{selector} > li", "items => items.map(i => i.dataset.key)")
+
+
+def jwt_exp(token: str) -> int:
+    payload = token.split(".")[1]
+    return int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+
+def fake_jwt(claims: dict) -> str:
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -164,16 +351,76 @@ def gallery(local_stack) -> int:
     )
 
 
+class SpareStack:
+    """A second local stack with an empty collection, which a test may stop."""
+
+    def __init__(self, base_url: str, token: str, process: subprocess.Popen, log: Path):
+        self.base_url = base_url
+        self.token = token
+        self.process = process
+        self.log = log
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def spare_stack(tmp_path_factory, tiny_model_card):
+    """Started here rather than in conftest: only these page tests need an empty, stoppable
+    stack (the empty-collection map and the server-stopped message)."""
+    state = tmp_path_factory.mktemp("page_spare_stack")
+    log_path = state / "stack.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "ARTLENS_STATE_DIR")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT / "layers" / "python"), str(REPO_ROOT), env.get("PYTHONPATH", "")]
+    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "local_stack", "--state-dir", str(state), "--port", "0",
+             "--model-card", str(tiny_model_card), "--poll-seconds", "0.5"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    stack = None
+    try:
+        deadline = time.monotonic() + 180
+        while stack is None and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            try:
+                url = json.loads((state / "stack.json").read_text())["url"]
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        stack = url
+            except (OSError, ValueError, KeyError, urllib.error.URLError):
+                time.sleep(0.3)
+        assert stack, log_path.read_text(errors="replace")[-4000:]
+        minted = subprocess.run(
+            [sys.executable, "-m", "local_stack.token", "--state-dir", str(state)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+        )
+        spare = SpareStack(stack, minted.stdout.strip(), process, log_path)
+        yield spare
+    finally:
+        SpareStack("", "", process, log_path).stop()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
 
-# -- tests ------------------------------------------------------------------------------------
+# -- tests: today's API -----------------------------------------------------------------------
 
 
-def test_analyze_shows_type_probability_bars_and_similar_works(browser, local_stack, gallery):
+def test_analyze_says_the_verdict_plainly_moves_focus_and_passes_axe(
+    browser, local_stack, gallery
+):
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
     data, means = query_png()
@@ -187,16 +434,22 @@ def test_analyze_shows_type_probability_bars_and_similar_works(browser, local_st
     found = tuple(int(v) for v in re.findall(r"(?:red|green|blue) (\d+)", described))
     assert len(found) == 3 and all(abs(a - b) <= 1 for a, b in zip(found, means, strict=True))
 
-    answer = analyze(page, "class")
-    assert answer["status"] == 200
-    result = answer["body"]
-    page.wait_for_selector("#result:not([hidden])")
-    assert page.text_content("#predicted-label") == display(result["label"])
-    assert page.text_content("#predicted-probability") == percent(result["probability"])
+    answers, seconds = analyze_to_result(page)
+    first = answers[0]
+    assert "scope=class" in first["url"] and "neighbors=5" in first["url"]
+    result = first["body"]
+    expected = expected_assessment(result)
+    assert page.evaluate("document.activeElement.id") == "result-heading"
+    assert page.text_content("#predicted-label") == verdict_text(result)
+    assert page.get_attribute("#verdict", "data-status") == expected["status"]
+    weight, requests = page_weight(page)
+    print(f"\n[page] weight {weight} bytes in {requests} requests (HTML, JS, CSS, icon, config)")
+    print(f"[page] Analyze-to-result {seconds * 1000:.0f} ms "
+          f"({len(answers)} /predict answers; page's own count "
+          f"{page.get_attribute('html', 'data-analyze-ms')} ms)")
+
     collection = api_get(local_stack, "/map?limit=1000")
     assert len(collection["points"]) >= gallery
-    assert result["label"] in collection["classes"]
-
     bars = page.locator("#class-bars li")
     assert bars.count() == len(result["probabilities"]) == len(collection["classes"])
     shown = {
@@ -205,48 +458,115 @@ def test_analyze_shows_type_probability_bars_and_similar_works(browser, local_st
     }
     assert shown == {display(k): percent(v) for k, v in result["probabilities"].items()}
 
-    # Same-type scope: only works of the predicted type, as many as the gallery holds (max 5).
-    same_type = sum(1 for p in collection["points"] if p["label"] == result["label"])
-    thumbs = page.locator("#neighbors .neighbor-button")
-    assert thumbs.count() == len(result["neighbors"]) == min(NEIGHBORS, same_type)
-    for i in range(thumbs.count()):
-        assert thumbs.nth(i).locator(".neighbor-label").text_content() == display(result["label"])
+    final = answers[-1]["body"]
+    if expected["status"] == "uncertain":
+        # Said plainly, with the two candidates' probabilities, neighbours of all types, and
+        # the nearest work of each candidate type side by side.
+        assert page.text_content("#predicted-label") == (
+            f"Uncertain: {expected['candidates'][0]} or {expected['candidates'][1]}")
+        assert page.text_content("#predicted-probability") == " · ".join(
+            percent(result["probabilities"][c]) for c in expected["candidates"])
+        assert "scope=all" in answers[-1]["url"] and page.is_checked("#scope-switch")
+        assert page.is_visible("#by-type")
+        by_type = page.locator("#by-type-list > li")
+        assert by_type.count() == 2
+        pool = {n["label"]: n for n in reversed(final["neighbors"])}  # first of each type wins
+        for i, candidate in enumerate(expected["candidates"]):
+            item = by_type.nth(i)
+            if candidate in pool:
+                assert item.get_attribute("data-key") == pool[candidate]["key"]
+                assert item.locator(".neighbor-label").text_content() == display(candidate)
+            else:
+                assert f"No {candidate} among" in item.text_content()
+        assert "probability" in page.text_content("#verdict-note")
+    else:
+        assert page.text_content("#predicted-probability") == percent(result["probability"])
+        assert page.is_hidden("#by-type")
 
-    # All-types scope re-queries and shows five works, each thumbnail really loaded.
-    all_types = analyze(page, "all", trigger=lambda: page.check("#scope-switch"))["body"]
-    page.wait_for_function(
-        "n => document.querySelectorAll('#neighbors .neighbor-button').length === n",
-        arg=len(all_types["neighbors"]),
-    )
-    assert len(all_types["neighbors"]) == NEIGHBORS
+    # The neighbours shown are the first five of the last answer, captions from the answer.
+    thumbs = page.locator("#neighbors .neighbor-button")
+    assert thumbs.count() == NEIGHBORS
+    assert neighbor_keys(page) == [n["key"] for n in final["neighbors"][:NEIGHBORS]]
     page.wait_for_function(
         "() => [...document.querySelectorAll('#neighbors img')]"
         ".every(img => img.complete && img.naturalWidth > 0)"
     )
-    for i, neighbor in enumerate(all_types["neighbors"]):
+    for i, neighbor in enumerate(final["neighbors"][:NEIGHBORS]):
         caption = thumbs.nth(i)
         assert caption.locator(".neighbor-label").text_content() == display(neighbor["label"])
         similarity = caption.locator(".neighbor-similarity").text_content()
-        assert similarity == percent(neighbor["similarity"], 0)
+        assert similarity == f"{percent(neighbor['similarity'], 0)} similar"
+        # The accessible name starts with what is on screen (no label/content mismatch).
+        name = caption.evaluate("b => b.textContent.replace(/\\s+/g, ' ').trim()")
+        assert name.startswith(f"{display(neighbor['label'])} {percent(neighbor['similarity'], 0)}")
+    assert page.locator("#neighbors .more-like").count() == NEIGHBORS
+
+    assert_accessible_in_both_schemes(page)
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / "desktop-analyze.png"), full_page=True)
+    screenshot(page, "desktop-analyze.png")
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, "desktop-analyze-dark.png")
+    page.emulate_media(color_scheme="light")
 
     # A thumbnail opens a larger view in a modal dialog; Esc closes it and focus comes back.
     thumbs.nth(1).click()
     page.wait_for_selector("#viewer[open]")
     page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
-    assert page.text_content("#viewer-title") == display(all_types["neighbors"][1]["label"])
+    assert page.text_content("#viewer-title") == display(final["neighbors"][1]["label"])
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer:not([open])", state="attached")
     assert page.evaluate(
         "() => document.activeElement"
         " === document.querySelectorAll('#neighbors .neighbor-button')[1]"
     )
+
+    # Switching to the predicted type only is the person's choice: kept, even when uncertain.
+    same = analyze(page, "class", trigger=lambda: page.uncheck("#scope-switch"))["body"]
+    page.wait_for_function("() => document.getElementById('analyze-button')"
+                           ".getAttribute('aria-busy') === 'false'")
+    assert not page.is_checked("#scope-switch")
+    same_type = sum(1 for p in collection["points"] if p["label"] == same["label"])
+    assert page.locator("#neighbors .neighbor-button").count() == min(NEIGHBORS, same_type)
+    labels = page.locator("#neighbors .neighbor-label").all_text_contents()
+    assert set(labels) <= {display(same["label"])}
     probe.assert_no_errors()
     page.context.close()
 
 
-def test_phone_width_layout_and_keyboard_file_choice(browser, local_stack, gallery):
+def test_assessment_rule_and_thresholds_in_the_browser(browser, local_stack):
+    """The page's rule (frontend_static/js/assessment.js) run in Chromium on crafted answers:
+    thresholds from the answer win over the defaults, and the server's verdict wins over both."""
+    probe = open_page(browser, local_stack, DESKTOP)
+    verdicts = probe.page.evaluate(
+        """async () => {
+            const { assess, DEFAULT_THRESHOLDS } = await import('/js/assessment.js');
+            const p = (a, b, c) => ({ sculpture: a, iconography: b, painting: c });
+            const pick = (x) => [x.status, x.candidates, x.reason, x.source];
+            return {
+              defaults: DEFAULT_THRESHOLDS,
+              confident: pick(assess({ probabilities: p(0.9, 0.06, 0.04) })),
+              low: pick(assess({ probabilities: p(0.5, 0.45, 0.05) })),
+              margin: pick(assess({ probabilities: p(0.62, 0.45, 0.02) })),
+              loosened: pick(assess({ probabilities: p(0.5, 0.2, 0.3),
+                assessment: { thresholds: { min_probability: 0.4, min_margin: 0.1 } } })),
+              server: pick(assess({ probabilities: p(0.9, 0.06, 0.04),
+                assessment: { status: 'not_artwork', candidates: [], reason: 'uniform_image',
+                              thresholds: { min_probability: 0.6, min_margin: 0.2 } } })),
+            };
+        }"""
+    )
+    assert verdicts["defaults"] == DEFAULT_THRESHOLDS
+    assert verdicts["confident"] == ["confident", ["sculpture"], None, "page"]
+    assert verdicts["low"] == ["uncertain", ["sculpture", "iconography"], "low_probability", "page"]
+    assert verdicts["margin"] == ["uncertain", ["sculpture", "iconography"], "small_margin", "page"]
+    assert verdicts["loosened"] == ["confident", ["sculpture"], None, "page"]
+    assert verdicts["server"] == ["not_artwork", ["sculpture", "iconography"], "uniform_image",
+                                  "server"]
+    probe.assert_no_errors()
+    probe.page.context.close()
+
+
+def test_phone_width_layout_keyboard_file_choice_and_axe(browser, local_stack, gallery):
     probe = open_page(browser, local_stack, PHONE, token=local_stack.token)
     page = probe.page
     # Playwright turns file-chooser interception on when the first listener is added, without
@@ -266,47 +586,92 @@ def test_phone_width_layout_and_keyboard_file_choice(browser, local_stack, galle
     page.wait_for_selector("#preview-image[src^='blob:']")
 
     page.check("#scope-switch")  # before any result: no request, just the setting
-    result = analyze(page, "all")["body"]
+    answers, _ = analyze_to_result(page)
+    assert all("scope=all" in a["url"] for a in answers)
     page.wait_for_function(
         "n => document.querySelectorAll('#neighbors .neighbor-button').length === n",
         arg=NEIGHBORS,
     )
-    assert page.text_content("#predicted-label") == display(result["label"])
+    assert page.text_content("#predicted-label") == verdict_text(answers[0]["body"])
     assert no_horizontal_overflow(page)
+    assert_accessible_in_both_schemes(page)
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / "phone-analyze.png"), full_page=True)
+    screenshot(page, "phone-analyze.png")
 
     page.click("a[href='#map']")
     page.wait_for_selector("#map-legend li")
     assert no_horizontal_overflow(page)
-    page.screenshot(path=str(ARTIFACTS / "phone-map.png"), full_page=True)
+    assert_accessible_in_both_schemes(page)
+    screenshot(page, "phone-map.png")
     probe.assert_no_errors()
     page.context.close()
 
 
-def test_missing_or_bad_token_says_so_and_focuses_the_token_field(browser, local_stack):
+def test_pinch_zooms_the_map_on_a_phone(browser, local_stack, gallery):
+    """Two touch points through Chromium's input pipeline (CDP), as a phone delivers them."""
+    probe = open_page(browser, local_stack, PHONE, token=local_stack.token, has_touch=True)
+    page = probe.page
+    page.click("a[href='#map']")
+    page.wait_for_selector("#map-legend li")
+    page.wait_for_function("() => document.getElementById('map-canvas').dataset.zoom")
+    page.locator("#map-canvas").scroll_into_view_if_needed()
+    box = page.locator("#map-canvas").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    session = page.context.new_cdp_session(page)
+
+    def touch(kind: str, spread: float) -> None:
+        points = [] if kind == "touchEnd" else [
+            {"x": cx - spread, "y": cy, "id": 1}, {"x": cx + spread, "y": cy, "id": 2}]
+        session.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    before = float(page.get_attribute("#map-canvas", "data-zoom"))
+    touch("touchStart", 30)
+    for spread in (45, 60, 75, 90):
+        touch("touchMove", spread)
+    touch("touchEnd", 0)
+    page.wait_for_timeout(100)
+    after = float(page.get_attribute("#map-canvas", "data-zoom"))
+    assert after == pytest.approx(before * 3, rel=0.1)  # fingers 60 -> 180 px apart
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_token_field_explains_checks_and_gates_analyze(browser, local_stack, gallery):
     probe = open_page(browser, local_stack, DESKTOP)
     page = probe.page
+    help_text = page.text_content("#token-help")
+    assert "make token" in help_text and "docs/deploy.md" in help_text
     data, _ = query_png()
     choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    page.wait_for_selector("#preview-image[src^='blob:']")
+    assert page.is_disabled("#analyze-button")
+    assert "access token" in page.text_content("#analyze-hint")
+    assert page.get_attribute("#analyze-button", "aria-describedby") == "analyze-hint"
 
-    page.click("#analyze-button")  # no token at all: explained without a request
-    page.wait_for_selector("#result-error:not([hidden])")
-    assert "token" in page.text_content("#result-error").lower()
-    assert page.evaluate("document.activeElement.id") == "token-input"
-
-    page.fill("#token-input", "not-a-valid-token")
-    answer = analyze(page)
-    assert answer["status"] == 401
-    page.wait_for_selector("#result-error:not([hidden])")
-    message = page.text_content("#result-error")
-    assert "access token is missing, expired or not valid" in message
-    assert page.evaluate("document.activeElement.id") == "token-input"
+    # A token the API refuses: said so, the field marked, Analyze still off.
+    assert set_token(page, "not-a-valid-token") == "refused"
+    assert "refused" in page.text_content("#token-state")
     assert page.get_attribute("#token-input", "aria-invalid") == "true"
-    assert page.is_hidden("#result")
-    assert page.get_attribute("#announcer", "aria-live") == "polite"
-    assert page.get_attribute("#result-error", "role") == "alert"
+    assert page.is_disabled("#analyze-button")
+
+    # An expired JWT is caught from its own exp claim, without asking the API.
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/whoami" in r.url or "/map" in r.url
+            else None)
+    assert set_token(page, fake_jwt({"sub": "x", "exp": int(time.time()) - 60})) == "expired"
+    page.wait_for_timeout(600)
+    assert asked == []
+    assert "expired" in page.text_content("#token-state")
+    assert page.is_disabled("#analyze-button")
+
+    # The real token: accepted, its expiry (read from the JWT) shown, Analyze on.
+    assert set_token(page, local_stack.token) == "ok"
+    state = page.text_content("#token-state")
+    hours = round((jwt_exp(local_stack.token) - time.time()) / 3600)
+    assert "Token accepted" in state and (f"in {hours} h" in state or "min)" in state)
+    assert page.get_attribute("#token-input", "aria-invalid") is None
+    assert page.is_enabled("#analyze-button")
+    assert page.text_content("#analyze-hint") == ""
     probe.assert_no_errors(provoked_statuses=(401,))
     page.context.close()
 
@@ -323,19 +688,23 @@ def test_non_image_file_shows_the_servers_415_explanation(browser, local_stack):
     assert "This file type is not supported." in shown
     assert answer["body"]["message"] in shown
     assert page.is_enabled("#analyze-button")  # the spinner is gone, the button usable again
+    assert page.is_hidden("#retry-button")  # retrying the same file would not help
     probe.assert_no_errors(provoked_statuses=(415,))
     page.context.close()
 
 
-def test_too_large_file_is_explained_before_sending(browser, local_stack):
+def test_too_large_file_the_browser_cannot_reduce_is_explained_before_sending(
+    browser, local_stack
+):
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
     sent = []
-    page.on("request", lambda r: sent.append(r.url) if "/predict" in r.url else None)
+    page.on("request", lambda r: sent.append(r.url) if "/predict" in r.url
+            or "/preview" in r.url else None)
     big = io.BytesIO()
-    big.write(encode(artwork(1, (64, 64)), "PNG"))
-    big.write(b"\0" * (6 * 1024 * 1024))  # trailing bytes: still a PNG for the browser
-    choose_file(page, "huge.png", "image/png", big.getvalue())
+    big.write(encode(artwork(1, (64, 64)), "TIFF"))  # TIFF: Chromium cannot decode it
+    big.write(b"\0" * (6 * 1024 * 1024))
+    choose_file(page, "huge.tif", "image/tiff", big.getvalue())
     page.wait_for_selector("#file-error:not([hidden])")
     assert "too large" in page.text_content("#file-error")
     assert "6.0 MB" in page.text_content("#file-error")
@@ -345,20 +714,64 @@ def test_too_large_file_is_explained_before_sending(browser, local_stack):
     page.context.close()
 
 
-def test_collection_map_draws_every_work_and_rotates(browser, local_stack, gallery):
+def test_large_picture_is_reduced_upright_in_the_browser_with_upload_progress(
+    browser, local_stack, gallery
+):
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
-    with page.expect_response(lambda r: "/map?" in r.url) as answer:
+    # 3000 x 2000 stored, EXIF orientation 6 (shown turned 90° clockwise): 2000 x 3000 upright.
+    img = artwork(7400, size=(3000, 2000))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    original = encode(img, "JPEG", quality=95, exif=exif.tobytes())
+    choose_file(page, "big.jpg", "image/jpeg", original)
+    page.wait_for_selector("#file-info:has-text('reduced to')")
+    assert "2000 × 3000 px" in page.text_content("#file-info")
+    assert "1365 × 2048 px" in page.text_content("#file-info")
+
+    answers, _ = analyze_to_result(page)
+    sent = answers[0]["request"]
+    body = uploaded(page)
+    assert sent.headers["content-type"] == "image/jpeg"
+    assert len(body) < len(original)
+    reduced = Image.open(io.BytesIO(body))
+    assert reduced.format == "JPEG"
+    assert reduced.size == (1365, 2048)  # upright: the orientation was applied, not dropped
+    assert reduced.getexif().get(0x0112) in (None, 1)
+    # Upright means the picture's top row is the original's left column (turned clockwise).
+    upright = np.asarray(img.transpose(Image.Transpose.ROTATE_270).resize((1365, 2048)),
+                         dtype=np.float64)
+    assert np.abs(np.asarray(reduced.convert("RGB"), dtype=np.float64) - upright).mean() < 12
+    assert page.get_attribute("#upload-progress", "data-max-seen") == "100"
+    assert page.is_hidden("#upload-row")  # gone once the answer is in
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_collection_map_for_people(browser, local_stack, gallery):
+    """Plain axis words, a point count, zoom buttons, hover and focus previews, the keyboard
+    list of works in view, hiding a type, and axe in both colour schemes."""
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    with page.expect_response(lambda r: "/map?" in r.url and "limit=1000" in r.url) as answer:
         page.click("a[href='#map']")
     collection = answer.value.json()
     assert answer.value.status == 200
     page.wait_for_selector("#map-legend li")
     assert page.get_attribute("a[href='#map']", "aria-current") == "page"
+    count = len(collection["points"])
+    assert page.text_content("#map-count").startswith(f"{count:,} works shown")
+    assert "(1st, 2nd and 3rd difference)" in page.text_content("#map-help")
+    assert page.evaluate("async () => (await import('/js/scatter3d.js')).AXIS_NAMES") == [
+        "1st difference", "2nd difference", "3rd difference"]
+    assert "PC1" not in page.text_content("body")
+    # No catalogued types in today's records: that colouring is offered but switched off.
+    assert page.is_disabled("#map-color option[value=catalogued]")
 
     legend = page.locator("#map-legend .legend-item")
     assert legend.count() == len(collection["classes"])
     counts = [int(item.locator(".legend-count").text_content()) for item in legend.all()]
-    assert sum(counts) == len(collection["points"]) >= gallery
+    assert sum(counts) == count >= gallery
 
     page.wait_for_function("() => document.getElementById('map-canvas').width > 0")
     page.wait_for_timeout(100)  # one animation frame
@@ -370,19 +783,142 @@ def test_collection_map_draws_every_work_and_rotates(browser, local_stack, galle
     page.wait_for_timeout(100)
     assert page.eval_on_selector("#map-canvas", "c => c.toDataURL()") != before
 
-    # Hiding a type removes its points from the plot.
-    legend.nth(counts.index(max(counts))).click()
+    zoom = float(page.get_attribute("#map-canvas", "data-zoom"))
+    page.click("#map-zoom-in")
     page.wait_for_timeout(100)
-    assert page.get_attribute(
-        f"#map-legend li:nth-child({counts.index(max(counts)) + 1}) button", "aria-pressed"
-    ) == "false"
+    assert float(page.get_attribute("#map-canvas", "data-zoom")) == pytest.approx(zoom * 1.4)
+    page.click("#map-zoom-out")
+    page.wait_for_timeout(100)
+    assert float(page.get_attribute("#map-canvas", "data-zoom")) == pytest.approx(zoom)
+
+    # Hovering a point previews its thumbnail.
+    target = collection["points"][0]
+    spot = page.evaluate(
+        """key => { const m = window.artlens.map;
+                    const p = m.plot.screenPosition(m.points.find(x => x.key === key));
+                    const box = m.el.canvas.getBoundingClientRect();
+                    return [box.left + p.sx, box.top + p.sy]; }""",
+        target["key"],
+    )
+    page.mouse.move(*spot)
+    page.wait_for_selector("#map-tooltip:not([hidden])")
+    page.wait_for_function("() => document.getElementById('map-tooltip-image').naturalWidth > 0")
+    assert page.text_content("#map-tooltip-text").startswith(display(
+        page.evaluate("([x, y]) => window.artlens.map.plot.pick(x, y).point.label",
+                      [spot[0] - page.locator("#map-canvas").bounding_box()["x"],
+                       spot[1] - page.locator("#map-canvas").bounding_box()["y"]])))
+    page.mouse.move(1, 1)
+
+    # The works in view are a list of buttons reachable with Tab; focus previews, Enter opens.
+    page.wait_for_function(
+        "n => document.querySelectorAll('#map-list button').length === n", arg=min(60, count))
+    page.focus("#map-legend li:last-child button")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.dataset.key")
+    assert focused == page.get_attribute("#map-list li:first-child button", "data-key")
+    page.wait_for_selector("#map-tooltip:not([hidden])")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    assert focused in page.text_content("#viewer-caption")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert page.evaluate("document.activeElement.dataset.key") == focused
+
+    # Hiding a type removes its points from the plot; the switched-off item stays legible.
+    biggest = counts.index(max(counts))
+    legend.nth(biggest).click()
+    page.wait_for_timeout(100)
+    assert legend.nth(biggest).get_attribute("aria-pressed") == "false"
     hidden_ink = canvas_ink(page, "#map-canvas")
-    legend.nth(counts.index(max(counts))).click()
+    assert int(page.get_attribute("#map-canvas", "data-visible")) == count - max(counts)
+    assert_accessible_in_both_schemes(page)
+    legend.nth(biggest).click()
     page.wait_for_timeout(100)
     assert canvas_ink(page, "#map-canvas") > hidden_ink
-    page.screenshot(path=str(ARTIFACTS / "desktop-map.png"), full_page=True)
+    screenshot(page, "desktop-map.png")
     probe.assert_no_errors()
     page.context.close()
+
+
+def test_query_is_placed_in_the_map_live_after_analyze(browser, local_stack, gallery):
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    maps = []
+    page.on("request", lambda r: maps.append(r.url) if "/map?" in r.url else None)
+    page.click("a[href='#map']")
+    page.wait_for_selector("#map-legend li")
+    assert page.get_attribute("#map-canvas", "data-query") == "none"
+    loads = len(maps)
+
+    page.click("a[href='#analyze']")
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    answers, _ = analyze_to_result(page)
+    final = answers[-1]["body"]
+    page.click("#show-on-map")
+    page.wait_for_selector("#map-query:not([hidden])")
+    assert len(maps) == loads  # placed live, without fetching the map again
+    how = page.get_attribute("#map-canvas", "data-query")
+    collection = api_get(local_stack, "/map?limit=1000")
+    exact = "embedding" in final and "projection" in collection
+    assert how == ("projection" if exact else "neighbours")
+    points = {p["key"] for p in collection["points"]}
+    linked = sum(1 for n in final["neighbors"][:NEIGHBORS] if n["key"] in points)
+    assert f"lines to its {linked} most similar" in page.text_content("#map-query")
+    page.wait_for_timeout(100)
+    with_query = page.eval_on_selector("#map-canvas", "c => c.toDataURL()")
+    page.evaluate("window.artlens.map.setQuery(null)")
+    page.wait_for_timeout(100)
+    assert page.eval_on_selector("#map-canvas", "c => c.toDataURL()") != with_query
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_scatter_frame_rate_at_20000_points(browser, local_stack):
+    """Loads a synthetic 20,000-point map into the scatter component in the page and turns it
+    for two seconds. Prints frames per second; nothing asserts on speed."""
+    probe = open_page(browser, local_stack, DESKTOP)
+    measured = probe.page.evaluate(
+        """async () => {
+            const { Scatter3D } = await import('/js/scatter3d.js');
+            const canvas = document.createElement('canvas');
+            canvas.style.cssText = 'width:1100px;height:560px;display:block';
+            document.body.prepend(canvas);
+            const plot = new Scatter3D(canvas);
+            const labels = ['drawings', 'engraving', 'iconography', 'painting', 'sculpture'];
+            let seed = 1;
+            const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+            const gauss = () =>
+              Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(6.283 * random());
+            const points = Array.from({ length: 20000 }, (_, i) => ({
+              key: `k${i}`, label: labels[i % 5],
+              x: gauss() + (i % 5), y: gauss() - (i % 3), z: gauss() + (i % 2),
+            }));
+            plot.setData(points, new Map(labels.map((l, i) => [l, `hsl(${i * 70},70%,45%)`])));
+            let frames = 0, busy = 0;
+            const started = performance.now();
+            await new Promise((done) => {
+              const step = () => {
+                plot.view.yaw += 0.03;
+                const t = performance.now();
+                plot.render();
+                busy += performance.now() - t;
+                frames += 1;
+                if (performance.now() - started < 2000) requestAnimationFrame(step); else done();
+              };
+              requestAnimationFrame(step);
+            });
+            const seconds = (performance.now() - started) / 1000;
+            return { frames, fps: frames / seconds, renderMs: busy / frames,
+                     visible: Number(canvas.dataset.visible) };
+        }"""
+    )
+    print(f"\n[map] 20,000 points: {measured['fps']:.1f} frames/s, "
+          f"{measured['renderMs']:.1f} ms per frame drawn ({measured['frames']} frames)")
+    assert measured["visible"] == 20000 and measured["frames"] > 0
+    probe.assert_no_errors()
+    probe.page.context.close()
 
 
 def test_paste_and_drop_choose_a_file_too(browser, local_stack):
@@ -403,19 +939,70 @@ def test_paste_and_drop_choose_a_file_too(browser, local_stack):
     page.evaluate(make_event, ["paste", list(data), "pasted.png"])
     page.wait_for_selector("#file-info:has-text('pasted.png')")
     page.wait_for_selector("#preview-image[src^='blob:']")
-    assert page.is_enabled("#analyze-button")
+    page.wait_for_selector("#analyze-button:enabled")
 
     page.evaluate(make_event, ["drop", list(data), "dropped.png"])
     page.wait_for_selector("#file-info:has-text('dropped.png')")
-    assert "240 × 180 px" in page.text_content("#file-info")
+    page.wait_for_selector("#file-info:has-text('240 × 180 px')")
     assert canvas_ink(page, "#histogram-canvas") > 0.05
     probe.assert_no_errors()
     page.context.close()
 
 
-def test_slow_answer_and_network_failure_are_explained(browser, local_stack):
+def test_sharing_link_count_copy_and_downloads(browser, local_stack, gallery):
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    page.select_option("#neighbor-count", "10")
+    answers, _ = analyze_to_result(page)
+    assert "neighbors=10" in answers[0]["url"]
+    final = answers[-1]["body"]
+    assert page.locator("#neighbors > li").count() == 10
+    assert neighbor_keys(page) == [n["key"] for n in final["neighbors"][:10]]
+
+    # The URL holds the uploaded picture's SHA-256 (computed in the browser), scope and count.
+    digest = hashlib.sha256(uploaded(page)).hexdigest()
+    scope = "all" if page.is_checked("#scope-switch") else "class"
+    assert page.url.split("#")[0] == f"{local_stack.base_url}/?sha256={digest}&scope={scope}&n=10"
+
+    page.click("#copy-link")
+    page.wait_for_selector("#share-status:has-text('Link copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == page.url
+
+    with page.expect_download() as got:
+        page.click("#download-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(got.value.path()).read_text())))
+    assert got.value.suggested_filename == f"artlens-{digest[:12]}.csv"
+    assert rows[0]["section"] == "verdict" and rows[0]["label"] == verdict_text(final)
+    types = [r for r in rows if r["section"] == "type"]
+    assert {r["label"]: float(r["score"]) for r in types} == final["probabilities"]
+    near = [r for r in rows if r["section"] == "neighbor"]
+    assert [(r["key"], float(r["score"])) for r in near] == [
+        (n["key"], n["similarity"]) for n in final["neighbors"][:10]]
+
+    with page.expect_download() as got:
+        page.click("#download-json")
+    record = json.loads(Path(got.value.path()).read_text())
+    assert record["query"] == {"sha256": digest, "scope": scope, "neighbors": 10}
+    assert record["answer"]["probabilities"] == final["probabilities"]
+    assert [n["key"] for n in record["answer"]["neighbors"]] == neighbor_keys(page)
+    assert record["verdict"] == verdict_text(final)
+
+    # More than the allowed count in a link is clamped, never sent to the API.
+    assert page.evaluate("""async () => (await import('/js/share.js'))
+        .readShared('?key=gallery/a.jpg&scope=all&n=99')""") == {
+        "reference": {"key": "gallery/a.jpg"}, "scope": "all", "count": MAX_NEIGHBORS}
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_slow_answer_and_network_failure_are_explained(browser, local_stack, gallery):
     """Fault injection in the browser's network layer: a /predict that never answers (the page
-    gives up after config.json's requestTimeoutMs) and one whose connection fails."""
+    gives up after config.json's requestTimeoutMs) and one whose connection fails, after a
+    good result: the stale result is hidden and Retry brings a fresh one."""
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
     page.route(
@@ -424,9 +1011,11 @@ def test_slow_answer_and_network_failure_are_explained(browser, local_stack):
     )
     page.reload()
     page.wait_for_selector("html[data-ready=true]")
+    page.wait_for_function("() => document.getElementById('token-state').dataset.check === 'ok'")
     data, _ = query_png()
     choose_file(page, "query.png", "image/png", data)
     page.wait_for_selector("#analyze-button:enabled")
+    analyze_to_result(page)
 
     held = []
     page.route("**/predict?*", lambda route: held.append(route))  # never answered
@@ -439,12 +1028,182 @@ def test_slow_answer_and_network_failure_are_explained(browser, local_stack):
     assert "taking too long" in page.text_content("#result-error")
     assert page.is_enabled("#analyze-button")
     assert not page.is_visible("#analyze-button .spinner")
+    assert page.is_hidden("#result") and page.is_visible("#retry-button")
     assert len(held) == 1
 
     page.unroute("**/predict?*")
-    page.route("**/predict?*", lambda route: route.abort("connectionfailed"))
+    page.route("**/predict?*", lambda route: route.abort("connectionrefused"))
+    page.click("#retry-button")
+    page.wait_for_selector(f"#result-error:has-text('The ArtLens API at {local_stack.base_url}"
+                           " did not answer')")
+    assert page.get_attribute("#result-card", "data-stale") == "true"
+    assert page.is_hidden("#result")
+    assert page.evaluate("document.activeElement.id") == "retry-button"
+
+    page.unroute("**/predict?*")
+    page.click("#retry-button")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.is_hidden("#result-error") and page.is_hidden("#retry-button")
+    assert page.get_attribute("#result-card", "data-stale") is None
+    probe.assert_no_errors(also_allowed=(r"net::ERR_(CONNECTION_REFUSED|FAILED|ABORTED)",))
+    page.context.close()
+
+
+# -- tests: needs the server contract (issue 15) ---------------------------------------------
+
+
+def test_empty_collection_map_says_so(browser, spare_stack):
+    """Contract item 1: GET /map on an empty collection answers 200 with no points."""
+    probe = open_page(browser, spare_stack, DESKTOP, token=spare_stack.token)
+    page = probe.page
+    with page.expect_response(lambda r: "/map?" in r.url and "limit=1000" in r.url) as answer:
+        page.click("a[href='#map']")
+    assert answer.value.status == 200
+    assert answer.value.json()["points"] == []
+    page.wait_for_selector("#map-count:has-text('The collection is empty')")
+    assert page.is_hidden("#map-error")
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_server_stopped_names_the_api_hides_the_stale_result_and_offers_retry(
+    browser, spare_stack
+):
+    """A real stopped server (the spare stack, stopped here). Needs no contract item; it sits
+    after the empty-collection test because it stops the stack that test uses."""
+    probe = open_page(browser, spare_stack, DESKTOP, token=spare_stack.token)
+    page = probe.page
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    analyze_to_result(page)
+    spare_stack.stop()
+
     page.click("#analyze-button")
-    page.wait_for_selector("#result-error:has-text('Could not reach')")
-    assert page.is_enabled("#analyze-button")
-    probe.assert_no_errors(also_allowed=(r"net::ERR_(CONNECTION_FAILED|FAILED|ABORTED)",))
+    page.wait_for_selector("#result-error:not([hidden])")
+    assert page.text_content("#result-error .message-title") == (
+        f"The ArtLens API at {spare_stack.base_url} did not answer.")
+    assert "internet connection" not in page.text_content("#result-error")
+    assert page.is_hidden("#result")
+    assert page.get_attribute("#result-card", "data-stale") == "true"
+    assert page.is_visible("#retry-button")
+    page.click("#retry-button")
+    page.wait_for_selector("#analyze-button[aria-busy=false]")
+    assert page.is_visible("#retry-button") and page.is_hidden("#result")
+    assert_accessible_in_both_schemes(page)
+    # Until contract item 1, the token check's one-work map fails on the empty collection.
+    probe.assert_no_errors(also_allowed=(r"net::ERR_(CONNECTION_REFUSED|FAILED|EMPTY_RESPONSE)",),
+                           also_failed={"/map": (500,)})
+    page.context.close()
+
+
+def test_map_places_the_query_by_the_servers_projection(browser, local_stack, gallery):
+    """Contract items 2 and 3: GET /map sends `projection`, POST /predict sends `embedding`;
+    the page places the query at components · (embedding − mean)."""
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    answers, _ = analyze_to_result(page)
+    final = answers[-1]["body"]
+    with page.expect_response(lambda r: "/map?" in r.url) as answer:
+        page.click("#show-on-map")
+    projection = answer.value.json()["projection"]
+    embedding = np.asarray(final["embedding"])
+    expected = np.asarray(projection["components"]) @ (embedding - np.asarray(projection["mean"]))
+    page.wait_for_selector("#map-query:not([hidden])")
+    assert page.get_attribute("#map-canvas", "data-query") == "projection"
+    placed = page.evaluate(
+        """() => { const p = window.artlens.map.plot;
+                   const { mean, radius } = p.normalize;
+                   return p.query.position.map((v, i) => v * radius + mean[i]); }""")
+    assert np.allclose(placed, expected, atol=1e-4)
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_servers_assessment_and_nearest_by_type_are_shown(browser, local_stack, gallery):
+    """Contract item 3: `assessment`, `nearest_by_type` and `sha256` in the answer."""
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    answers, _ = analyze_to_result(page)
+    final = answers[-1]["body"]
+    assessment = final["assessment"]
+    assert page.get_attribute("#verdict", "data-source") == "server"
+    assert page.get_attribute("#verdict", "data-status") == assessment["status"]
+    assert page.text_content("#predicted-label") == verdict_text(final)
+    assert final["sha256"] == hashlib.sha256(uploaded(page)).hexdigest()
+    assert f"sha256={final['sha256']}" in page.url
+    if assessment["status"] == "uncertain":
+        keys = page.eval_on_selector_all("#by-type-list > li", "l => l.map(i => i.dataset.key)")
+        assert keys == [final["nearest_by_type"][c]["key"] for c in assessment["candidates"]]
+        assert len(answers) <= 2  # no extra request to find them
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_more_like_this_and_a_shared_link_reproduce_the_view(browser, local_stack, gallery):
+    """Contract item 4: POST /predict with {"key": ...} (and {"sha256": ...})."""
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    data, _ = query_png()
+    choose_file(page, "query.png", "image/png", data)
+    page.wait_for_selector("#analyze-button:enabled")
+    analyze_to_result(page)
+    first_url = page.url
+    target = page.get_attribute("#neighbors > li:nth-child(2)", "data-key")
+    with page.expect_response(lambda r: "/predict" in r.url) as answer:
+        page.click("#neighbors > li:nth-child(2) .more-like")
+    assert answer.value.status == 200
+    assert json.loads(answer.value.request.post_data) == {"key": target}
+    page.wait_for_function("() => document.activeElement.id === 'result-heading'")
+    assert f"key={target}".replace("/", "%2F") in page.url
+    shown = neighbor_keys(page)
+
+    for link in (page.url, first_url):  # a work of the collection, then the uploaded picture
+        other = open_page(browser, local_stack, DESKTOP, path=link.removeprefix(
+            local_stack.base_url))
+        assert "shared result" in other.page.text_content("#result-error")
+        set_token(other.page, local_stack.token)
+        other.page.wait_for_selector("#result:not([hidden])")
+        assert other.page.url == link
+        if link == page.url:
+            assert neighbor_keys(other.page) == shown
+        other.assert_no_errors()
+        other.page.context.close()
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_tiff_gets_a_preview_made_by_the_server(browser, local_stack):
+    """Contract item 5: POST /preview answers a JPEG data URL for any accepted format."""
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    choose_file(page, "scan.tif", "image/tiff", encode(artwork(7500, (300, 200)), "TIFF"))
+    page.wait_for_selector("#preview-image[src^='data:image/jpeg']")
+    assert page.eval_on_selector("#preview-image", "i => i.naturalWidth") == 300
+    assert "made by the service" in page.text_content("#histogram-note")
+    assert canvas_ink(page, "#histogram-canvas") > 0.05
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_token_is_checked_with_whoami(browser, local_stack):
+    """Contract item 6: GET /whoami answers the token's subject and expiry."""
+    probe = open_page(browser, local_stack, DESKTOP)
+    page = probe.page
+    calls = []
+    page.on("response", lambda r: calls.append((r.url.split("?")[0], r.status))
+            if "/whoami" in r.url or "/map" in r.url else None)
+    assert set_token(page, local_stack.token) == "ok"
+    assert calls == [(f"{local_stack.base_url}/whoami", 200)]
+    me = api_get(local_stack, "/whoami")
+    assert f"for {me['sub']}" in page.text_content("#token-state")
+    assert set_token(page, "not-a-valid-token") == "refused"
+    assert calls[-1] == (f"{local_stack.base_url}/whoami", 401)
+    probe.assert_no_errors(provoked_statuses=(401,))
     page.context.close()

@@ -17,7 +17,8 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-from artlens.store import EmbeddingStore
+from artlens.index.embeddings import EmbeddingStore
+from artlens.models.versions import versions_of
 
 BUCKET = "artlens-images-test"
 CONTEXT = SimpleNamespace(
@@ -84,7 +85,7 @@ def aws(monkeypatch):
 
 
 def load_handler(monkeypatch, database_url: str, card_path):
-    """Import the handler afresh: it reads its settings once, at import (cold start)."""
+    """Import the handler afresh: it reads its settings once, at its first call (cold start)."""
     monkeypatch.setenv("IMAGES_BUCKET", BUCKET)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("MODEL_CARD_PATH", str(card_path))
@@ -130,7 +131,8 @@ def test_batch_with_odd_keys_poison_and_vanished_objects(
     assert reason["source_key"] == "incoming/poison.jpg"
     assert reason["error"] in ("corrupt_image", "unsupported_format")
     store = EmbeddingStore(pg_dsn)
-    assert store.current_version() == embed.registry.default_card.version  # fresh install
+    # A fresh install: the deployed model's version became current.
+    assert versions_of(store).current() == embed.deps().serving.registry.default_card.version
     assert store.keys() == [f"gallery/{digest}.png"]
     store.close()
 
@@ -186,9 +188,10 @@ def test_s3_lake(aws):
 
 
 def test_an_oversized_drop_is_rejected_without_download(aws, pg_dsn, tiny_model_card):
-    from artlens.ingest import ensure_model_version, ingest_objects
+    from artlens.ingest import ingest_objects
     from artlens.lake import S3Lake
-    from artlens.model import get_classifier
+    from artlens.models.classifier import get_classifier
+    from artlens.models.versions import ensure_model_version
 
     store = EmbeddingStore(pg_dsn)
     store.migrate()

@@ -19,12 +19,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from artlens.auth import mint_token
-from artlens.ingest import ensure_model_version, ingest_objects
+from artlens.auth.signing import sign_request
+from artlens.auth.tokens import mint_token
+from artlens.index.embeddings import EmbeddingStore
+from artlens.ingest import ingest_objects
 from artlens.lake import LocalLake
-from artlens.model import get_classifier
-from artlens.signing import sign_request
-from artlens.store import EmbeddingStore
+from artlens.models.classifier import get_classifier
+from artlens.models.versions import ensure_model_version
 from local_stack import events, redrive
 from local_stack.events import LambdaContext
 from local_stack.watcher import IncomingWatcher
@@ -147,7 +148,7 @@ def test_secrets_manager_unreachable_denies_and_never_errors(unreachable_secrets
         assert time.monotonic() - started < 20
     # Denied because the secrets could not be read (not for some other reason).
     unreadable = [r.name for r in caplog.records if "EndpointConnectionError" in r.getMessage()]
-    assert sorted(unreadable) == ["artlens.apikeys", "artlens.auth"], caplog.text
+    assert sorted(unreadable) == ["artlens.auth.keys", "artlens.auth.tokens"], caplog.text
     logged = capsys.readouterr().out + caplog.text
     assert token not in logged and signed["Authorization"].split()[1] not in logged
 
@@ -171,7 +172,7 @@ def embed_handler(monkeypatch, own_pg, tmp_path, tiny_model_card):
     sys.modules.pop("lambdas.embed", None)
     module = importlib.import_module("lambdas.embed")
     yield SimpleNamespace(module=module, lake_dir=lake_dir, dsn=dsn)
-    module.store.close()
+    module.deps().serving.store.close()
     sys.modules.pop("lambdas.embed", None)
 
 

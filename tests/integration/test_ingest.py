@@ -12,16 +12,11 @@ from PIL import Image
 
 from artlens.errors import NotFound, Unavailable
 from artlens.image import image_to_input
-from artlens.ingest import (
-    Status,
-    ensure_model_version,
-    ingest_objects,
-    reindex,
-    rollback,
-)
+from artlens.index.embeddings import EmbeddingStore
+from artlens.ingest import Status, ingest_objects
 from artlens.lake import LocalLake
-from artlens.model import get_classifier
-from artlens.store import EmbeddingStore
+from artlens.models.classifier import get_classifier
+from artlens.models.versions import ensure_model_version, reindex, rollback, versions_of
 
 
 def picture(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
@@ -248,7 +243,7 @@ def test_reindex_switches_only_when_complete_and_rolls_back(
 
     with pytest.raises(Interrupted):
         reindex(store, lake, new, batch_size=2, progress=stop_after_first_batch)
-    assert store.current_version() == old
+    assert versions_of(store).current() == old
     assert store.count(old) == 5
     assert store.count(new.version) == 2
     # Queries keep answering from the old version meanwhile.
@@ -260,14 +255,14 @@ def test_reindex_switches_only_when_complete_and_rolls_back(
     assert report.total == 3 and report.embedded == 3  # resumed, not restarted
     assert seen == [(2, 3), (3, 3)]
     assert report.activated and report.previous_version == old
-    assert store.current_version() == new.version
+    assert versions_of(store).current() == new.version
     assert store.count() == 5
     assert set(store.keys(new.version)) == set(lake.list("gallery/"))
 
     assert rollback(store) == old
-    assert store.current_version() == old
+    assert versions_of(store).current() == old
     assert rollback(store) == new.version
-    assert store.current_version() == new.version
+    assert versions_of(store).current() == new.version
 
 
 def test_rollback_without_previous_version(store, classifier):
@@ -323,10 +318,10 @@ def test_reindex_handler(lake, store, classifier, tiny_model_card_v2, pg_dsn, mo
         handler({"keys": ["incoming/0.png"]}, None)
     partial = handler({"keys": gallery[:1]}, None)
     assert partial["embedded"] == 1 and partial["activated"] is False
-    assert store.current_version() == classifier.version
+    assert versions_of(store).current() == classifier.version
     complete = handler({}, None)
     assert complete["embedded"] == 2 and complete["activated"] is True
-    assert store.current_version() == new_version
+    assert versions_of(store).current() == new_version
 
 
 # -- LocalLake: the folder lake and its signed URLs -----------------------------------------

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from artlens.apikeys import FileKeys, issue_key
+from artlens.auth.keys import FileKeys, issue_key
 from bench.stress import REPO_ROOT, stack_env
 from tests.imagegen import jpeg_bytes
 
@@ -23,10 +23,10 @@ TOKEN_KEY = "log-hygiene-token-key-" + "k" * 40
 
 DRIVER = r"""
 import json, os, sys, uuid
-from artlens.auth import mint_token
+from artlens.auth.tokens import mint_token
 from artlens.lake import LocalLake
-from artlens.signing import sign_request
-from artlens.store import EmbeddingStore
+from artlens.auth.signing import sign_request
+from artlens.index.embeddings import EmbeddingStore
 from local_stack import events
 
 EmbeddingStore(os.environ["DATABASE_URL"]).migrate()

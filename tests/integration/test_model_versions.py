@@ -14,20 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artlens.api.answers import predict_image
 from artlens.errors import NotFound
 from artlens.image import image_to_input
-from artlens.ingest import ensure_model_version, ingest_objects, reindex
+from artlens.index.embeddings import EmbeddingStore
+from artlens.ingest import ingest_objects
 from artlens.lake import LocalLake
-from artlens.model import (
-    ModelIntegrityError,
-    ModelNotRegistered,
-    ModelRegistry,
-    get_classifier,
-    registry_from_settings,
+from artlens.models.card import ModelIntegrityError, ModelNotRegistered
+from artlens.models.classifier import get_classifier
+from artlens.models.registry import ModelRegistry, registry_from_settings
+from artlens.models.versions import (
+    CurrentModel,
+    ensure_model_version,
+    reindex,
+    switch_back,
+    versions_of,
 )
-from artlens.service import CurrentModel, predict_image, switch_back
 from artlens.settings import Settings
-from artlens.store import EmbeddingStore
 from local_stack.events import LambdaContext
 from tests.imagegen import artwork, encode
 
@@ -101,10 +104,11 @@ def expected_neighbours(gallery: Gallery, card: Path) -> list[tuple[str, float]]
     """Brute force with the given model: the top keys (and cosine similarities) of the query."""
     model = get_classifier(card)
     keys = sorted(gallery.pictures)
+    size = model.input_size  # each model at its own input size (the card's input.shape)
     embeddings = model.predict(
-        np.stack([image_to_input(gallery.pictures[k]) for k in keys])
+        np.stack([image_to_input(gallery.pictures[k], size) for k in keys])
     ).embeddings
-    query = model.predict(image_to_input(gallery.query)).embeddings[0]
+    query = model.predict(image_to_input(gallery.query, size)).embeddings[0]
     sims = embeddings @ query / (np.linalg.norm(embeddings, axis=1) * np.linalg.norm(query))
     order = np.argsort(-sims, kind="stable")[:NEIGHBOURS]
     return [(keys[i], float(sims[i])) for i in order]
@@ -128,11 +132,11 @@ def test_predict_follows_the_current_version_through_reindex_and_rollback(
 ):
     store = gallery.store
     lookups = []
-    real_current_version = store.current_version
-    monkeypatch.setattr(store, "current_version",
-                        lambda: lookups.append(1) or real_current_version())
     clock = Clock()
     current = CurrentModel(registry, store, ttl_s=TTL_S, clock=clock)
+    real_current_version = current.states.current
+    monkeypatch.setattr(current.states, "current",
+                        lambda: lookups.append(1) or real_current_version())
 
     assert_served_by(ask(gallery, current), "tiny-0", gallery, tiny_model_card)
     ask(gallery, current)
@@ -143,7 +147,7 @@ def test_predict_follows_the_current_version_through_reindex_and_rollback(
     with pytest.raises(StopAfterFirstBatch):
         reindex(store, gallery.lake, v2, batch_size=3, progress=stop_after_first_batch)
     assert store.count("tiny-1") == 3
-    assert store.current_version() == "tiny-0"
+    assert versions_of(store).current() == "tiny-0"
     clock.advance()
     assert_served_by(ask(gallery, current), "tiny-0", gallery, tiny_model_card)
 
@@ -152,7 +156,7 @@ def test_predict_follows_the_current_version_through_reindex_and_rollback(
     assert (report.total, report.embedded, report.activated) == (GALLERY_SIZE - 3,
                                                                 GALLERY_SIZE - 3, True)
     assert report.previous_version == "tiny-0"
-    assert store.current_version() == "tiny-1"
+    assert versions_of(store).current() == "tiny-1"
     assert ask(gallery, current)["model_version"] == "tiny-0"  # still inside the TTL
     clock.advance()
     assert_served_by(ask(gallery, current), "tiny-1", gallery, tiny_model_card_v2)
@@ -173,12 +177,12 @@ def test_a_current_version_missing_from_the_registry_falls_back_to_the_default(
     store = gallery.store
     # tiny-1 becomes current elsewhere (another process reindexed with a model we lack).
     report = reindex(store, gallery.lake, get_classifier(tiny_model_card_v2))
-    assert report.activated and store.current_version() == "tiny-1"
+    assert report.activated and versions_of(store).current() == "tiny-1"
     without_v2 = ModelRegistry(tmp_path / "empty-registry", default_card=tiny_model_card)
     clock = Clock()
     current = CurrentModel(without_v2, store, ttl_s=TTL_S, clock=clock)
 
-    with caplog.at_level(logging.WARNING, logger="artlens.service"):
+    with caplog.at_level(logging.WARNING, logger="artlens.models.versions"):
         # The default model answers and searches its own rows, which are complete.
         assert_served_by(ask(gallery, current), "tiny-0", gallery, tiny_model_card)
         clock.advance()
@@ -209,13 +213,13 @@ def test_rollback_refuses_a_version_the_registry_cannot_serve(
     only_v2 = ModelRegistry(tmp_path / "only-v2", default_card=tiny_model_card_v2)
     with pytest.raises(ModelNotRegistered, match="tiny-0"):
         switch_back(store, only_v2)
-    assert store.current_version() == "tiny-1"
+    assert versions_of(store).current() == "tiny-1"
 
 
 def test_rollback_without_a_previous_version_is_not_found(gallery, registry):
     with pytest.raises(NotFound):
         switch_back(gallery.store, registry)
-    assert gallery.store.current_version() == "tiny-0"
+    assert versions_of(gallery.store).current() == "tiny-0"
 
 
 # -- the registry itself ----------------------------------------------------------------------
@@ -339,4 +343,31 @@ def test_handlers_reindex_switch_and_roll_back_what_predict_serves(
         assert_served_by(served(), "tiny-0", gallery, tiny_model_card)
     finally:
         predict.reset()
-        reindex_lambda.store.close()
+        reindex_lambda.deps().store.close()
+
+
+def test_the_local_stack_says_when_it_ships_another_model_and_follows_the_switch(
+    gallery, tiny_model_card_v2
+):
+    """`make run` with tiny-1 shipped over a collection indexed with tiny-0: the user is told
+    how to move (and tiny-0 keeps answering); /health follows the reindex."""
+    from local_stack.runtime import LocalRuntime
+
+    def unused(event, context):
+        raise AssertionError("not called")
+
+    def runtime(shipped: str) -> LocalRuntime:
+        return LocalRuntime(
+            store=gallery.store, lake=gallery.lake, model_version="tiny-0",
+            shipped_version=shipped, authorizer_handler=unused, predict_handler=unused,
+            embed_handler=unused,
+        )
+
+    assert runtime("tiny-0").upgrade_notice() is None
+    stack = runtime("tiny-1")
+    notice = stack.upgrade_notice()
+    assert notice is not None and "tiny-1" in notice and "`make reindex`" in notice
+    assert "tiny-0, which keeps answering" in notice
+    assert stack.health() == {"status": "ok", "model_version": "tiny-0", "indexed": GALLERY_SIZE}
+    reindex(gallery.store, gallery.lake, get_classifier(tiny_model_card_v2))
+    assert stack.health() == {"status": "ok", "model_version": "tiny-1", "indexed": GALLERY_SIZE}

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from artlens.image import image_to_input, load_image
+from artlens.index.embeddings import EmbeddingStore, ImageRow
 from artlens.lake import LocalLake
-from artlens.model import get_classifier
-from artlens.store import EmbeddingStore, ImageRow
+from artlens.models.classifier import get_classifier
+from artlens.models.versions import versions_of
 from lambdas import predict
 from local_stack.events import LambdaContext
 
@@ -64,7 +65,7 @@ def stack(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
     classifier = get_classifier(tiny_model_card, 1)
     store = EmbeddingStore(pg_dsn)
     store.migrate()
-    store.register_version(classifier.version)
+    versions_of(store).register(classifier.version)
     lake = LocalLake(lake_dir, URL_KEY.encode())
     datas = [picture(i) for i in range(SEED_IMAGES)]
     prediction = classifier.predict(np.stack([image_to_input(d) for d in datas]))
@@ -81,8 +82,8 @@ def stack(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
                                      model_version=classifier.version, width=loaded.width,
                                      height=loaded.height, size_bytes=len(data)))
         seeded.append(Seeded(data, key, label, emb))
-    store.mark_ready(classifier.version)
-    store.activate(classifier.version)
+    versions_of(store).mark_ready(classifier.version)
+    versions_of(store).activate(classifier.version)
     store.close()
     yield seeded, lake
     predict.reset()

@@ -15,10 +15,11 @@ from urllib.parse import quote, urlencode
 import psycopg2
 import pytest
 
+from artlens.auth.replay import PostgresNonces
+from artlens.auth.signing import sign_request, verify_signed_body
 from artlens.errors import Unauthorized
-from artlens.nonces import PostgresNonces
-from artlens.signing import sign_request, verify_signed_body
-from artlens.store import EmbeddingStore
+from artlens.index.database import Database
+from artlens.index.embeddings import EmbeddingStore
 from bench.stress import REPO_ROOT, LocalStackProcess, local_stack, stack_env
 from client import ApiError, ArtLensClient
 from tests.imagegen import jpeg_bytes
@@ -149,7 +150,8 @@ def test_two_containers_share_the_nonce_ledger(pg_dsn):
     headers = sign_request("ak_shared", "shared-secret", "GET", "/map", [], b"")
     event = {"httpMethod": "GET", "path": "/map", "headers": headers, "body": "",
              "requestContext": {"authorizer": {"scheme": "hmac", "sub": "ak_shared"}}}
-    first, second = (PostgresNonces(EmbeddingStore(pg_dsn)) for _ in range(2))
+    EmbeddingStore(pg_dsn).migrate()  # the ledger's table is a migration (sql/002_...)
+    first, second = (PostgresNonces(Database(pg_dsn)) for _ in range(2))
     verify_signed_body(event, first)
     with pytest.raises(Unauthorized) as refused:
         verify_signed_body(event, second)

@@ -1,4 +1,5 @@
-"""EmbeddingStore against a real PostgreSQL + pgvector (embedded server, fresh database each)."""
+"""The index (artlens.index) and the version states against a real PostgreSQL + pgvector
+(embedded server, fresh database each)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ import numpy as np
 import psycopg2
 import pytest
 
-from artlens.errors import NotFound, Unavailable
-from artlens.store import (
-    HNSW_EF_CONSTRUCTION,
-    HNSW_M,
-    EmbeddingStore,
-    ImageRow,
-    VersionNotReady,
-    migration_files,
-)
+from artlens.errors import NotFound, Unavailable, VersionNotReady
+from artlens.index.embeddings import HNSW_EF_CONSTRUCTION, HNSW_M, EmbeddingStore, ImageRow
+from artlens.index.migrations import migration_files
+from artlens.models.versions import versions_of
 
 LABELS = ("drawings", "engraving", "iconography", "painting", "sculpture")
 ROWS = 400
@@ -55,10 +51,10 @@ def _fill(store: EmbeddingStore, version: str, vectors: np.ndarray) -> list[Imag
 
 
 def _ready(store: EmbeddingStore, version: str, *, activate: bool = True) -> None:
-    store.register_version(version)
-    store.mark_ready(version)
+    versions_of(store).register(version)
+    versions_of(store).mark_ready(version)
     if activate:
-        store.activate(version)
+        versions_of(store).activate(version)
 
 
 def _brute_force(rows, query, k, label=None, exclude=None):
@@ -82,7 +78,7 @@ def filled(pg_dsn, store):
     _ready(store, "v1")
     rows = _fill(store, "v1", _unit(rng, ROWS))
     # A second version with its own vectors: its rows must never leak into v1 answers.
-    store.register_version("v2")
+    versions_of(store).register("v2")
     other = _fill(store, "v2", _unit(rng, 50))
     return rows, other, rng
 
@@ -136,7 +132,7 @@ def test_without_iterative_scan_a_rare_class_comes_back_short(pg_dsn, filled):
         for query in _unit(rng, 5):
             cur.execute(
                 "SELECT key FROM images WHERE model_version = 'v1' AND label = %s"
-                " ORDER BY embedding <=> %s LIMIT 5",
+                " ORDER BY embedding::vector(128) <=> %s::vector(128) LIMIT 5",
                 (RARE, query),
             )
             shortfalls += len(cur.fetchall()) < 5
@@ -196,7 +192,7 @@ def test_upsert_is_idempotent_on_sha256_and_version(store):
     assert store.upsert(row) is True
     assert store.upsert(row) is False
     assert store.count("v1") == 1
-    store.register_version("v2")
+    versions_of(store).register("v2")
     assert store.upsert(ImageRow(**{**row.__dict__, "model_version": "v2"})) is True
     assert store.count("v1") == 1 and store.count("v2") == 1
 
@@ -211,7 +207,7 @@ def _row(sha: str, version: str = "v1", key: str | None = None) -> ImageRow:
 
 def test_upsert_many_reports_each_row_and_is_one_transaction(store):
     _ready(store, "v1")
-    store.register_version("v2")
+    versions_of(store).register("v2")
     a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
     assert store.upsert(_row(a)) is True
     assert store.upsert_many([]) == []
@@ -223,16 +219,20 @@ def test_upsert_many_reports_each_row_and_is_one_transaction(store):
     assert store.keys("v1") == sorted(f"gallery/{sha}.jpg" for sha in (a, b, c))
     assert store.count("v2") == 1
 
-    # One row the database refuses (an unknown model version) and the whole batch is undone.
+    # One row the database refuses (another picture under d's key) and the whole batch is undone.
     with pytest.raises(psycopg2.IntegrityError):
-        store.upsert_many([_row(d), _row("e" * 64, "never-registered")])
+        store.upsert_many([_row(d), _row("e" * 64, key=f"gallery/{d}.jpg")])
     assert store.existing_sha256([d]) == set()
+    with pytest.raises(NotFound):  # a version that was never registered has no dimension
+        store.upsert_many([_row(d), _row("e" * 64, "never-registered")])
+    with pytest.raises(ValueError):  # v1 keeps 128-d embeddings
+        store.upsert(ImageRow(**{**_row(d).__dict__, "embedding": np.ones(64, np.float32)}))
     assert store.upsert_many([_row(d)]) == [True]  # the connection is usable afterwards
 
 
 def test_existing_sha256_is_per_version(store):
     _ready(store, "v1")
-    store.register_version("v2")
+    versions_of(store).register("v2")
     a, c = "a" * 64, "c" * 64
     store.upsert_many([_row(a), _row(c), _row(c, "v2")])
     assert store.existing_sha256([a, c, "f" * 64, a], "v1") == {a, c}
@@ -253,20 +253,22 @@ def test_search_settings_are_per_session_and_survive_a_reconnect(pg_dsn, store):
         return cur.fetchone()
 
     assert len(store.nearest(np.ones(128), k=1)) == 1
-    pid, ef, scan = store._transaction(session)
+    pid, ef, scan = store.database.transaction(session)
     assert (ef, scan) == ("40", "relaxed_order")
 
     store.ef_search = 77
     assert len(store.nearest(np.ones(128), k=1)) == 1
-    assert store._transaction(session) == (pid, "77", "relaxed_order")  # same session, new value
+    # The same session, with the new value.
+    assert store.database.transaction(session) == (pid, "77", "relaxed_order")
 
     def fails(cur):
         cur.execute("SELECT 1")
         raise ValueError("rolled back")
 
     with pytest.raises(ValueError):
-        store._transaction(fails)
-    assert store._transaction(session) == (pid, "77", "relaxed_order")  # not undone by rollback
+        store.database.transaction(fails)
+    # Not undone by the rollback.
+    assert store.database.transaction(session) == (pid, "77", "relaxed_order")
 
     admin = psycopg2.connect(pg_dsn)
     admin.autocommit = True
@@ -274,7 +276,7 @@ def test_search_settings_are_per_session_and_survive_a_reconnect(pg_dsn, store):
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
     admin.close()
     assert len(store.nearest(np.ones(128), k=1)) == 1  # transparently on a new connection
-    new_pid, ef, scan = store._transaction(session)
+    new_pid, ef, scan = store.database.transaction(session)
     assert new_pid != pid and (ef, scan) == ("77", "relaxed_order")
     with pytest.raises(ValueError):
         store.ef_search = 0
@@ -317,38 +319,42 @@ def test_migrations_rerun_cleanly_and_concurrently(pg_server, pg_dsn):
     assert errors == []
     assert sorted(results, key=len) == [[], names]
     store = EmbeddingStore(target)
-    assert store.index_parameters() == {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    versions_of(store).register("v1")  # a version gets its HNSW index when registered
+    assert store.index_parameters("v1") == {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
     store.close()
 
 
 def test_rebuild_index_changes_build_options(store):
+    _ready(store, "v1")
+    versions_of(store).register("v2", 64)
     store.rebuild_index(m=8, ef_construction=32)
-    assert store.index_parameters() == {"m": 8, "ef_construction": 32}
+    assert store.index_parameters() == {"m": 8, "ef_construction": 32}  # the current v1
+    assert store.index_parameters("v2") == {"m": 8, "ef_construction": 32}
     with pytest.raises(ValueError):
         store.rebuild_index(m=1, ef_construction=32)
 
 
 def test_version_lifecycle(store):
-    assert store.current_version() is None
-    assert store.register_version("v1") is True
-    assert store.register_version("v1") is False
+    assert versions_of(store).current() is None
+    assert versions_of(store).register("v1") is True
+    assert versions_of(store).register("v1") is False
     with pytest.raises(VersionNotReady):
-        store.activate("v1")
-    assert store.current_version() is None
+        versions_of(store).activate("v1")
+    assert versions_of(store).current() is None
     with pytest.raises(NotFound):
-        store.activate("nope")
+        versions_of(store).activate("nope")
 
-    store.mark_ready("v1")
-    store.activate("v1")
-    assert store.current_version() == "v1"
-    assert store.previous_version() is None
+    versions_of(store).mark_ready("v1")
+    versions_of(store).activate("v1")
+    assert versions_of(store).current() == "v1"
+    assert versions_of(store).previous() is None
 
     _ready(store, "v2")
-    assert store.current_version() == "v2"
-    assert store.previous_version() == "v1"
-    store.activate("v1")
-    assert (store.current_version(), store.previous_version()) == ("v1", "v2")
-    assert sum(v.is_current for v in store.versions()) == 1
+    assert versions_of(store).current() == "v2"
+    assert versions_of(store).previous() == "v1"
+    versions_of(store).activate("v1")
+    assert (versions_of(store).current(), versions_of(store).previous()) == ("v1", "v2")
+    assert sum(v.is_current for v in versions_of(store).versions()) == 1
 
 
 def test_reconnects_after_the_connection_dies(pg_dsn, store):
@@ -358,13 +364,13 @@ def test_reconnects_after_the_connection_dies(pg_dsn, store):
         cur.execute("SELECT pg_backend_pid()")
         return cur.fetchone()[0]
 
-    pid = store._transaction(backend_pid)
+    pid = store.database.transaction(backend_pid)
     admin = psycopg2.connect(pg_dsn)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
     admin.close()
-    assert store.current_version() == "v1"  # transparently on a new connection
+    assert versions_of(store).current() == "v1"  # transparently on a new connection
 
 
 def test_unreachable_database_is_unavailable(pg_server):
@@ -375,7 +381,7 @@ def test_unreachable_database_is_unavailable(pg_server):
         port = sock.getsockname()[1]
     store = EmbeddingStore(f"postgresql://nobody:secret@127.0.0.1:{port}/nothing")
     with pytest.raises(Unavailable) as raised:
-        store.current_version()
+        versions_of(store).current()
     assert raised.value.status == 503
     assert "secret" not in str(raised.value)
 
@@ -427,5 +433,7 @@ def test_migrate_custom_resource_with_secrets_manager_credentials(pg_server, pg_
         )
         assert deleted == {"PhysicalResourceId": created["PhysicalResourceId"]}
     store = EmbeddingStore(pg_dsn)  # the schema is still there after Delete
-    assert store.index_parameters()["m"] == HNSW_M
+    assert versions_of(store).versions() == []
+    versions_of(store).register("v1")
+    assert store.index_parameters("v1")["m"] == HNSW_M
     store.close()

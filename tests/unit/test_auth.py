@@ -1,4 +1,4 @@
-"""Tokens, the signing-key source and the authorizer policy (artlens.auth)."""
+"""Tokens, the signing-key source, the scheme table and the authorizer policy (artlens.auth)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,14 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
-from artlens.auth import (
-    AUTH_SCHEMES,
-    MAX_TOKEN_LENGTH,
+from artlens.auth.policy import (
+    Authenticator,
+    BearerVerifier,
     Principal,
-    TokenKeySource,
     allow_policy,
     api_wildcard_resource,
-    authenticate,
-    mint_token,
-    register_scheme,
-    verify_token,
 )
+from artlens.auth.tokens import MAX_TOKEN_LENGTH, TokenKeySource, mint_token, verify_token
 from artlens.errors import Unauthorized
 
 KEY = "k" * 64
@@ -192,28 +188,32 @@ def request(authorization: str | None) -> dict:
     return {"type": "REQUEST", "methodArn": METHOD_ARN, "headers": headers}
 
 
+def bearer_only() -> Authenticator:
+    return Authenticator({"Bearer": BearerVerifier(TokenKeySource(literal=KEY))})
+
+
 def test_authenticate_bearer_case_insensitive_scheme():
     token = mint_token(KEY, "alice", 60)
     for scheme in ("Bearer", "bearer", "BEARER"):
-        principal = authenticate(request(f"{scheme} {token}"), TokenKeySource(literal=KEY))
+        principal = bearer_only().authenticate(request(f"{scheme} {token}"))
         assert principal == Principal(sub="alice", scheme="bearer")
 
 
 @pytest.mark.parametrize("value", [None, "", "Bearer", "Bearer   ", "Basic dXNlcjpwYXNz", "token"])
 def test_authenticate_refuses_missing_or_unknown_schemes(value):
-    refused(authenticate, request(value), TokenKeySource(literal=KEY))
+    refused(bearer_only().authenticate, request(value))
 
 
-def test_a_second_scheme_plugs_in_through_the_registry():
-    def verify(credentials, event, keys):
+def test_a_second_scheme_plugs_in_where_the_authenticator_is_built():
+    def verify(credentials, event):
         if credentials != "letmein":
             raise Unauthorized("bad signature")
         return Principal(sub="client-1", scheme="test-hmac")
 
-    register_scheme("Test-HMAC", verify)
-    try:
-        principal = authenticate(request("test-hmac letmein"), TokenKeySource(literal=KEY))
-        assert principal.context() == {"sub": "client-1", "scheme": "test-hmac"}
-        refused(authenticate, request("Test-HMAC wrong"), TokenKeySource(literal=KEY))
-    finally:
-        AUTH_SCHEMES.pop("test-hmac")
+    both = Authenticator({"Bearer": BearerVerifier(TokenKeySource(literal=KEY)),
+                          "Test-HMAC": verify})
+    assert both.schemes == ("bearer", "test-hmac")
+    principal = both.authenticate(request("test-hmac letmein"))
+    assert principal.context() == {"sub": "client-1", "scheme": "test-hmac"}
+    refused(both.authenticate, request("Test-HMAC wrong"))
+    refused(bearer_only().authenticate, request("test-hmac letmein"))  # nothing global

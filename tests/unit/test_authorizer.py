@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import boto3
@@ -9,7 +13,7 @@ import jwt
 import pytest
 from moto import mock_aws
 
-from artlens.auth import MAX_TOKEN_LENGTH, mint_token
+from artlens.auth.tokens import MAX_TOKEN_LENGTH, mint_token
 from lambdas import authorizer
 from local_stack.events import LambdaContext
 
@@ -128,3 +132,19 @@ def test_missing_configuration_is_unauthorized(aws_env):
 def test_local_key_from_env(aws_env):
     aws_env.setenv("ARTLENS_TOKEN_KEY", KEY)
     assert call(f"Bearer {mint_token(KEY, 'local', 60)}")["principalId"] == "local"
+
+
+def test_the_authorizer_imports_no_numerical_or_database_library():
+    """Its cold start stays small: a fresh interpreter importing the handler loads neither
+    numpy, psycopg2, onnxruntime nor Pillow (the signed-request replay check is predict's)."""
+    probe = (
+        "import json, sys; import lambdas.authorizer; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    loaded = set(json.loads(completed.stdout.strip().splitlines()[-1]))
+    assert "lambdas" in loaded and "artlens" in loaded
+    assert loaded.isdisjoint({"numpy", "psycopg2", "onnxruntime", "PIL", "pgvector"}), loaded

@@ -1,4 +1,4 @@
-"""API Gateway event parsing and response shaping (artlens.http)."""
+"""API Gateway event parsing and response shaping (artlens.api.events, artlens.api.responses)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import os
 
 import pytest
 
-from artlens.errors import ArtLensError, BadRequest, ImageRejected, Unavailable
-from artlens.http import (
+from artlens.api.events import (
     body_bytes,
-    cors_headers,
-    error_response,
     extract_image,
     header,
-    json_response,
     parse_map_query,
     parse_multipart,
     parse_predict_query,
+)
+from artlens.api.responses import (
+    cors_headers,
+    error_response,
+    json_response,
     response_for_exception,
 )
+from artlens.errors import ArtLensError, BadRequest, ImageRejected, Unavailable
 
 IMAGE = bytes(range(256)) * 4 + b"\r\n--notaboundary\r\n\r\n\n\r"  # binary, CR/LF-laden
 
@@ -279,7 +281,7 @@ def test_error_response_maps_status_and_body(error, status, code):
 
 def test_unexpected_exception_is_generic_500_and_logged(caplog):
     secret_detail = "password=hunter2 in a connection string"
-    with caplog.at_level(logging.ERROR, logger="artlens.http"):
+    with caplog.at_level(logging.ERROR, logger="artlens.api.responses"):
         response = response_for_exception(RuntimeError(secret_detail), "*")
     assert response["statusCode"] == 500
     body = json.loads(response["body"])

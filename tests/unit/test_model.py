@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from artlens.model import Classifier, ModelCard, ModelIntegrityError, get_classifier
+from artlens.models.card import ModelCard, ModelIntegrityError
+from artlens.models.classifier import OnnxClassifier as Classifier
+from artlens.models.classifier import get_classifier
 
 
 @pytest.fixture(scope="module")

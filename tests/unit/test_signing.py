@@ -11,21 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from artlens.apikeys import ApiKeySource, FileKeys, issue_key, parse_keys, revoke_key
-from artlens.auth import AUTH_SCHEMES, authenticate
-from artlens.errors import NotFound, Unauthorized, Unavailable
-from artlens.nonces import MemoryNonces
-from artlens.settings import ConfigError
-from artlens.signing import (
+from artlens.auth.keys import ApiKeySource, FileKeys, issue_key, parse_keys, revoke_key
+from artlens.auth.policy import Authenticator
+from artlens.auth.replay import MemoryNonces
+from artlens.auth.signing import (
     SCHEME,
     HmacVerifier,
     LazyVerifier,
-    SigningSettings,
     canonical_query,
     canonical_request,
     sign_request,
     verify_signed_body,
 )
+from artlens.errors import NotFound, Unauthorized, Unavailable
+from artlens.settings import ConfigError, SigningSettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "signing.md"
 NOW = 1_767_225_600.0
@@ -116,13 +115,13 @@ def credentials(headers):
 def test_a_signed_request_is_accepted(verifier):
     headers = signed({"neighbors": "3"})
     event = event_for(headers, query={"neighbors": "3"})
-    principal = verifier(credentials(headers), event, None)
+    principal = verifier(credentials(headers), event)
     assert (principal.sub, principal.scheme) == ("ak_good", "hmac")
 
 
 def test_the_stage_prefixed_path_of_the_execute_api_url_is_accepted(verifier):
     headers = sign_request("ak_good", "s3cret-value", "POST", "/prod/predict", [], b"", now=NOW)
-    assert verifier(credentials(headers), event_for(headers), None).sub == "ak_good"
+    assert verifier(credentials(headers), event_for(headers)).sub == "ak_good"
 
 
 @pytest.mark.parametrize("change", [
@@ -149,7 +148,7 @@ def test_any_tampering_breaks_the_signature(verifier, change):
         headers["X-ArtLens-Key-Id"] = "ak_old"
     event = event_for(headers, method=method, path=path, query=query, stage_path=f"/prod{path}")
     with pytest.raises(Unauthorized) as refused:
-        verifier(credentials(headers), event, None)
+        verifier(credentials(headers), event)
     assert refused.value.code in ("bad_signature", "bad_key")
 
 
@@ -157,21 +156,21 @@ def test_any_tampering_breaks_the_signature(verifier, change):
 def test_timestamps_outside_five_minutes_are_refused(verifier, skew):
     headers = signed(now=NOW + skew)
     with pytest.raises(Unauthorized) as refused:
-        verifier(credentials(headers), event_for(headers), None)
+        verifier(credentials(headers), event_for(headers))
     assert refused.value.code == "stale_request"
 
 
 def test_the_window_edges_are_inclusive(verifier):
     for skew in (-300, 300):
         headers = signed(now=NOW + skew)
-        assert verifier(credentials(headers), event_for(headers), None).sub == "ak_good"
+        assert verifier(credentials(headers), event_for(headers)).sub == "ak_good"
 
 
 def test_revoked_unknown_and_wrong_secret_keys_are_refused(verifier):
     for key_id, secret in (("ak_old", "old"), ("ak_nobody", "x"), ("ak_good", "guess")):
         headers = signed(key_id=key_id, secret=secret)
         with pytest.raises(Unauthorized):
-            verifier(credentials(headers), event_for(headers), None)
+            verifier(credentials(headers), event_for(headers))
 
 
 @pytest.mark.parametrize("header,value", [
@@ -183,7 +182,7 @@ def test_malformed_signature_headers_are_refused(verifier, header, value):
     headers = signed()
     headers[header] = value
     with pytest.raises(Unauthorized) as refused:
-        verifier(credentials(headers), event_for(headers), None)
+        verifier(credentials(headers), event_for(headers))
     assert refused.value.code == "bad_signature"
 
 
@@ -191,7 +190,7 @@ def test_a_malformed_authorization_value_is_refused(verifier):
     headers = signed()
     for value in ("zz" * 32, "0" * 63, "0" * 65, credentials(headers) + "00"):
         with pytest.raises(Unauthorized):
-            verifier(value, event_for(headers), None)
+            verifier(value, event_for(headers))
 
 
 def test_the_nonce_ledger_being_down_refuses_the_request():
@@ -207,10 +206,11 @@ def test_the_nonce_ledger_being_down_refuses_the_request():
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_authenticate_dispatches_on_the_scheme_word(verifier, monkeypatch):
-    monkeypatch.setitem(AUTH_SCHEMES, SCHEME.lower(), verifier)
+def test_authenticate_dispatches_on_the_scheme_word(verifier):
     headers = signed()
-    assert authenticate(event_for(headers), keys=None).scheme == "hmac"
+    assert Authenticator({SCHEME: verifier}).authenticate(event_for(headers)).scheme == "hmac"
+    with pytest.raises(Unauthorized):  # a scheme the authenticator was not built with
+        Authenticator({}).authenticate(event_for(headers))
 
 
 def test_lazy_verifier_denies_when_signing_is_not_configured():
@@ -220,7 +220,7 @@ def test_lazy_verifier_denies_when_signing_is_not_configured():
     lazy = LazyVerifier(broken)
     headers = signed()
     with pytest.raises(Unauthorized):
-        lazy(credentials(headers), event_for(headers), None)
+        lazy(credentials(headers), event_for(headers))
 
 
 def test_signing_settings_from_env():

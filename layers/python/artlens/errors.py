@@ -1,4 +1,9 @@
-"""Typed errors. Handlers map them to HTTP responses in one place (artlens.http)."""
+"""The errors a client may see, each with a stable code and the HTTP status it maps to.
+
+The library raises these domain errors (an index that is down is `Unavailable`, a version that
+is not embedded yet is `VersionNotReady`); only artlens.api.responses turns them into responses,
+and this table is the one place their statuses are written down.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ class ArtLensError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None, **kw: object):
+        # `class NotFound(ArtLensError, status=404, code="not_found")`: one line per error.
+        super().__init_subclass__(**kw)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
         super().__init__(message)
@@ -21,26 +34,24 @@ class ArtLensError(Exception):
         return {"error": self.code, "message": self.message}
 
 
-class BadRequest(ArtLensError):
-    status = 400
-    code = "bad_request"
+class BadRequest(ArtLensError, status=400, code="bad_request"):
+    """The request is malformed (body, query, event)."""
 
 
-class Unauthorized(ArtLensError):
-    status = 401
-    code = "unauthorized"
+class Unauthorized(ArtLensError, status=401, code="unauthorized"):
+    """No valid credential; the authorizer denies."""
 
 
-class NotFound(ArtLensError):
-    status = 404
-    code = "not_found"
+class NotFound(ArtLensError, status=404, code="not_found"):
+    """No such object, route or model version."""
 
 
-class Unavailable(ArtLensError):
+class VersionNotReady(ArtLensError, status=409, code="version_not_ready"):
+    """Only a completely embedded ('ready') model version may serve queries."""
+
+
+class Unavailable(ArtLensError, status=503, code="unavailable"):
     """A dependency (database, object store) is down; the client may retry."""
-
-    status = 503
-    code = "unavailable"
 
 
 # Reason code -> HTTP status for refused images.

@@ -4,9 +4,12 @@ Training imports `load_image` and `preprocess` from here, so the tensors a model
 and the tensors it serves on come from the same code (see tests/unit/test_preprocess_parity.py).
 
 Pipeline: bytes -> limits checked from the header -> decode (JPEG in draft mode, DCT-scaled to
-the smallest size >= 150 px, so a 12 MP photo is never decoded at full size) -> EXIF orientation
--> RGB (alpha composited on white, 16-bit scaled, CMYK/palette/1-bit converted) -> resize to
-150x150 bilinear (aspect not kept, as the study did) -> float32 in [0, 1], NHWC.
+the smallest size >= the input size, so a 12 MP photo is never decoded at full size) -> EXIF
+orientation -> RGB (alpha composited on white, 16-bit scaled, CMYK/palette/1-bit converted) ->
+resize to size x size bilinear (aspect not kept, as the study did) -> float32 in [0, 1], NHWC.
+
+The input size is the model's (its card's `input.shape`, artlens.models.card); every function
+takes it as `size`, defaulting to the first model's 150 px.
 """
 
 from __future__ import annotations
@@ -19,22 +22,28 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from artlens.errors import ImageRejected
+from artlens.names import ACCEPTED_FORMATS
 
 INPUT_SIZE = 150
 MAX_BYTES = 6 * 1024 * 1024  # the synchronous Lambda payload limit
 MAX_PIXELS = 40_000_000
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
-# Recorded in the model card so that any other consumer can reproduce the input exactly.
-PREPROCESSING = {
-    "decode": "Pillow; JPEG draft (DCT scaling) to the smallest size >= 150x150; first frame",
-    "orientation": "EXIF orientation applied",
-    "color": "RGB; alpha composited on white; 16-bit scaled to 8-bit",
-    "resize": "150x150, bilinear (Pillow), aspect ratio not kept",
-    "scale": "float32 = uint8 / 255",
-    "layout": "NHWC",
-}
+
+def preprocessing_for(size: int) -> dict[str, str]:
+    """What the card records, so that any other consumer can reproduce the input exactly."""
+    return {
+        "decode": f"Pillow; JPEG draft (DCT scaling) to the smallest size >= {size}x{size}; "
+        "first frame",
+        "orientation": "EXIF orientation applied",
+        "color": "RGB; alpha composited on white; 16-bit scaled to 8-bit",
+        "resize": f"{size}x{size}, bilinear (Pillow), aspect ratio not kept",
+        "scale": "float32 = uint8 / 255",
+        "layout": "NHWC",
+    }
+
+
+PREPROCESSING = preprocessing_for(INPUT_SIZE)
 
 # Pillow warns (and later raises) on its own bomb threshold; we refuse from the header first.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -51,9 +60,11 @@ class LoadedImage:
 
 
 def load_image(
-    data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
+    data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+    size: int = INPUT_SIZE,
 ) -> LoadedImage:
-    """Validate and decode image bytes into a (possibly draft-reduced) RGB image.
+    """Validate and decode image bytes into a (possibly draft-reduced, never below `size`) RGB
+    image.
 
     Raises ImageRejected with a reason code for anything we will not decode.
     """
@@ -66,7 +77,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected("too_many_pixels", "The image has too many pixels.") from None
     except UnidentifiedImageError:
@@ -99,7 +110,7 @@ def load_image(
 
     try:
         if img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (INPUT_SIZE, INPUT_SIZE))
+            img.draft("RGB", (size, size))
         img.seek(0)  # first frame of animations
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -149,22 +160,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize(rgb: Image.Image) -> np.ndarray:
-    """RGB image -> uint8 array [150, 150, 3]. Training caches this form."""
-    resized = rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
+def resize(rgb: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """RGB image -> uint8 array [size, size, 3]. Training caches this form."""
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 
 
 def scale(pixels: np.ndarray) -> np.ndarray:
-    """uint8 [..., 150, 150, 3] -> float32 in [0, 1]."""
+    """uint8 [..., H, W, 3] -> float32 in [0, 1]."""
     return pixels.astype(np.float32) / np.float32(255.0)
 
 
-def preprocess(rgb: Image.Image) -> np.ndarray:
-    """RGB image -> float32 [150, 150, 3], exactly the model's input for one picture."""
-    return scale(resize(rgb))
+def preprocess(rgb: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """RGB image -> float32 [size, size, 3], exactly the model's input for one picture."""
+    return scale(resize(rgb, size))
 
 
-def image_to_input(data: bytes) -> np.ndarray:
-    """Bytes -> float32 [150, 150, 3]; the whole intake in one call."""
-    return preprocess(load_image(data).rgb)
+def image_to_input(data: bytes, size: int = INPUT_SIZE) -> np.ndarray:
+    """Bytes -> float32 [size, size, 3]; the whole intake in one call."""
+    return preprocess(load_image(data, size=size).rgb, size)

@@ -1,4 +1,4 @@
-"""Ingestion and re-indexing: pictures in the lake become rows in the embedding index.
+"""Ingestion: pictures dropped in the lake's incoming/ become gallery objects and index rows.
 
 No-loss order for every incoming object: the gallery copy and the index row are written
 BEFORE the incoming object is deleted, so a crash at any point leaves either the drop (which a
@@ -8,45 +8,36 @@ of the bytes, so a picture dropped twice or a message delivered twice is indexed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from artlens.errors import BadRequest, ImageRejected, NotFound
+from artlens.digests import sha256_hex
+from artlens.errors import ImageRejected, NotFound
 from artlens.image import MAX_BYTES, LoadedImage, load_image, preprocess
+from artlens.index.embeddings import EmbeddingStore, ImageRow
 from artlens.lake import ObjectLake
-from artlens.store import EmbeddingStore, ImageRow
+from artlens.names import (
+    GALLERY_PREFIX,
+    IMAGE_FORMATS,
+    INCOMING_PREFIX,
+    REASON_SUFFIX,
+    REJECTED_PREFIX,
+)
 
 if TYPE_CHECKING:
-    from artlens.model import Classifier
+    from artlens.models.classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
-INCOMING_PREFIX = "incoming/"
-GALLERY_PREFIX = "gallery/"
-REJECTED_PREFIX = "rejected/"
-REASON_SUFFIX = ".reason.json"
 DEFAULT_INGEST_BATCH = 16
 DEFAULT_REINDEX_BATCH = 32
-# A reindex rescans the gallery after its pass to pick up pictures ingested meanwhile.
-_REINDEX_PASSES = 3
-
-# Detected format -> (gallery extension, content type).
-FORMATS: dict[str, tuple[str, str]] = {
-    "JPEG": ("jpg", "image/jpeg"),
-    "MPO": ("jpg", "image/jpeg"),
-    "PNG": ("png", "image/png"),
-    "WEBP": ("webp", "image/webp"),
-    "GIF": ("gif", "image/gif"),
-    "BMP": ("bmp", "image/bmp"),
-    "TIFF": ("tif", "image/tiff"),
-}
+T = TypeVar("T")
 
 
 class Status(StrEnum):
@@ -73,28 +64,14 @@ class IngestReport:
     model_version: str
     outcomes: dict[str, IngestOutcome] = field(default_factory=dict)
 
-    def _count(self, status: Status) -> int:
+    def count(self, status: Status) -> int:
         return sum(o.status is status for o in self.outcomes.values())
 
-    @property
-    def indexed(self) -> int:
-        return self._count(Status.INDEXED)
-
-    @property
-    def duplicates(self) -> int:
-        return self._count(Status.DUPLICATE)
-
-    @property
-    def rejected(self) -> int:
-        return self._count(Status.REJECTED)
-
-    @property
-    def skipped(self) -> int:
-        return self._count(Status.SKIPPED)
-
-    @property
-    def failed(self) -> int:
-        return self._count(Status.FAILED)
+    indexed = property(lambda self: self.count(Status.INDEXED))
+    duplicates = property(lambda self: self.count(Status.DUPLICATE))
+    rejected = property(lambda self: self.count(Status.REJECTED))
+    skipped = property(lambda self: self.count(Status.SKIPPED))
+    failed = property(lambda self: self.count(Status.FAILED))
 
     @property
     def failed_keys(self) -> list[str]:
@@ -112,34 +89,32 @@ class _Drop:
 
 
 @dataclass(frozen=True)
-class _Picture:
+class Picture:
+    """A picture ready for the model (ingestion's drops and reindexing's gallery objects)."""
+
     key: str
     data: bytes
     image: LoadedImage
     sha256: str
-    pixels: np.ndarray  # float32 [150, 150, 3]
+    pixels: np.ndarray  # float32 [size, size, 3], the classifier's input size
 
 
 @dataclass(frozen=True)
-class _Embedded:
+class Embedded:
     label: str
     probability: float
     embedding: np.ndarray
 
 
-def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     if size < 1:
         raise ValueError("batch_size must be >= 1")
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def gallery_key_for(sha256: str, image_format: str) -> str:
-    extension, _ = FORMATS[image_format]
+    extension, _ = IMAGE_FORMATS[image_format]
     return f"{GALLERY_PREFIX}{sha256}.{extension}"
 
 
@@ -148,7 +123,8 @@ def rejected_key_for(incoming_key: str) -> str:
     return f"{REJECTED_PREFIX}{name}"
 
 
-def _embed(classifier: Classifier, pictures: Sequence[_Picture]) -> list[_Embedded]:
+def embed_pictures(classifier: Classifier, pictures: Sequence[Picture]) -> list[Embedded]:
+    """One batched inference; each picture's best label, its probability and its embedding."""
     prediction = classifier.predict(np.stack([p.pixels for p in pictures]))
     classes = classifier.classes
     results = []
@@ -156,11 +132,11 @@ def _embed(classifier: Classifier, pictures: Sequence[_Picture]) -> list[_Embedd
         prediction.probabilities, prediction.embeddings, strict=True
     ):
         best = int(np.argmax(probabilities))
-        results.append(_Embedded(classes[best], float(probabilities[best]), embedding))
+        results.append(Embedded(classes[best], float(probabilities[best]), embedding))
     return results
 
 
-def _row(picture: _Picture, embedded: _Embedded, key: str, model_version: str) -> ImageRow:
+def image_row(picture: Picture, embedded: Embedded, key: str, model_version: str) -> ImageRow:
     return ImageRow(
         key=key,
         sha256=picture.sha256,
@@ -206,16 +182,18 @@ def ingest_objects(
     report = IngestReport(model_version=version)
     unique_keys = list(dict.fromkeys(keys))
 
-    for chunk in _batches(unique_keys, batch_size):
+    for chunk in batches(unique_keys, batch_size):
         drops: list[_Drop] = []
         for key in chunk:
-            outcome_or_drop = _read_incoming(key, lake, max_bytes)
+            outcome_or_drop = _read_incoming(key, lake, max_bytes, classifier.input_size)
             if isinstance(outcome_or_drop, IngestOutcome):
                 report.outcomes[key] = outcome_or_drop
             else:
                 drops.append(outcome_or_drop)
-        pictures: list[_Picture] = []
-        for outcome_or_picture in _skip_indexed(drops, lake, store, version):
+        pictures: list[Picture] = []
+        for outcome_or_picture in _skip_indexed(
+            drops, lake, store, version, classifier.input_size
+        ):
             if isinstance(outcome_or_picture, IngestOutcome):
                 report.outcomes[outcome_or_picture.key] = outcome_or_picture
             else:
@@ -223,7 +201,7 @@ def ingest_objects(
         if not pictures:
             continue
         try:
-            embedded = _embed(classifier, pictures)
+            embedded = embed_pictures(classifier, pictures)
         except Exception as exc:
             logger.exception("inference failed for a batch of %d", len(pictures))
             for picture in pictures:
@@ -239,7 +217,9 @@ def ingest_objects(
     return report
 
 
-def _read_incoming(key: str, lake: ObjectLake, max_bytes: int) -> IngestOutcome | _Drop:
+def _read_incoming(
+    key: str, lake: ObjectLake, max_bytes: int, size: int
+) -> IngestOutcome | _Drop:
     if not key.startswith(INCOMING_PREFIX) or key.endswith("/"):
         # Never consume (and delete) objects outside incoming/, whatever a notification says.
         logger.warning("ignoring %s: not an object under %s", key, INCOMING_PREFIX)
@@ -247,7 +227,7 @@ def _read_incoming(key: str, lake: ObjectLake, max_bytes: int) -> IngestOutcome 
     try:
         try:
             data = lake.get(key, max_bytes=max_bytes)
-            image = load_image(data, max_bytes=max_bytes)
+            image = load_image(data, max_bytes=max_bytes, size=size)
         except ImageRejected as rejection:
             return _reject(lake, key, rejection)
         return _Drop(key, data, image, sha256_hex(data))
@@ -266,8 +246,8 @@ def _failed(key: str, sha256: str | None, exc: Exception, step: str) -> IngestOu
 
 
 def _skip_indexed(
-    drops: Sequence[_Drop], lake: ObjectLake, store: EmbeddingStore, version: str
-) -> list[IngestOutcome | _Picture]:
+    drops: Sequence[_Drop], lake: ObjectLake, store: EmbeddingStore, version: str, size: int
+) -> list[IngestOutcome | Picture]:
     """Finish the drops whose picture is indexed already; preprocess the others."""
     if not drops:
         return []
@@ -275,7 +255,7 @@ def _skip_indexed(
         indexed = store.existing_sha256([d.sha256 for d in drops], version)
     except Exception as exc:
         return [_failed(d.key, d.sha256, exc, "checking") for d in drops]
-    results: list[IngestOutcome | _Picture] = []
+    results: list[IngestOutcome | Picture] = []
     for drop in drops:
         try:
             if drop.sha256 in indexed:
@@ -287,16 +267,16 @@ def _skip_indexed(
                     gallery_key=gallery_key_for(drop.sha256, drop.image.format),
                 ))
             else:
-                pixels = preprocess(drop.image.rgb)
-                results.append(_Picture(drop.key, drop.data, drop.image, drop.sha256, pixels))
+                pixels = preprocess(drop.image.rgb, size)
+                results.append(Picture(drop.key, drop.data, drop.image, drop.sha256, pixels))
         except Exception as exc:
             results.append(_failed(drop.key, drop.sha256, exc, "reading"))
     return results
 
 
 def _store_pictures(
-    pictures: Sequence[_Picture],
-    embedded: Sequence[_Embedded],
+    pictures: Sequence[Picture],
+    embedded: Sequence[Embedded],
     lake: ObjectLake,
     store: EmbeddingStore,
     version: str,
@@ -307,10 +287,10 @@ def _store_pictures(
     picture that was in it is FAILED and keeps its incoming object for the retry.
     """
     outcomes: list[IngestOutcome] = []
-    staged: list[tuple[_Picture, _Embedded, str]] = []
+    staged: list[tuple[Picture, Embedded, str]] = []
     for picture, result in zip(pictures, embedded, strict=True):
         gallery_key = gallery_key_for(picture.sha256, picture.image.format)
-        _, content_type = FORMATS[picture.image.format]
+        _, content_type = IMAGE_FORMATS[picture.image.format]
         try:
             # Put the very bytes that were hashed (not a copy of the incoming key, which could
             # have been overwritten since) so gallery/<sha256> always holds that content.
@@ -322,7 +302,7 @@ def _store_pictures(
     if not staged:
         return outcomes
     try:
-        inserted = store.upsert_many([_row(p, r, g, version) for p, r, g in staged])
+        inserted = store.upsert_many([image_row(p, r, g, version) for p, r, g in staged])
     except Exception as exc:
         return outcomes + [_failed(p.key, p.sha256, exc, "indexing") for p, _, _ in staged]
     for (picture, result, gallery_key), new in zip(staged, inserted, strict=True):
@@ -340,127 +320,3 @@ def _store_pictures(
             label=result.label,
         ))
     return outcomes
-
-
-# -- model versions -----------------------------------------------------------------------
-
-
-@dataclass
-class ReindexReport:
-    model_version: str
-    previous_version: str | None  # the version that was current when the reindex started
-    total: int = 0  # gallery keys that lacked a row for model_version
-    embedded: int = 0
-    duplicates: int = 0  # same picture under another gallery key
-    missing: int = 0  # listed, then gone before it was read
-    unreadable: int = 0
-    activated: bool = False
-    unusable_keys: list[str] = field(default_factory=list)
-
-
-ProgressCallback = Callable[[int, int], None]
-
-
-def reindex(
-    store: EmbeddingStore,
-    lake: ObjectLake,
-    classifier: Classifier,
-    batch_size: int = DEFAULT_REINDEX_BATCH,
-    progress: ProgressCallback | None = None,
-    *,
-    keys: Sequence[str] | None = None,
-) -> ReindexReport:
-    """Embed the gallery with `classifier`'s model, then switch queries to it.
-
-    Rows for the new version are written beside the old ones and queries keep using the
-    current version until every gallery picture has a new row; only then is the new version
-    marked ready and activated. Keys that already have a row are skipped, so an interrupted
-    reindex resumes where it stopped. `keys` restricts the work to some gallery keys (one
-    worker of a fan-out); the switch still happens only when the whole gallery is done.
-    `progress(done, total)` is called after each committed batch.
-    """
-    version = classifier.version
-    store.register_version(version)
-    report = ReindexReport(model_version=version, previous_version=store.current_version())
-    if keys is not None:
-        outside = [k for k in keys if not k.startswith(GALLERY_PREFIX)]
-        if outside:
-            raise BadRequest(f"reindex takes gallery keys only; got {outside[:3]}")
-    unusable: set[str] = set()
-
-    for _ in range(_REINDEX_PASSES if keys is None else 1):
-        candidates = keys if keys is not None else lake.list(GALLERY_PREFIX)
-        indexed = set(store.keys(version))
-        pending = [k for k in dict.fromkeys(candidates) if k not in indexed and k not in unusable]
-        if not pending:
-            break
-        report.total += len(pending)
-        done = 0
-        for chunk in _batches(pending, batch_size):
-            pictures = []
-            for key in chunk:
-                try:
-                    data = lake.get(key)
-                    image = load_image(data)
-                except NotFound:
-                    report.missing += 1
-                    unusable.add(key)
-                    continue
-                except ImageRejected as rejection:
-                    logger.warning("gallery object %s is unreadable: %s", key, rejection.code)
-                    report.unreadable += 1
-                    unusable.add(key)
-                    continue
-                pictures.append(_Picture(key, data, image, sha256_hex(data), preprocess(image.rgb)))
-            if pictures:
-                rows = [
-                    _row(picture, result, picture.key, version)
-                    for picture, result in zip(pictures, _embed(classifier, pictures), strict=True)
-                ]
-                for picture, inserted in zip(pictures, store.upsert_many(rows), strict=True):
-                    if inserted:
-                        report.embedded += 1
-                    else:
-                        report.duplicates += 1
-                        unusable.add(picture.key)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(pending))
-
-    report.unusable_keys = sorted(unusable)
-    indexed = set(store.keys(version))
-    remaining = [k for k in lake.list(GALLERY_PREFIX) if k not in indexed and k not in unusable]
-    if remaining:
-        logger.info("reindex to %s incomplete: %d gallery keys left", version, len(remaining))
-        return report
-    store.mark_ready(version)
-    store.activate(version)
-    report.activated = True
-    logger.info("model version %s is now current (was %s)", version, report.previous_version)
-    return report
-
-
-def rollback(store: EmbeddingStore) -> str:
-    """Switch queries back to the previously active ready version; returns it."""
-    previous = store.previous_version()
-    if previous is None:
-        raise NotFound("There is no previous model version to roll back to.")
-    store.activate(previous)
-    return previous
-
-
-def ensure_model_version(store: EmbeddingStore, classifier: Classifier) -> str:
-    """At startup: make the classifier's version known; returns the version queries use.
-
-    On a fresh install (no current version) the classifier's version becomes current at once:
-    an empty gallery is trivially complete. Otherwise it is registered beside the current one;
-    new pictures get rows for it, and a reindex switches queries over.
-    """
-    version = classifier.version
-    store.register_version(version)
-    current = store.current_version()
-    if current is not None:
-        return current
-    store.mark_ready(version)
-    store.activate(version)
-    return version

@@ -1,13 +1,12 @@
 """The object lake: where pictures live. S3 on AWS, a folder in the local stack.
 
-Prefixes: `incoming/` (drops waiting to be indexed), `gallery/<sha256>.<ext>` (indexed
-pictures; labels live in the index, not in keys, so a new model never moves objects) and
-`rejected/<name>` with `rejected/<name>.reason.json`.
+Prefixes (artlens.names): `incoming/` (drops waiting to be indexed), `gallery/<sha256>.<ext>`
+(indexed pictures; labels live in the index, not in keys, so a new model never moves objects)
+and `rejected/<name>` with `rejected/<name>.reason.json`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import time
@@ -17,7 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from artlens.digests import hmac_sha256_hex
 from artlens.errors import BadRequest, ImageRejected, NotFound
+from artlens.settings import Settings
 
 DEFAULT_URL_EXPIRES_S = 900
 _TMP_PREFIX = ".artlens-tmp-"
@@ -203,8 +204,7 @@ class LocalLake:
         return sorted(keys)
 
     def _signature(self, key: str, exp: int) -> str:
-        message = f"{key}\n{exp}".encode()
-        return hmac.new(self._url_key, message, hashlib.sha256).hexdigest()
+        return hmac_sha256_hex(self._url_key, f"{key}\n{exp}")
 
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str:
         # Text checks only: signing touches no file, and the symlink check happens where the
@@ -229,7 +229,7 @@ class LocalLake:
         return hmac.compare_digest(self._signature(key, exp_value).encode(), str(sig).encode())
 
 
-def lake_from_settings(settings: Any, *, s3_client: Any = None) -> ObjectLake:
+def lake_from_settings(settings: Settings, *, s3_client: Any = None) -> ObjectLake:
     """The lake a handler uses: the images bucket on AWS, a folder in the local stack."""
     if settings.images_bucket:
         if s3_client is None:

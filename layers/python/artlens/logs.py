@@ -9,6 +9,13 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 
+def handler_logger(service: str) -> Logger:
+    """A handler's Powertools Logger, with the library's loggers writing through it."""
+    logger = Logger(service=service)
+    route_library_logs(logger)
+    return logger
+
+
 def route_library_logs(logger: Logger) -> None:
     names = {
         name for name in logging.root.manager.loggerDict

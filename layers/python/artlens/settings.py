@@ -14,12 +14,19 @@ Variables:
   TOKEN_SECRET_ARN | ARTLENS_TOKEN_KEY | ARTLENS_TOKEN_KEY_FILE                    [token]
   CORS_ORIGIN  required on AWS (an *_ARN or IMAGES_BUCKET set); "*" locally        [cors]
   ORT_THREADS  1..64, default 1;  LOG_LEVEL  DEBUG|INFO|WARNING|ERROR, default INFO
+  API_KEYS_SECRET_ARN | API_KEYS_FILE (+ API_KEYS_TTL_S)        [SigningSettings, authorizer]
+
+The variable names are artlens.names.ENV_*, which infra/ and the local stack set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from artlens import names as n
 
 PARTS = frozenset({"model", "database", "lake", "token", "cors"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -65,32 +72,30 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings parts {sorted(unknown)}")
 
-        def get(name: str) -> str | None:
-            value = environ.get(name, "").strip()
-            return value or None
+        get = _reader(environ)
 
         def need(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(message)
 
-        values: dict = {
-            "model_card_path": get("MODEL_CARD_PATH"),
-            "model_registry_dir": get("MODEL_REGISTRY_DIR"),
-            "database_url": get("DATABASE_URL"),
-            "db_secret_arn": get("DB_SECRET_ARN"),
-            "db_host": get("DB_HOST"),
-            "db_name": get("DB_NAME"),
-            "images_bucket": get("IMAGES_BUCKET"),
-            "local_lake_dir": get("LOCAL_LAKE_DIR"),
-            "local_url_key": get("LOCAL_URL_KEY"),
-            "local_url_base": get("LOCAL_URL_BASE") or "",
-            "token_secret_arn": get("TOKEN_SECRET_ARN"),
-            "token_key": get("ARTLENS_TOKEN_KEY"),
-            "token_key_file": get("ARTLENS_TOKEN_KEY_FILE"),
+        values: dict[str, Any] = {
+            "model_card_path": get(n.ENV_MODEL_CARD_PATH),
+            "model_registry_dir": get(n.ENV_MODEL_REGISTRY_DIR),
+            "database_url": get(n.ENV_DATABASE_URL),
+            "db_secret_arn": get(n.ENV_DB_SECRET_ARN),
+            "db_host": get(n.ENV_DB_HOST),
+            "db_name": get(n.ENV_DB_NAME),
+            "images_bucket": get(n.ENV_IMAGES_BUCKET),
+            "local_lake_dir": get(n.ENV_LOCAL_LAKE_DIR),
+            "local_url_key": get(n.ENV_LOCAL_URL_KEY),
+            "local_url_base": get(n.ENV_LOCAL_URL_BASE) or "",
+            "token_secret_arn": get(n.ENV_TOKEN_SECRET_ARN),
+            "token_key": get(n.ENV_TOKEN_KEY),
+            "token_key_file": get(n.ENV_TOKEN_KEY_FILE),
         }
-        values["db_port"] = _int_in_range(get("DB_PORT"), "DB_PORT", 5432, 1, 65535)
-        values["ort_threads"] = _int_in_range(get("ORT_THREADS"), "ORT_THREADS", 1, 1, 64)
-        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        values["db_port"] = _int_in_range(get(n.ENV_DB_PORT), n.ENV_DB_PORT, 5432, 1, 65535)
+        values["ort_threads"] = _int_in_range(get(n.ENV_ORT_THREADS), n.ENV_ORT_THREADS, 1, 1, 64)
+        log_level = (get(n.ENV_LOG_LEVEL) or "INFO").upper()
         need(log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         values["log_level"] = log_level
 
@@ -120,7 +125,7 @@ class Settings:
             )
 
         draft = cls(**values)
-        cors_origin = get("CORS_ORIGIN")
+        cors_origin = get(n.ENV_CORS_ORIGIN)
         if cors_origin is None:
             # A wildcard origin is a convenience for the local stack only; a deployment names
             # the page's origin so that other sites cannot script the API with a user's token.
@@ -130,6 +135,54 @@ class Settings:
             )
             cors_origin = "*"
         return cls(**{**values, "cors_origin": cors_origin})
+
+
+def _reader(environ: Mapping[str, str]) -> Callable[[str], str | None]:
+    """`get(name)`: the variable's value, stripped; None when unset or blank."""
+
+    def get(name: str) -> str | None:
+        return (environ.get(name) or "").strip() or None
+
+    return get
+
+
+# Per-source defaults of how long the authorizer caches the API key document.
+DEFAULT_SECRET_KEYS_TTL_S = 60.0  # Secrets Manager: one read per container per minute
+DEFAULT_FILE_KEYS_TTL_S = 2.0  # a local file is cheap to re-read
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    """Where the API keys of signed requests live: API_KEYS_SECRET_ARN | API_KEYS_FILE
+    (default: api_keys.json beside ARTLENS_TOKEN_KEY_FILE, the local stack's state dir);
+    API_KEYS_TTL_S (default 60 for the secret, 2 for a file).
+
+    Built on the first signed request, not at cold start, so that a container that only sees
+    bearer tokens never needs it and a mistake here denies signed requests only."""
+
+    api_keys_secret_arn: str | None
+    api_keys_file: str | None
+    api_keys_ttl_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SigningSettings:
+        get = _reader(environ)
+        arn, file = get(n.ENV_API_KEYS_SECRET_ARN), get(n.ENV_API_KEYS_FILE)
+        token_key_file = get(n.ENV_TOKEN_KEY_FILE)
+        if arn is None and file is None and token_key_file:
+            file = str(Path(token_key_file).with_name(n.API_KEYS_FILE_NAME))
+        if (arn is None) == (file is None):
+            raise ConfigError(
+                f"set exactly one of {n.ENV_API_KEYS_SECRET_ARN} and {n.ENV_API_KEYS_FILE}"
+            )
+        default_ttl = DEFAULT_SECRET_KEYS_TTL_S if arn else DEFAULT_FILE_KEYS_TTL_S
+        try:
+            ttl = float(get(n.ENV_API_KEYS_TTL_S) or default_ttl)
+        except ValueError:
+            raise ConfigError(f"{n.ENV_API_KEYS_TTL_S} must be a number of seconds") from None
+        if not 0 <= ttl <= 3600:
+            raise ConfigError(f"{n.ENV_API_KEYS_TTL_S} must be between 0 and 3600")
+        return cls(api_keys_secret_arn=arn, api_keys_file=file, api_keys_ttl_s=ttl)
 
 
 def _int_in_range(raw: str | None, name: str, default: int, low: int, high: int) -> int:

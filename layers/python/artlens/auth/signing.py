@@ -13,12 +13,11 @@ The authorizer checks the window, the key and the signature (constant time). It 
 body, and API Gateway may answer a repeated Authorization header from its policy cache without
 calling it at all, so the predict handler - which sees every request - calls
 `verify_signed_body`: the body must match X-ArtLens-Content-SHA256, and the nonce is recorded
-(artlens.nonces) so a replay is refused. The authorizer therefore needs no database access.
+(artlens.auth.replay) so a replay is refused. The authorizer therefore needs no database access.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -26,34 +25,35 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from artlens.apikeys import (
-    DEFAULT_FILE_TTL_S,
-    DEFAULT_SECRET_TTL_S,
+from artlens.api.events import body_bytes, header, query_pairs
+from artlens.auth.keys import (
     KEY_ID_PATTERN,
     ApiKeySource,
     FileKeys,
+    KeyBackend,
     SecretsManagerKeys,
     secrets_client,
 )
-from artlens.auth import Principal, register_scheme
+from artlens.auth.policy import Principal
+from artlens.auth.replay import NonceLedger
+from artlens.digests import hmac_sha256_hex, sha256_hex
 from artlens.errors import Unauthorized
-from artlens.http import body_bytes, header
-from artlens.nonces import NonceLedger
-from artlens.settings import ConfigError
+from artlens.names import (
+    CONTENT_SHA256_HEADER,
+    KEY_ID_HEADER,
+    NONCE_HEADER,
+    SIGNING_SCHEME,
+    TIMESTAMP_HEADER,
+)
+from artlens.settings import SigningSettings
 
-SCHEME = "ArtLens-HMAC-SHA256"
+SCHEME = SIGNING_SCHEME
 PRINCIPAL_SCHEME = "hmac"  # the `scheme` the authorizer puts in its context
 WINDOW_S = 300
-KEY_ID_HEADER = "X-ArtLens-Key-Id"
-TIMESTAMP_HEADER = "X-ArtLens-Timestamp"
-NONCE_HEADER = "X-ArtLens-Nonce"
-CONTENT_HEADER = "X-ArtLens-Content-SHA256"
-API_KEYS_FILE_NAME = "api_keys.json"
+CONTENT_HEADER = CONTENT_SHA256_HEADER
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,10 +76,6 @@ def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
     return "&".join(f"{name}={value}" for name, value in encoded)
 
 
-def body_sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
 def canonical_request(
     method: str, path: str, query: Iterable[tuple[str, str]], timestamp: str | int,
     nonce: str, key_id: str, content_sha256: str,
@@ -91,7 +87,7 @@ def canonical_request(
 
 
 def signature(secret: str, canonical: str) -> str:
-    return hmac.new(secret.encode("utf-8"), canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac_sha256_hex(secret, canonical)
 
 
 def sign_request(
@@ -101,7 +97,7 @@ def sign_request(
     """The headers that sign one request (the client side of the scheme)."""
     timestamp = str(int(time.time() if now is None else now))
     nonce = nonce or secrets.token_urlsafe(18)
-    content = body_sha256(body)
+    content = sha256_hex(body)
     canonical = canonical_request(method, path, query, timestamp, nonce, key_id, content)
     return {
         "Authorization": f"{SCHEME} {signature(secret, canonical)}",
@@ -113,14 +109,6 @@ def sign_request(
 
 
 # --------------------------------------------------------------------------- verification
-
-
-def query_pairs(event: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every (name, value) of the request's query, as API Gateway decoded it."""
-    multi = event.get("multiValueQueryStringParameters") or {}
-    if multi:
-        return [(name, str(v)) for name, values in multi.items() for v in (values or [])]
-    return [(name, str(v)) for name, v in (event.get("queryStringParameters") or {}).items()]
 
 
 def _signed_paths(event: Mapping[str, Any]) -> list[str]:
@@ -141,7 +129,7 @@ class HmacVerifier:
         self._window_s = int(window_s)
         self._clock = clock
 
-    def __call__(self, credentials: str, event: Mapping[str, Any], _token_keys: Any) -> Principal:
+    def __call__(self, credentials: str, event: Mapping[str, Any]) -> Principal:
         claimed = credentials.strip().lower()
         key_id = header(event, KEY_ID_HEADER) or ""
         timestamp = header(event, TIMESTAMP_HEADER) or ""
@@ -180,7 +168,7 @@ def verify_signed_body(
     if context.get("scheme") != PRINCIPAL_SCHEME:
         return
     claimed = (header(event, CONTENT_HEADER) or "").lower().encode()
-    actual = body_sha256(body_bytes(event)).encode()
+    actual = sha256_hex(body_bytes(event)).encode()
     if not hmac.compare_digest(claimed, actual):
         raise Unauthorized(
             "The body does not match X-ArtLens-Content-SHA256.", code="body_hash_mismatch"
@@ -199,40 +187,13 @@ def verify_signed_body(
 # --------------------------------------------------------------------------- wiring
 
 
-@dataclass(frozen=True)
-class SigningSettings:
-    """API_KEYS_SECRET_ARN | API_KEYS_FILE (default: api_keys.json beside ARTLENS_TOKEN_KEY_FILE,
-    the local stack's state dir); API_KEYS_TTL_S (default 60 for the secret, 2 for a file)."""
-
-    api_keys_secret_arn: str | None
-    api_keys_file: str | None
-    api_keys_ttl_s: float
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SigningSettings:
-        def get(name: str) -> str | None:
-            return (environ.get(name) or "").strip() or None
-
-        arn, file = get("API_KEYS_SECRET_ARN"), get("API_KEYS_FILE")
-        if arn is None and file is None and get("ARTLENS_TOKEN_KEY_FILE"):
-            file = str(Path(get("ARTLENS_TOKEN_KEY_FILE")).with_name(API_KEYS_FILE_NAME))
-        if (arn is None) == (file is None):
-            raise ConfigError("set exactly one of API_KEYS_SECRET_ARN and API_KEYS_FILE")
-        default_ttl = DEFAULT_SECRET_TTL_S if arn else DEFAULT_FILE_TTL_S
-        try:
-            ttl = float(get("API_KEYS_TTL_S") or default_ttl)
-        except ValueError:
-            raise ConfigError("API_KEYS_TTL_S must be a number of seconds") from None
-        if not 0 <= ttl <= 3600:
-            raise ConfigError("API_KEYS_TTL_S must be between 0 and 3600")
-        return cls(api_keys_secret_arn=arn, api_keys_file=file, api_keys_ttl_s=ttl)
-
-
-def verifier_from_env(environ: Mapping[str, str]) -> HmacVerifier:
-    signing = SigningSettings.from_env(environ)
+def verifier_from_settings(signing: SigningSettings) -> HmacVerifier:
+    """The verifier over the API keys the settings name (Secrets Manager or a local file)."""
+    backend: KeyBackend
     if signing.api_keys_secret_arn:
-        backend: Any = SecretsManagerKeys(secrets_client(), signing.api_keys_secret_arn)
+        backend = SecretsManagerKeys(secrets_client(), signing.api_keys_secret_arn)
     else:
+        assert signing.api_keys_file is not None  # SigningSettings guarantees exactly one
         backend = FileKeys(signing.api_keys_file)
     return HmacVerifier(ApiKeySource(backend, signing.api_keys_ttl_s))
 
@@ -251,7 +212,7 @@ class LazyVerifier:
         with self._lock:
             self._verifier = None
 
-    def __call__(self, credentials: str, event: Mapping[str, Any], token_keys: Any) -> Principal:
+    def __call__(self, credentials: str, event: Mapping[str, Any]) -> Principal:
         with self._lock:
             if self._verifier is None:
                 try:
@@ -261,11 +222,4 @@ class LazyVerifier:
                                type(exc).__name__, exc)
                     raise Unauthorized("Signed requests are not available.") from None
             verifier = self._verifier
-        return verifier(credentials, event, token_keys)
-
-
-def register_from_env(environ: Mapping[str, str]) -> LazyVerifier:
-    """The authorizer's one call: accept `Authorization: ArtLens-HMAC-SHA256 ...`."""
-    verifier = LazyVerifier(lambda: verifier_from_env(environ))
-    register_scheme(SCHEME, verifier)
-    return verifier
+        return verifier(credentials, event)

@@ -29,8 +29,6 @@ from artlens.errors import NotFound, Unauthorized
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_BYTES = 32
-DEFAULT_SECRET_TTL_S = 60.0  # Secrets Manager: one read per container per minute
-DEFAULT_FILE_TTL_S = 2.0  # a local file is cheap to re-read
 
 _log = logging.getLogger(__name__)
 
@@ -134,7 +132,8 @@ class SecretsManagerKeys:
 
 
 def secrets_client(*, endpoint_url: str | None = None) -> Any:
-    """A Secrets Manager client with short timeouts: the authorizer must deny, not hang."""
+    """A Secrets Manager client with short timeouts: the authorizer must answer (deny) long
+    before API Gateway's own timeout if Secrets Manager is unreachable, never hang."""
     import boto3
     from botocore.config import Config
 

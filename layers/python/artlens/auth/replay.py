@@ -18,22 +18,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from artlens.store import MIGRATION_LOCK_ID, EmbeddingStore
+if TYPE_CHECKING:  # the ledger's database is handed in; psycopg2 is not imported here
+    from artlens.index.database import Cursor, Database
 
 # Expired rows are deleted on one insert out of this many (per container).
 PURGE_EVERY = 64
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS request_nonces (
-    key_id     text NOT NULL,
-    nonce      text NOT NULL,
-    expires_at timestamptz NOT NULL,
-    CONSTRAINT request_nonces_unique UNIQUE (key_id, nonce)
-);
-CREATE INDEX IF NOT EXISTS request_nonces_expiry ON request_nonces (expires_at);
-"""
 
 
 class NonceLedger(Protocol):
@@ -60,36 +51,19 @@ class MemoryNonces:
 
 
 class PostgresNonces:
-    """The shared ledger: table `request_nonces` in the index database.
+    """The shared ledger: table `request_nonces` (migration sql/002_request_nonces.sql) in the
+    index database, through its connection handling (reuse, one reconnect, `Unavailable` when
+    down)."""
 
-    Uses the store's connection handling (reuse, one reconnect, `Unavailable` when down). The
-    table is created on first use, so the authorizer needs no migration step of its own.
-    """
-
-    def __init__(self, store: EmbeddingStore):
-        self._store = store
-        self._ready = False
+    def __init__(self, database: Database):
+        self._database = database
         self._calls = 0
 
-    def _run(self, work: Callable[[Any], Any]) -> Any:
-        # The store's transaction runner: commit, rollback, reconnect and 503 in one place.
-        return self._store._transaction(work)
-
-    def ensure_schema(self) -> None:
-        def work(cur) -> None:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
-            cur.execute(SCHEMA)
-
-        self._run(work)
-        self._ready = True
-
     def remember(self, key_id: str, nonce: str, expires_at: float) -> bool:
-        if not self._ready:
-            self.ensure_schema()
         self._calls += 1
         purge = self._calls % PURGE_EVERY == 1
 
-        def work(cur) -> bool:
+        def work(cur: Cursor) -> bool:
             if purge:
                 cur.execute("DELETE FROM request_nonces WHERE expires_at < now()")
             cur.execute(
@@ -100,11 +74,13 @@ class PostgresNonces:
             )
             return cur.fetchone() is not None
 
-        return self._run(work)
+        return self._database.transaction(work)
 
     def count(self) -> int:
-        def work(cur) -> int:
+        def work(cur: Cursor) -> int:
             cur.execute("SELECT count(*) FROM request_nonces")
-            return int(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None  # count(*) always answers one row
+            return int(row[0])
 
-        return self._run(work)
+        return self._database.read(work)

@@ -1,25 +1,19 @@
-"""Authentication: bearer JWTs (HS256 with exp), the signing key's source, and the policy a
-REQUEST authorizer returns.
-
-`authenticate(event, key_source)` dispatches on the scheme of the Authorization header through
-`AUTH_SCHEMES`; a second scheme (HMAC request signing, artlens.signing) plugs in with
-`register_scheme("<scheme>", verifier)` without touching the authorizer handler.
-"""
+"""Bearer tokens: HS256 JWTs with `exp`, and where their signing key comes from (Secrets
+Manager on AWS, a literal or a file locally)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from artlens.auth.keys import secrets_client as make_secrets_client
 from artlens.errors import Unauthorized
-from artlens.http import header
+from artlens.settings import Settings
 
 ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 4096  # our tokens are ~200 bytes; anything huge is an attack on the parser
@@ -28,8 +22,6 @@ DEFAULT_KEY_TTL_S = 300.0
 
 _log = logging.getLogger(__name__)
 
-
-# --------------------------------------------------------------------------- tokens
 
 
 def mint_token(key: str | bytes, sub: str, ttl_s: int, *, now: float | None = None) -> str:
@@ -108,19 +100,13 @@ class TokenKeySource:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any, *, secrets_client: Any = None) -> TokenKeySource:
+    def from_settings(
+        cls, settings: Settings, *, secrets_client: Any = None
+    ) -> TokenKeySource:
         """Build from artlens.settings.Settings (a Secrets Manager client is made only on AWS)."""
         if settings.token_secret_arn:
             if secrets_client is None:
-                import boto3
-                from botocore.config import Config
-
-                # Short timeouts: the authorizer must answer (deny) long before API Gateway's
-                # own timeout if Secrets Manager is unreachable.
-                secrets_client = boto3.client(
-                    "secretsmanager",
-                    config=Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2}),
-                )
+                secrets_client = make_secrets_client()
             return cls(secret_arn=settings.token_secret_arn, secrets_client=secrets_client)
         if settings.token_key:
             return cls(literal=settings.token_key)
@@ -171,83 +157,3 @@ def _secret_value(answer: Mapping[str, Any]) -> str | bytes:
 
 def _key_bytes_unchecked(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-
-
-# --------------------------------------------------------------------------- authenticate
-
-
-@dataclass(frozen=True)
-class Principal:
-    sub: str
-    scheme: str
-
-    def context(self) -> dict[str, str]:
-        return {"sub": self.sub, "scheme": self.scheme}
-
-
-# verifier(credentials after the scheme word, the authorizer event, key source) -> Principal
-Verifier = Callable[[str, Mapping[str, Any], TokenKeySource], Principal]
-AUTH_SCHEMES: dict[str, Verifier] = {}
-
-
-def register_scheme(scheme: str, verifier: Verifier) -> None:
-    AUTH_SCHEMES[scheme.lower()] = verifier
-
-
-def _verify_bearer(credentials: str, event: Mapping[str, Any], keys: TokenKeySource) -> Principal:
-    claims = verify_token(keys.key(), credentials)
-    return Principal(sub=claims["sub"], scheme="bearer")
-
-
-register_scheme("bearer", _verify_bearer)
-
-
-def authenticate(event: Mapping[str, Any], keys: TokenKeySource) -> Principal:
-    """Who sent this request (REQUEST authorizer or proxy event)? Raises Unauthorized."""
-    authorization = header(event, "authorization")
-    if not authorization:
-        raise Unauthorized("The Authorization header is missing.")
-    scheme, _, credentials = authorization.strip().partition(" ")
-    verifier = AUTH_SCHEMES.get(scheme.lower())
-    if verifier is None or not credentials.strip():
-        raise Unauthorized("The Authorization scheme is not supported.")
-    return verifier(credentials.strip(), event, keys)
-
-
-# --------------------------------------------------------------------------- policy
-
-_METHOD_ARN = re.compile(
-    r"^(?P<prefix>arn:[\w-]+:execute-api:[\w-]+:\d{12}:[A-Za-z0-9]+)/(?P<stage>[^/]+)/.+$"
-)
-
-
-def api_wildcard_resource(method_arn: str) -> str:
-    """`arn:aws:execute-api:r:acct:api/stage/POST/predict` -> `arn:...:api/stage/*/*`.
-
-    The authorizer's answer is cached per token, so it must allow every route of the API or a
-    cached policy from POST /predict would 403 the same user's GET /map.
-    """
-    match = _METHOD_ARN.match(method_arn or "")
-    if match is None:
-        raise Unauthorized("The request's method ARN is not recognised.")
-    return f"{match['prefix']}/{match['stage']}/*/*"
-
-
-def allow_policy(
-    principal_id: str, method_arn: str, context: Mapping[str, str | int | bool] | None = None
-) -> dict[str, Any]:
-    """The Lambda authorizer answer that allows the whole API for this principal."""
-    return {
-        "principalId": principal_id,
-        "policyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Action": "execute-api:Invoke",
-                    "Effect": "Allow",
-                    "Resource": api_wildcard_resource(method_arn),
-                }
-            ],
-        },
-        "context": dict(context or {}),
-    }

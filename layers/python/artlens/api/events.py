@@ -1,40 +1,23 @@
-"""API Gateway REST proxy events in, proxy responses out.
-
-Everything about HTTP lives here so that handlers stay thin: reading the image out of the three
-body forms we accept, validating the query string, and turning any error into a JSON response
-with CORS headers (`response_for_exception` is the ONE place errors become responses).
+"""API Gateway REST proxy events in: headers, the body (raw, base64, multipart or JSON) and the
+query string, validated. Standard library only: the authorizer imports this module.
 """
 
 from __future__ import annotations
 
 import binascii
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from artlens.errors import ArtLensError, BadRequest
-
-# Header names of the HMAC request-signing scheme (artlens.signing); browsers must be allowed
-# to send them cross-origin, so they are listed in the CORS preflight answer.
-SIGNING_HEADERS = (
-    "X-ArtLens-Key-Id",
-    "X-ArtLens-Timestamp",
-    "X-ArtLens-Nonce",
-    "X-ArtLens-Content-SHA256",
-)
-ALLOWED_HEADERS = ("Authorization", "Content-Type", *SIGNING_HEADERS)
-ALLOWED_METHODS = ("GET", "POST", "OPTIONS")
+from artlens.errors import BadRequest
 
 MAX_NEIGHBORS = 20
 DEFAULT_NEIGHBORS = 5
 SCOPES = ("class", "all")
 MULTIPART_FIELD = "file"
-
-_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- event reading
@@ -160,6 +143,14 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- query strings
 
 
+def query_pairs(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every (name, value) of the request's query, as API Gateway decoded it."""
+    multi = event.get("multiValueQueryStringParameters") or {}
+    if multi:
+        return [(name, str(v)) for name, values in multi.items() for v in (values or [])]
+    return [(name, str(v)) for name, v in (event.get("queryStringParameters") or {}).items()]
+
+
 @dataclass(frozen=True)
 class PredictQuery:
     neighbors: int = DEFAULT_NEIGHBORS
@@ -206,55 +197,3 @@ def parse_predict_query(event: Mapping[str, Any]) -> PredictQuery:
 def parse_map_query(event: Mapping[str, Any], default: int = 500, maximum: int = 5000) -> int:
     """GET /map?limit= -> how many points to project."""
     return int_parameter(query_parameters(event, ("limit",)), "limit", default, 1, maximum)
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def cors_headers(cors_origin: str) -> dict[str, str]:
-    headers = {
-        "Access-Control-Allow-Origin": cors_origin,
-        "Access-Control-Allow-Headers": ",".join(ALLOWED_HEADERS),
-        "Access-Control-Allow-Methods": ",".join(ALLOWED_METHODS),
-        "Access-Control-Max-Age": "600",
-    }
-    if cors_origin != "*":
-        headers["Vary"] = "Origin"
-    return headers
-
-
-def json_response(status: int, body: Any, cors_origin: str) -> dict[str, Any]:
-    """An API Gateway proxy response: JSON body, CORS, and never cached (answers are personal)."""
-    return {
-        "statusCode": int(status),
-        "headers": {
-            "Content-Type": "application/json",
-            "Cache-Control": "no-store",
-            **cors_headers(cors_origin),
-        },
-        "body": json.dumps(body, separators=(",", ":"), allow_nan=False),
-        "isBase64Encoded": False,
-    }
-
-
-def error_response(error: ArtLensError, cors_origin: str) -> dict[str, Any]:
-    return json_response(error.status, error.to_body(), cors_origin)
-
-
-def response_for_exception(
-    exc: BaseException, cors_origin: str, logger: logging.Logger | Any | None = None
-) -> dict[str, Any]:
-    """Map any exception to a response: typed errors keep their status; the rest are 500s.
-
-    Unexpected errors are logged with their traceback but the client sees a generic message;
-    request bodies never reach the log (exceptions here never carry them).
-    """
-    log = logger or _log
-    if isinstance(exc, ArtLensError):
-        if exc.status >= 500:
-            log.warning("request failed: %s %s", exc.code, exc.message)
-        return error_response(exc, cors_origin)
-    log.exception("unexpected error: %s", type(exc).__name__)
-    return error_response(
-        ArtLensError("Something went wrong on our side; please try again later."), cors_origin
-    )

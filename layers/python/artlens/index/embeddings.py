@@ -1,0 +1,381 @@
+"""Embeddings and k-NN: the `images` table of the index database (pgvector, HNSW, cosine).
+
+Each model version keeps its embeddings at its own dimension D (`model_versions.embedding_dim`):
+the column is an untyped `vector`, and each version has its own partial HNSW index over
+`embedding::vector(D)` WHERE model_version = that version (`version_index_sql`, created when
+the version is registered). A k-NN query names the version and casts the same way, so the
+planner can prove the index applies and scans it.
+
+Every value reaches SQL as a query parameter; identifiers, literals in DDL and type modifiers
+are composed with `psycopg2.sql`, never by string formatting. Which model version a query
+searches defaults to the current one (the `model_versions` table, artlens.models.versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from artlens.errors import NotFound
+from artlens.index.database import ConnectionFactory, Cursor, Database, fetch_value
+from artlens.index.migrations import migrate, schema_lock
+
+EMBEDDING_DIM = 128  # the first models' dimension; each version records its own
+MAX_EMBEDDING_DIM = 2000  # pgvector's HNSW limit for `vector`
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+# Candidates kept per HNSW search. With iterative scans on, a selective label filter makes the
+# index keep scanning in rounds of this size until k rows pass the filter.
+DEFAULT_EF_SEARCH = 40
+ITERATIVE_SCAN = "relaxed_order"
+# Rows of one model version: the one named by the parameter, or the current one when it is NULL.
+OF_VERSION = sql.SQL(
+    "model_version = COALESCE(%s::text, (SELECT version FROM model_versions WHERE is_current))"
+)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    key: str
+    sha256: str
+    label: str
+    probability: float
+    embedding: np.ndarray  # float32 [D], D = the version's embedding_dim
+    model_version: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    key: str
+    label: str
+    similarity: float  # 1 - cosine distance
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EmbeddingSample:
+    key: str
+    label: str
+    embedding: np.ndarray
+
+
+def version_index_name(version: str) -> str:
+    """The partial HNSW index of one version (a hash: version names may hold any character)."""
+    return "images_hnsw_" + hashlib.md5(version.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def version_index_sql(
+    version: str, dim: int, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+) -> sql.Composed:
+    """DDL of the partial HNSW index over one version's rows at its dimension."""
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {name} ON images USING hnsw"
+        " ((embedding::vector({dim})) vector_cosine_ops)"
+        " WITH (m = {m}, ef_construction = {ef}) WHERE model_version = {version}"
+    ).format(
+        name=sql.Identifier(version_index_name(version)), dim=sql.Literal(checked_dimension(dim)),
+        m=sql.Literal(int(m)), ef=sql.Literal(int(ef_construction)),
+        version=sql.Literal(version),
+    )
+
+
+def checked_dimension(dim: int) -> int:
+    if not 1 <= int(dim) <= MAX_EMBEDDING_DIM:
+        raise ValueError(f"embedding dimension must be 1..{MAX_EMBEDDING_DIM}, got {dim}")
+    return int(dim)
+
+
+def nearest_sql(dim: int) -> sql.Composed:
+    """The k-NN statement over one version's rows at dimension `dim`.
+
+    `model_version = <the version>` and `embedding::vector(dim)` are exactly the partial
+    index's predicate and expression, so the planner scans that version's HNSW index.
+    """
+    cast = sql.SQL("vector({})").format(sql.Literal(checked_dimension(dim)))
+    return sql.SQL(
+        "WITH candidates AS MATERIALIZED ("
+        "  SELECT key, label, sha256, embedding::{cast} <=> %(query)s::{cast} AS distance"
+        "  FROM images"
+        "  WHERE model_version = %(version)s"
+        "    AND (%(label)s::text IS NULL OR label = %(label)s::text)"
+        "    AND (%(exclude)s::text IS NULL OR sha256 <> %(exclude)s::text)"
+        "  ORDER BY embedding::{cast} <=> %(query)s::{cast}"
+        "  LIMIT %(k)s"
+        ") SELECT key, label, sha256, distance FROM candidates"
+        " ORDER BY distance, key"
+    ).format(cast=cast)
+
+
+class EmbeddingStore:
+    """Rows of the `images` table: one per (picture, model version), with its embedding."""
+
+    def __init__(self, database: Database | str | ConnectionFactory, *,
+                 ef_search: int = DEFAULT_EF_SEARCH):
+        self.database = database if isinstance(database, Database) else Database(database)
+        # hnsw.ef_search / hnsw.iterative_scan are session settings of the connection.
+        self.database.set_session("hnsw.iterative_scan", ITERATIVE_SCAN)
+        self.ef_search = ef_search
+        self._dims: dict[str, int] = {}  # a version's dimension never changes
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if not 1 <= int(value) <= 1000:  # pgvector's accepted range
+            raise ValueError("ef_search must be between 1 and 1000")
+        self._ef_search = int(value)
+        # The open connection picks the new value up before its next statement.
+        self.database.set_session("hnsw.ef_search", str(self._ef_search))
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations (artlens.index.migrations)."""
+        return migrate(self.database)
+
+    def close(self) -> None:
+        self.database.close()
+
+    # -- HNSW administration ---------------------------------------------------------------
+
+    def index_parameters(self, model_version: str | None = None) -> dict[str, int]:
+        """The build options of a version's HNSW index (default: the current version's)."""
+        version, _ = self.version_and_dimension(model_version)
+
+        def work(cur: Cursor) -> dict[str, int]:
+            cur.execute(
+                "SELECT c.reloptions FROM pg_class c WHERE c.relname = %s",
+                (version_index_name(version),),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"Model version {version!r} has no HNSW index.")
+            options = dict(opt.split("=", 1) for opt in (row[0] or []))
+            return {name: int(value) for name, value in options.items()}
+
+        return self.database.read(work)
+
+    def rebuild_index(
+        self, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+    ) -> None:
+        """Re-create every version's HNSW index with other build options (the benchmark)."""
+        m, ef_construction = int(m), int(ef_construction)
+        if not 2 <= m <= 100 or not 4 <= ef_construction <= 1000 or ef_construction < 2 * m:
+            raise ValueError("need 2 <= m <= 100 and 2*m <= ef_construction <= 1000")
+
+        def work(cur: Cursor) -> None:
+            schema_lock(cur)
+            cur.execute("SELECT version, embedding_dim FROM model_versions")
+            for version, dim in cur.fetchall():
+                cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                    sql.Identifier(version_index_name(version))
+                ))
+                cur.execute(version_index_sql(version, dim, m, ef_construction))
+
+        self.database.transaction(work)
+
+    # -- dimensions ------------------------------------------------------------------------
+
+    def version_and_dimension(self, model_version: str | None = None) -> tuple[str, int]:
+        """The version (default: the current one) and its embedding dimension; NotFound when
+        the version is not registered (or none is current)."""
+        if model_version is not None and model_version in self._dims:
+            return model_version, self._dims[model_version]
+
+        def work(cur: Cursor) -> tuple[str, int] | None:
+            cur.execute(
+                "SELECT version, embedding_dim FROM model_versions WHERE version = COALESCE("
+                "%s::text, (SELECT version FROM model_versions WHERE is_current))",
+                (model_version,),
+            )
+            row = cur.fetchone()
+            return (str(row[0]), int(row[1])) if row else None
+
+        found = self.database.read(work)
+        if found is None:
+            raise NotFound(
+                f"Model version {model_version!r} is not registered."
+                if model_version is not None else "No model version is current yet."
+            )
+        self._dims[found[0]] = found[1]
+        return found
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def upsert(self, row: ImageRow) -> bool:
+        """Insert the row; False when this picture (SHA-256) is already indexed for the version."""
+        return self.upsert_many([row])[0]
+
+    def upsert_many(self, rows: Sequence[ImageRow]) -> list[bool]:
+        """Insert the rows in one transaction (all or none); per row, True if it was inserted.
+
+        False for a row whose picture (SHA-256) was already indexed for its version, including
+        by an earlier row of the same call (the first of equal rows wins).
+        """
+        dims = {v: self.version_and_dimension(v)[1] for v in {r.model_version for r in rows}}
+        values = [
+            (
+                row.key, row.sha256, row.label, float(row.probability),
+                _as_embedding(row.embedding, dims[row.model_version]), row.model_version,
+                int(row.width), int(row.height), int(row.size_bytes),
+            )
+            for row in rows
+        ]
+        if not values:
+            return []
+
+        def work(cur: Cursor) -> set[tuple[str, str]]:
+            returned = execute_values(
+                cur,
+                "INSERT INTO images (key, sha256, label, probability, embedding, model_version,"
+                " width, height, size_bytes) VALUES %s"
+                " ON CONFLICT (sha256, model_version) DO NOTHING"
+                " RETURNING sha256, model_version",
+                values,
+                page_size=max(len(values), 1),  # one statement for the whole batch
+                fetch=True,
+            )
+            return {(sha, version) for sha, version in returned}
+
+        inserted = self.database.transaction(work)
+        results = []
+        for row in rows:
+            identity = (row.sha256, row.model_version)
+            results.append(identity in inserted)
+            inserted.discard(identity)  # later equal rows in this call were the conflicts
+        return results
+
+    def nearest(
+        self,
+        embedding: np.ndarray | Sequence[float],
+        k: int = 5,
+        label: str | None = None,
+        exclude_sha256: str | None = None,
+        model_version: str | None = None,
+    ) -> list[Neighbor]:
+        """The k rows most similar (cosine) to `embedding` within one model version.
+
+        Iterative index scans let the HNSW scan continue past its first `ef_search` candidates
+        until k rows survive the label / SHA filters, so a rare class still yields k neighbours.
+        `relaxed_order` may return candidates slightly out of order; the outer query re-sorts.
+        """
+        k = int(k)
+        if k <= 0:
+            return []
+        try:
+            version, dim = self.version_and_dimension(model_version)
+        except NotFound:
+            return []  # no such version (or none current yet): nothing to search
+        query = _as_embedding(embedding, dim)
+        statement = nearest_sql(dim)
+
+        def work(cur: Cursor) -> list[Neighbor]:
+            # hnsw.ef_search / hnsw.iterative_scan are session settings of this connection.
+            cur.execute(statement, {
+                "query": query, "version": version, "label": label,
+                "exclude": exclude_sha256, "k": k,
+            })
+            return [
+                Neighbor(key=key, label=lab, similarity=1.0 - float(distance), sha256=sha)
+                for key, lab, sha, distance in cur.fetchall()
+            ]
+
+        return self.database.read(work)
+
+    def count(self, model_version: str | None = None) -> int:
+        """Rows of `model_version` (default: the current version; 0 when there is none)."""
+
+        def work(cur: Cursor) -> int:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM images WHERE {}").format(OF_VERSION),
+                (model_version,),
+            )
+            return int(fetch_value(cur))
+
+        return self.database.transaction(work)
+
+    def has_sha256(self, sha256: str, model_version: str | None = None) -> bool:
+        def work(cur: Cursor) -> bool:
+            cur.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM images WHERE sha256 = %s AND {})").format(
+                    OF_VERSION
+                ),
+                (sha256, model_version),
+            )
+            return bool(fetch_value(cur))
+
+        return self.database.read(work)
+
+    def existing_sha256(
+        self, sha256s: Sequence[str], model_version: str | None = None
+    ) -> set[str]:
+        """Which of these pictures already have a row for `model_version` (default: current)."""
+        wanted = list(dict.fromkeys(sha256s))
+        if not wanted:
+            return set()
+
+        def work(cur: Cursor) -> set[str]:
+            cur.execute(
+                sql.SQL("SELECT sha256 FROM images WHERE sha256 = ANY(%s) AND {}").format(
+                    OF_VERSION
+                ),
+                (wanted, model_version),
+            )
+            return {sha for (sha,) in cur.fetchall()}
+
+        return self.database.read(work)
+
+    def keys(self, model_version: str | None = None) -> list[str]:
+        def work(cur: Cursor) -> list[str]:
+            cur.execute(
+                sql.SQL("SELECT key FROM images WHERE {} ORDER BY key").format(OF_VERSION),
+                (model_version,),
+            )
+            return [key for (key,) in cur.fetchall()]
+
+        return self.database.transaction(work)
+
+    def sample_embeddings(
+        self, model_version: str | None = None, limit: int = 1000
+    ) -> list[EmbeddingSample]:
+        """Up to `limit` rows spread over the collection (stable order: by md5 of the SHA)."""
+
+        def work(cur: Cursor) -> list[EmbeddingSample]:
+            cur.execute(
+                sql.SQL(
+                    "SELECT key, label, embedding FROM images WHERE {}"
+                    " ORDER BY md5(sha256) LIMIT %s"
+                ).format(OF_VERSION),
+                (model_version, max(0, int(limit))),
+            )
+            return [
+                EmbeddingSample(key=key, label=label, embedding=_to_numpy(emb))
+                for key, label, emb in cur.fetchall()
+            ]
+
+        return self.database.transaction(work)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    # pgvector >= 0.3 returns a Vector object; older adapters returned arrays.
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _as_embedding(values: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32).reshape(-1)
+    if vector.shape != (dim,):
+        raise ValueError(f"embedding must have {dim} values, got {vector.shape[0]}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("embedding contains NaN or infinity")
+    return vector
