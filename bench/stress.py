@@ -7,7 +7,15 @@ token over a keep-alive connection. Printed: requests, throughput, p50/p95/p99 l
 (any non-200 or transport failure; must be 0), the server's resident memory at start, middle
 and end (it must not keep growing), and whether /health answers normally afterwards.
 
-`--db-down` adds a second table: the same load while the stack's PostgreSQL is stopped for a
+A second table runs the same load with one HOSTILE client beside the normal ones (`--no-hostile`
+skips it): it posts, back to back, the pictures of issue 13 that are tiny files but huge
+rasters (tests/hostile.py: a 40 MP 16-bit PNG, WebP canvases, a 40 MP RGBA PNG); each must get
+200 or 413, never an error. Reported: the NORMAL clients' p99 against the run without the
+hostile client (target: within 2x) and the server's peak resident memory (VmHWM) against its
+peak before (bound: + MAX_DECODE_BYTES + 64 MB, since the local stack runs one predict at a
+time).
+
+`--db-down` adds another table: the same load while the stack's PostgreSQL is stopped for a
 few seconds and started again. Requests during the outage must get 503 (never a 5xx other than
 503, never a hang), and the stack must answer 200 again once the database is back.
 
@@ -228,10 +236,11 @@ class LoadResult:
 
 
 def _client(base_url: str, token: str, images: list[bytes], offset: int, deadline: float,
-            result: LoadResult, lock: threading.Lock) -> None:
+            result: LoadResult, lock: threading.Lock,
+            content_type: str = "application/octet-stream") -> None:
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
     connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     index = offset
     while time.monotonic() < deadline:
         body = images[index % len(images)]
@@ -258,17 +267,25 @@ def _client(base_url: str, token: str, images: list[bytes], offset: int, deadlin
 
 
 def run_load(stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes],
-             during: Any = None) -> LoadResult:
-    """`clients` threads for `duration_s`; `during(result)` runs alongside (fault injection)."""
+             during: Any = None, hostile: list[bytes] | None = None,
+             hostile_result: LoadResult | None = None) -> LoadResult:
+    """`clients` threads for `duration_s`; `during(result)` runs alongside (fault injection);
+    with `hostile`, one more client posts those pictures into `hostile_result`."""
     result = LoadResult()
     lock = threading.Lock()
     started = time.monotonic()
     deadline = started + duration_s
     threads = [
         threading.Thread(target=_client, args=(stack.base_url, stack.token, images, i, deadline,
-                                               result, lock), daemon=True)
+                                               result, lock, "image/jpeg"), daemon=True)
         for i in range(clients)
     ]
+    if hostile:
+        threads.append(threading.Thread(
+            target=_client, daemon=True,
+            args=(stack.base_url, stack.token, hostile, 0, deadline,
+                  hostile_result if hostile_result is not None else LoadResult(), lock),
+        ))
     result.rss_mb.append((0.0, stack.rss_mb()))
     for thread in threads:
         thread.start()
@@ -344,6 +361,82 @@ def stress(stack: LocalStackProcess, clients: int, duration_s: float, images: li
     return summary
 
 
+def peak_rss_mb(pid: int | None) -> float:
+    """The process's peak resident memory so far (VmHWM): sees every spike, between samples
+    too."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, TypeError):
+        pass
+    return float("nan")
+
+
+def hostile_pictures() -> list[bytes]:
+    from tests import hostile
+
+    return [data for data, _ in hostile.corpus().values()]
+
+
+def stress_hostile(
+    stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes],
+    baseline: dict, p99_limit: float = 2.0,
+) -> dict:
+    """The same load plus one hostile client. The normal clients must all get 200 with a p99
+    within 2x of `baseline`'s; the hostile one only 200 or 413; the server's peak memory must
+    stay within the decode budget of its peak before."""
+    from artlens.image import MAX_DECODE_BYTES
+
+    peak_before = peak_rss_mb(stack.process.pid if stack.process else None)
+    attacker = LoadResult()
+    result = run_load(stack, clients, duration_s, images, hostile=hostile_pictures(),
+                      hostile_result=attacker)
+    summary = summarize(result, clients)
+    status, body = health(stack.base_url)
+    summary["health_after"] = f"{status} {body.get('status', '')}".strip()
+    summary["memory_stable"] = memory_stable(summary)
+    peak_after = peak_rss_mb(stack.process.pid if stack.process else None)
+    bound_mb = MAX_DECODE_BYTES / (1024 * 1024) + 64.0
+    base_p99 = baseline.get("p99_ms") or 0.0
+    summary["hostile"] = {
+        "requests": attacker.requests,
+        "statuses": {str(k): v for k, v in sorted(attacker.statuses.items())},
+        "errors": attacker.errors(allowed=(200, 413)),
+        "p99_ratio": round(summary["p99_ms"] / base_p99, 2) if base_p99 and summary["p99_ms"]
+        else None,
+        "peak_rss_mb_before": round(peak_before, 1),
+        "peak_rss_mb": round(peak_after, 1),
+        "peak_growth_bound_mb": round(bound_mb, 1),
+    }
+    hostile = summary["hostile"]
+    hostile["p99_limit"] = p99_limit
+    hostile["p99_within_2x"] = hostile["p99_ratio"] is not None and hostile["p99_ratio"] <= 2.0
+    latency_ok = p99_limit <= 0 or (hostile["p99_ratio"] is not None
+                                    and hostile["p99_ratio"] <= p99_limit)
+    hostile["memory_bounded"] = peak_after - peak_before <= bound_mb
+    summary["ok"] = (summary["errors"] == 0 and summary["requests"] > 0 and status == 200
+                     and hostile["errors"] == 0 and hostile["requests"] > 0
+                     and hostile["memory_bounded"] and latency_ok)
+    return summary
+
+
+def hostile_table(summary: dict) -> str:
+    hostile = summary["hostile"]
+    extra = [
+        ("hostile client requests", f"{hostile['requests']} {json.dumps(hostile['statuses'])}"),
+        ("hostile client errors", hostile["errors"]),
+        ("normal p99 vs without (x)",
+         f"{hostile['p99_ratio']} ({'within 2x' if hostile['p99_within_2x'] else 'OVER 2x'})"),
+        ("server peak RSS before / after (MB)",
+         f"{hostile['peak_rss_mb_before']} / {hostile['peak_rss_mb']} (growth bound "
+         f"{hostile['peak_growth_bound_mb']}: {'ok' if hostile['memory_bounded'] else 'OVER'})"),
+    ]
+    width = max(len(name) for name, _ in extra)
+    return table("Load with one hostile client beside them", summary) + "\n" + "\n".join(
+        f"{name:<{width}}  {value}" for name, value in extra)
+
+
 def stress_db_down(
     stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes]
 ) -> dict:
@@ -379,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-card", type=Path,
                         default=Path(os.environ.get("MODEL_CARD_PATH") or "models/artlens.json"))
     parser.add_argument("--db-down", action="store_true", help="also run the DB outage table")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="skip the table with one hostile client beside the others")
+    parser.add_argument("--hostile-p99-limit", type=float, default=2.0,
+                        help="fail when the normal clients' p99 grows more than this factor "
+                        "beside the hostile client (0: report only)")
     parser.add_argument("--json", type=Path, help="also write the summaries to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION_S:
@@ -395,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         summaries["load"] = stress(stack, args.clients, args.duration, images)
         print(table("Load", summaries["load"]), flush=True)
+        if not args.no_hostile:
+            summaries["hostile"] = stress_hostile(stack, args.clients, args.duration, images,
+                                                  summaries["load"], args.hostile_p99_limit)
+            print("\n" + hostile_table(summaries["hostile"]), flush=True)
         if args.db_down:
             summaries["db_down"] = stress_db_down(stack, args.clients, args.duration, images)
             print("\n" + table("Load with the database stopped mid-run", summaries["db_down"]))

@@ -24,12 +24,19 @@ class Signer:
     key_id: str
     secret: str = field(repr=False)
 
-    def headers(self, method: str, url: str, body: bytes = b"", **kwargs: Any) -> dict[str, str]:
-        """Signature headers for a request to `url` (its path and query are what is signed)."""
+    def headers(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, str]:
+        """The headers to send to `url`: the signature and the signing headers, plus Host and
+        (when given) Content-Type, which the signature covers: send them as returned. Its
+        path, query and host (with the port as written in the URL) are what is signed."""
         parts = urlsplit(url)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
+        host = parts.netloc.rpartition("@")[2]  # never userinfo; it is not sent as Host
         return sign_request(
-            self.key_id, self.secret, method, parts.path or "/", pairs, body, **kwargs
+            self.key_id, self.secret, method, parts.path or "/", pairs, body, host=host,
+            content_type=content_type, **kwargs,
         )
 
 
@@ -93,9 +100,10 @@ class ArtLensClient:
         url = self.base_url + path
         if params:
             url += "?" + urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
-        headers = self.signer.headers(method, url, body)
-        if content_type:
-            headers["Content-Type"] = content_type
+        if not content_type and body:
+            # urllib would otherwise add a form content type after signing, unsigned.
+            content_type = "application/octet-stream"
+        headers = self.signer.headers(method, url, body, content_type=content_type or None)
         request = urllib.request.Request(  # noqa: S310 (the API URL the user configured)
             url, data=body if method != "GET" else None, headers=headers, method=method
         )

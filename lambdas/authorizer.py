@@ -3,7 +3,14 @@ policy for the whole API.
 
 Anything that is not a valid credential -- a missing header, a bad token, an unreadable
 signing key, even a configuration error -- raises Exception("Unauthorized"), the exact message
-API Gateway turns into a 401; the authorizer fails closed and never answers 500.
+API Gateway turns into a 401; the authorizer fails closed and never answers 500. The one refusal
+a client is told the reason of is a signed request outside the time window (`stale_request`,
+docs/signing.md): an explicit Deny carrying that code, which the ACCESS_DENIED gateway response
+turns into 401 {"error": "stale_request"}.
+
+Its Allow is cached by API Gateway on the Authorization header; nothing relies on that cache
+being short: the predict handler verifies every signed request in full again
+(artlens.auth.signing.verify_signed_body).
 
 Start-up (artlens.wiring): settings (only the token part: TOKEN_SECRET_ARN or
 ARTLENS_TOKEN_KEY[_FILE]) and the authenticator are built on the first invocation of a container
@@ -20,7 +27,13 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from artlens.auth.policy import BEARER_SCHEME, Authenticator, BearerVerifier, allow_policy
+from artlens.auth.policy import (
+    BEARER_SCHEME,
+    Authenticator,
+    BearerVerifier,
+    allow_policy,
+    deny_policy,
+)
 from artlens.auth.signing import LazyVerifier, verifier_from_settings
 from artlens.auth.tokens import TokenKeySource
 from artlens.errors import ArtLensError
@@ -30,6 +43,9 @@ from artlens.settings import Settings, SigningSettings
 from artlens.wiring import Lazy
 
 logger = handler_logger("artlens-authorizer")
+# Refusals whose code the client sees (documented in docs/signing.md); every other one is a
+# bare 401, so that the answer says nothing about which keys exist.
+TOLD_REASONS = frozenset({"stale_request"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ def build() -> Deps:
     # Built on the first signed request: a bearer-only container never reads the API keys.
     signed = LazyVerifier(lambda: verifier_from_settings(SigningSettings.from_env(os.environ)))
     authenticator = Authenticator({
-        BEARER_SCHEME: BearerVerifier(token_keys),
+        BEARER_SCHEME: BearerVerifier(token_keys, settings.token_max_lifetime_s),
         SIGNING_SCHEME: signed,
     })
     return Deps(token_keys=token_keys, authenticator=authenticator)
@@ -63,6 +79,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except ArtLensError as exc:
         # The reason is logged, never the credential itself.
         logger.info("request denied", extra={"reason": exc.code, "detail": exc.message})
+        if exc.code in TOLD_REASONS:
+            return deny_policy(event.get("methodArn", ""), exc.code, exc.message)
     except Exception:
         logger.exception("authorizer failed; denying")
     raise Exception("Unauthorized")  # noqa: TRY002 - the exact contract with API Gateway

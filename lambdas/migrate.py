@@ -2,6 +2,10 @@
 
 Create and Update apply pending migrations (idempotent: a re-run is a no-op); Delete keeps the
 data, since dropping a collection's index with a stack update would be irreversible.
+
+The credentials come from the database secret, read again before every connection try: when
+rotation changes the password between the read and the connect, the refused login is retried
+after 1, 2 and 4 s (artlens.index.database.AUTH_RETRY_DELAYS_S) instead of failing the deploy.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""POST /predict and GET /map behind API Gateway (REST, Lambda proxy integration).
+"""POST /predict, GET /map, POST /preview and GET /whoami behind API Gateway (REST, Lambda proxy
+integration).
 
 Start-up (artlens.wiring): the first invocation of a container builds the dependencies once --
 settings, the model registry, the index (database connection), the lake, the replay ledger and
@@ -20,6 +21,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from artlens.api.routes import PredictApi
 from artlens.auth.replay import PostgresNonces
+from artlens.auth.signing import SignedRequests
 from artlens.logs import handler_logger
 from artlens.models.versions import CURRENT_VERSION_TTL_S, CurrentModel
 from artlens.serving import Serving
@@ -41,8 +43,9 @@ def build() -> Deps:
     logger.setLevel(settings.log_level)
     model = CurrentModel(serving.registry, store, threads=settings.ort_threads,
                          ttl_s=CURRENT_VERSION_TTL_S)
-    # The replay ledger of signed requests lives in the same database as the index.
-    nonces = PostgresNonces(store.database)
+    # The replay ledger of signed requests lives in the same database as the index; the API
+    # keys that verify them are read on the first signed request (API_KEYS_*).
+    nonces = SignedRequests.from_env(PostgresNonces(store.database), os.environ)
     api = PredictApi(model, store, serving.lake, nonces, settings.cors_origin, logger)
     return Deps(serving, model, api)
 

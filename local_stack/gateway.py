@@ -2,8 +2,9 @@
 
 Routes:
   GET  /health              stack status (local only)
-  POST /predict, GET /map   REQUEST authorizer, then the predict handler, as API Gateway would
-  OPTIONS /predict, /map    CORS preflight, answered by the "gateway" like API Gateway's CORS
+  POST /predict, GET /map, GET /whoami, POST /preview
+                            REQUEST authorizer, then the predict handler, as API Gateway would
+  OPTIONS on those routes   CORS preflight, answered by the "gateway" like API Gateway's CORS
   GET  /lake/<key>?exp&sig  lake objects behind an HMAC-signed URL (the local presigned GET)
   GET  /config.json         generated page configuration
   GET  /…                   frontend_static/
@@ -32,9 +33,22 @@ from local_stack import events
 
 log = logging.getLogger("local_stack.gateway")
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
-API_ROUTES = {"/predict": ("POST",), "/map": ("GET",)}
+# A synchronous Lambda invocation carries at most 6 MB of event JSON; the body travels in it
+# base64-encoded (4/3 larger), so on AWS a body over ~4.5 MB fails at the integration. The local
+# gateway answers that 413 itself instead of passing the handler an event Lambda never would.
+LAMBDA_EVENT_LIMIT_BYTES = 6 * 1024 * 1024
+# Seconds a connection may stay silent while we read its request (line, headers, body): a
+# half-open or stalled connection gives its thread back instead of holding it forever.
+READ_TIMEOUT_S = 15.0
+# Query parameters whose values may appear in the access log; every other value (tokens passed
+# as ?access_token=, the lake's ?sig=) is written as "***".
+LOGGED_QUERY_PARAMETERS = frozenset({"neighbors", "scope", "limit", "exp"})
+_QUERY_IN_TEXT = re.compile(r"\?([^\s\"]*)")
+API_ROUTES = {
+    "/predict": ("POST",), "/map": ("GET",), "/whoami": ("GET",), "/preview": ("POST",),
+}
 
 # Explicit types for what the page ships; mimetypes' platform tables vary (e.g. .js, .mjs, .wasm).
 CONTENT_TYPES = {
@@ -58,6 +72,10 @@ CONTENT_TYPES = {
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~@+=,-]+$")
 
 Handler = Callable[[dict, Any], Any]
+_STDLIB_ERROR_CODES = {
+    400: "bad_request", 408: "request_timeout", 414: "uri_too_long",
+    431: "headers_too_large", 501: "not_implemented", 505: "http_version_not_supported",
+}
 
 
 class Unauthorized(Exception):
@@ -154,6 +172,20 @@ def resolve_static(static_dir: Path, url_path: str) -> Path | None:
     return resolved
 
 
+def redact(text: str) -> str:
+    """`GET /lake/a.jpg?exp=1&sig=abc HTTP/1.1` -> `GET /lake/a.jpg?exp=1&sig=*** HTTP/1.1`."""
+
+    def one_query(match: re.Match[str]) -> str:
+        pairs = []
+        for pair in match.group(1).split("&"):
+            name, equals, _value = pair.partition("=")
+            keep = unquote(name).lower() in LOGGED_QUERY_PARAMETERS
+            pairs.append(pair if keep or not equals else f"{name}=***")
+        return "?" + "&".join(pairs)
+
+    return _QUERY_IN_TEXT.sub(one_query, text)
+
+
 def content_type_for(path: str) -> str:
     suffix = Path(path).suffix.lower()
     return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
@@ -166,11 +198,13 @@ class GatewayServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], config: GatewayConfig, backend: Backend | None
+        self, address: tuple[str, int], config: GatewayConfig, backend: Backend | None,
+        *, read_timeout_s: float = READ_TIMEOUT_S,
     ):
         super().__init__(address, GatewayRequestHandler)
         self.config = config
         self.backend = backend
+        self.read_timeout_s = read_timeout_s
 
     @property
     def ready_backend(self) -> Backend:
@@ -193,8 +227,34 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def setup(self) -> None:
+        super().setup()
+        # Every read of the request line, the headers and the body gives up after this long
+        # without a byte (StreamRequestHandler's class-wide `timeout`, but per server).
+        self.connection.settimeout(self.server.read_timeout_s)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        log.info("%s %s", self.address_string(), format % args)
+        # The request line carries the query string: no token or lake signature in the log.
+        log.info("%s %s", self.address_string(), redact(format % args))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (414 URI too long, 431 headers too large, 400
+        malformed request line, 501 unknown method, 408 timeout) as our JSON, not HTML."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = json.dumps({"error": _STDLIB_ERROR_CODES.get(code, "bad_request"),
+                           "message": message or phrase}).encode()
+        self.send_response(code, phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _cors_headers(self) -> dict[str, str]:
         # The same CORS headers the handlers send, so gateway answers (401, preflight) match.
@@ -262,7 +322,23 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
                 f"The request body is {length:,} bytes; the limit is {MAX_BODY_BYTES:,} bytes.",
             )
             return None
-        return self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._send_error_json(
+                408, "request_timeout",
+                f"The body did not arrive within {self.server.read_timeout_s:g} s.",
+            )
+            return None
+        if len(body) < length:
+            self.close_connection = True
+            self._send_error_json(
+                400, "incomplete_body",
+                f"The connection ended after {len(body):,} of {length:,} body bytes.",
+            )
+            return None
+        return body
 
     def _drain(self, length: int) -> None:
         remaining = length
@@ -275,10 +351,10 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             self._route()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception:
-            log.error("unhandled error on %s %s\n%s", self.command, self.path,
+            log.error("unhandled error on %s %s\n%s", self.command, redact(self.path),
                       traceback.format_exc())
             try:
                 self._send_error_json(500, "internal_error", "The local stack failed; see its log.")
@@ -386,12 +462,25 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             return
         arn = events.method_arn(method, path)
         if not isinstance(policy, dict) or not policy_allows(policy, arn):
+            told = (policy.get("context") or {}) if isinstance(policy, dict) else {}
+            if told.get("error"):
+                # As API Gateway's ACCESS_DENIED gateway response is configured (infra): 401
+                # with the code the authorizer put in its Deny (e.g. stale_request).
+                self._send_error_json(401, str(told["error"]), str(told.get("message") or ""))
+                return
             self._send_error_json(403, "forbidden", "The token does not allow this request.")
             return
-        response = backend.call_predict(
-            events.proxy_event(request, request_id, authorizer=_authorizer_context(policy))
-        )
-        self._write_proxy_response(response)
+        event = events.proxy_event(request, request_id, authorizer=_authorizer_context(policy))
+        event_bytes = len(json.dumps(event))
+        if event_bytes > LAMBDA_EVENT_LIMIT_BYTES:
+            self._send_error_json(
+                413, "too_large",
+                f"The request would make a {event_bytes:,}-byte Lambda event (the body "
+                f"base64-encoded); the limit is {LAMBDA_EVENT_LIMIT_BYTES:,} bytes. Send "
+                "pictures under about 4.5 MB.",
+            )
+            return
+        self._write_proxy_response(backend.call_predict(event))
 
     def _write_proxy_response(self, response: Any) -> None:
         if not isinstance(response, dict) or not isinstance(response.get("statusCode"), int):

@@ -26,6 +26,7 @@ from pathlib import Path
 from artlens.digests import sha256_hex
 from artlens.names import IMAGE_SUFFIXES, INCOMING_PREFIX, REASON_SUFFIX, REJECTED_PREFIX
 from local_stack.state import RunningStack, StatePaths, running_stack_or_explain
+from local_stack.watcher import ignored_reason
 
 POLL_S = 0.25
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -55,13 +56,14 @@ class Summary:
 
 
 def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
-    """(image files by extension, other files), both sorted; hidden entries are ignored."""
+    """(image files by extension, other files), both sorted. Hidden folders and temporary
+    names (local_stack.watcher.ignored_reason) are ignored; other dot-files count."""
     images: list[Path] = []
     others: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith("."):
+            if ignored_reason(name) is not None:
                 continue
             path = Path(dirpath) / name
             if not path.is_file():
@@ -86,19 +88,32 @@ def drop(source: Path, incoming: Path, name: str) -> None:
     os.replace(tmp, incoming / name)
 
 
-def _rejection(rejected_dir: Path, name: str, gone_from_incoming: bool) -> tuple[str, str] | None:
-    """(reason code, message) once the embed handler has moved `name` to rejected/."""
-    reason_path = rejected_dir / f"{name}{REASON_SUFFIX}"
+def _reason(path: Path) -> dict | None:
     try:
-        reason = json.loads(reason_path.read_text())
+        reason = json.loads(path.read_text())
     except (OSError, ValueError):
-        # No (complete) reason yet; once the drop has left incoming/, an object in rejected/
-        # without a readable reason is still a rejection.
-        if gone_from_incoming and (rejected_dir / name).exists():
-            return "unknown", "no reason recorded"
+        return None  # absent, or not completely written yet
+    return reason if isinstance(reason, dict) else {"error": "unknown", "message": str(reason)}
+
+
+def _rejection(rejected_dir: Path, key: str, sha256: str, gone_from_incoming: bool
+               ) -> tuple[str, str] | None:
+    """(reason code, message) once the embed handler has parked `key` under rejected/.
+
+    Rejects are keyed by the SHA-256 of their bytes (artlens.ingest.rejected_key_for), which
+    this command knows; a drop too large to be read is parked under a random id, found by the
+    original key its reason names."""
+    reason = _reason(rejected_dir / f"{sha256}{REASON_SUFFIX}")
+    if reason is not None and not (gone_from_incoming or reason.get("source_key") == key):
+        reason = None  # an earlier reject of the same bytes; this drop is not processed yet
+    if reason is None and gone_from_incoming:
+        for path in rejected_dir.glob(f"*{REASON_SUFFIX}"):
+            found = _reason(path)
+            if found is not None and found.get("source_key") == key:
+                reason = found
+                break
+    if reason is None:
         return None
-    if not isinstance(reason, dict):
-        return "unknown", str(reason)
     code = reason.get("error") or reason.get("code") or reason.get("reason") or "unknown"
     return str(code), str(reason.get("message") or "")
 
@@ -188,7 +203,7 @@ class Ingestion:
                 settled.append(item)
                 continue
             in_incoming = (self.incoming / item.incoming_name).exists()
-            rejection = _rejection(self.rejected_dir, item.incoming_name, not in_incoming)
+            rejection = _rejection(self.rejected_dir, key, item.sha256, not in_incoming)
             if rejection is not None:
                 item.outcome = "rejected"
                 item.reason, item.message = rejection

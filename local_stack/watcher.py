@@ -8,7 +8,14 @@ here one JSON file per message under `<state>/dlq/`.
 
 A file is announced once it is complete: either it appeared by atomic rename (what
 `local_stack.ingest` does) or its size and mtime stayed the same over two polls (a copy in
-progress keeps growing). Hidden files and `*.tmp`/`*.part` names are never announced.
+progress keeps growing).
+
+Dot-files are pictures like any other (`.hidden.jpg` is ingested), except the names editors,
+copy tools and this stack use for files that are not finished or not pictures: `*.tmp`,
+`*.part`, `*.partial`, `*.crdownload`, vim's `.*.swp`/`.swo`/`.swx`, emacs' `.#*`, LibreOffice's
+`.~lock.*`, macOS' `._*` and `.DS_Store`, and the lake's own `.artlens-tmp-*`. Each of those is
+ignored with one log line naming the reason (`ignored_reason`). Hidden folders are not
+descended into (`.git` is not a collection).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ log = logging.getLogger("local_stack.watcher")
 
 BATCH_SIZE = 10
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+EDITOR_SUFFIXES = (".swp", ".swo", ".swx")
+EDITOR_PREFIXES = (".#", ".~lock.", "._", ".artlens-tmp-")
+EDITOR_NAMES = frozenset({".DS_Store"})
 
 Signature = tuple[int, int]  # (size, mtime_ns)
 
@@ -49,8 +59,16 @@ class QueuedMessage:
     last_error: str | None = None
 
 
-def _is_in_progress(name: str) -> bool:
-    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
+def ignored_reason(name: str) -> str | None:
+    """Why a file under incoming/ is not announced, or None: it is a drop."""
+    lower = name.lower()
+    if lower.endswith(IN_PROGRESS_SUFFIXES):
+        return "a file still being written (temporary name)"
+    if name in EDITOR_NAMES or name.startswith(EDITOR_PREFIXES) or (
+        name.startswith(".") and lower.endswith(EDITOR_SUFFIXES)
+    ):
+        return "an editor, system or stack temporary file"
+    return None
 
 
 def _md5(path: Path) -> str:
@@ -86,6 +104,7 @@ class IncomingWatcher(threading.Thread):
         # Keys handled (or dead-lettered) in their current version: not announced again unless
         # the file changes. A successful embed deletes the file, so this rarely holds anything.
         self._settled: dict[str, Signature] = self._dead_lettered_keys()
+        self._ignored: set[str] = set()  # logged once each
         self.delivered = 0
         self.dead_lettered = 0
 
@@ -121,10 +140,14 @@ class IncomingWatcher(threading.Thread):
             # Sorted, so drops are delivered in a stable order (names from ingest sort by run).
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if _is_in_progress(name):
-                    continue
                 path = Path(dirpath) / name
                 key = path.relative_to(self.lake_dir).as_posix()
+                reason = ignored_reason(name)
+                if reason is not None:
+                    if key not in self._ignored and not name.startswith(".artlens-tmp-"):
+                        self._ignored.add(key)
+                        log.info("not ingesting %s: %s", key, reason)
+                    continue
                 try:
                     stat = path.stat()
                 except FileNotFoundError:
@@ -141,6 +164,8 @@ class IncomingWatcher(threading.Thread):
             for key in list(mapping):
                 if key not in present:
                     del mapping[key]
+        if len(self._ignored) > 10_000:  # a folder of temp files must not grow this forever
+            self._ignored.clear()
 
     def _enqueue(self, key: str, path: Path, signature: Signature) -> None:
         try:

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from bench.stress import local_stack
+from tests import hostile
 from tests.imagegen import artwork, encode, jpeg_bytes
 
 REQUEST_TIMEOUT_S = 30.0
@@ -238,7 +239,27 @@ CORPUS = [
     Case("hmac scheme with garbage", PNG, 401, "unauthorized",
          authorization="ArtLens-HMAC-SHA256 " + "f" * 64),
     Case("unknown scheme", PNG, 401, "unauthorized", authorization="Negotiate YIIB"),
-    Case("header over 64 KB", PNG, 431, None, authorization="Bearer " + "B" * 70_000),
+    Case("header over 64 KB", PNG, 431, "headers_too_large",
+         authorization="Bearer " + "B" * 70_000),
+    # -- issue 13: small files, huge rasters (budgeted by decode memory, tests/hostile.py)
+    Case("16-bit grey png of 39.9 MP (90 KB)", hostile.grey16_png_40mp(), OK),
+    Case("lossless webp canvas of 39.9 MP (1.7 KB)", hostile.webp_canvas_40mp(), 413,
+         "too_many_pixels"),
+    Case("lossless webp canvas of 16 MP", hostile.webp_canvas_16mp(), OK),
+    Case("rgba png of 39.9 MP", hostile.rgba_png_40mp(), 413, "too_many_pixels"),
+    Case("palette png of 39.9 MP", hostile.palette_png_40mp(), OK),
+    Case("progressive jpeg of 39.9 MP", hostile.progressive_jpeg_40mp(), OK),
+    Case("progressive cmyk jpeg of 39.9 MP", hostile.progressive_cmyk_jpeg_40mp(), 413,
+         "too_many_pixels"),
+    # -- issue 13: the gateway and the tokens
+    Case("body whose lambda event passes 6 MB", JPEG + b"\x00" * 4_800_000, 413, "too_large"),
+    Case("query over 64 KB", PNG, 414, "uri_too_long", query="neighbors=" + "1" * 70_000),
+    Case("body shorter than its content-length", b"0123456789", 408, "request_timeout",
+         headers={"Content-Length": "1000"}),
+    Case("jwt with exp as a string", PNG, 401, "unauthorized", authorization="Bearer STRING_EXP"),
+    Case("jwt living a year", PNG, 401, "unauthorized", authorization="Bearer YEAR_LONG"),
+    Case("hmac signature in upper case", PNG, 401, "unauthorized",
+         authorization="ArtLens-HMAC-SHA256 " + "F" * 64),
 ]
 
 
@@ -249,7 +270,20 @@ def test_the_corpus_is_big_and_varied():
     assert {c.status for c in CORPUS} >= {200, 400, 401, 413, 415}
 
 
-def send(base_url: str, case: Case, token: str, expired: str) -> tuple[int, bytes, dict, float]:
+def forged_tokens(key: str) -> dict[str, str]:
+    """Tokens signed with the stack's own key that must still be refused."""
+    now = int(time.time())
+    return {
+        "Bearer EXPIRED": jwt.encode({"sub": "dev", "iat": 1, "exp": 2}, key, algorithm="HS256"),
+        "Bearer STRING_EXP": jwt.encode({"sub": "dev", "exp": str(now + 600)}, key,
+                                        algorithm="HS256"),
+        "Bearer YEAR_LONG": jwt.encode({"sub": "dev", "iat": now, "exp": now + 365 * 86400},
+                                       key, algorithm="HS256"),
+    }
+
+
+def send(base_url: str, case: Case, token: str, forged: dict[str, str]
+         ) -> tuple[int, bytes, dict, float]:
     parts = urlsplit(base_url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=REQUEST_TIMEOUT_S)
     headers = {"Content-Length": str(len(case.body)), **case.headers}
@@ -257,8 +291,8 @@ def send(base_url: str, case: Case, token: str, expired: str) -> tuple[int, byte
         headers["Content-Type"] = case.content_type
     if case.authorization == "TOKEN":
         headers["Authorization"] = f"Bearer {token}"
-    elif case.authorization == "Bearer EXPIRED":
-        headers["Authorization"] = f"Bearer {expired}"
+    elif case.authorization in forged:
+        headers["Authorization"] = f"Bearer {forged[case.authorization]}"
     elif case.authorization is not None:
         headers["Authorization"] = case.authorization
     started = time.monotonic()
@@ -280,14 +314,12 @@ def send(base_url: str, case: Case, token: str, expired: str) -> tuple[int, byte
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
 def test_hostile_input_gets_its_answer(local_stack, case):
     key = (local_stack.state_dir / "token.key").read_text().strip()
-    expired = jwt.encode({"sub": "dev", "iat": 1, "exp": 2}, key, algorithm="HS256")
-    status, raw, headers, elapsed = send(local_stack.base_url, case, local_stack.token, expired)
+    status, raw, headers, elapsed = send(local_stack.base_url, case, local_stack.token,
+                                         forged_tokens(key))
     assert status < 500, f"{case.name}: {status} {raw[:300]!r}\n{local_stack.log_tail(3000)}"
     assert elapsed < REQUEST_TIMEOUT_S
     assert status == case.status, f"{case.name}: {status} {raw[:300]!r}"
-    if case.error is None and status != OK:
-        return  # refused by the HTTP layer itself (e.g. 431), before any handler
-    body = json.loads(raw)
+    body = json.loads(raw)  # every answer is JSON, the HTTP layer's own refusals (431, 414) too
     if status == OK:
         assert body["label"] in body["probabilities"]
         assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-3
@@ -384,11 +416,58 @@ def test_bad_files_in_a_batch_are_rejected_with_a_reason_and_never_block_the_res
     assert indexed_count(lake_stack) == before + len(good)
     for key, data in good.items():
         assert len(gallery_for(lake_stack, data)) == 1, key
-    rejected = lake_stack.lake_dir / "rejected"
     for key, (data, reason) in bad.items():
-        name = key.removeprefix("incoming/")
-        assert (rejected / name).read_bytes() == data, key
-        document = json.loads((rejected / f"{name}.reason.json").read_text())
+        document = rejected_reason(lake_stack, data)
         assert document["error"] == reason, (key, document)
         assert document["source_key"] == key and document["message"]
+    assert not list((lake_stack.state_dir / "dlq").glob("*.json"))
+
+
+def rejected_reason(stack, data: bytes) -> dict:
+    """Rejects are parked as rejected/<sha256 of the bytes> with the reason beside them."""
+    import hashlib
+
+    parked = stack.lake_dir / "rejected" / hashlib.sha256(data).hexdigest()
+    assert parked.read_bytes() == data
+    return json.loads(parked.with_name(parked.name + ".reason.json").read_text())
+
+
+def test_issue_13_drops_dot_files_reason_names_long_names_and_huge_rasters(lake_stack):
+    before = indexed_count(lake_stack)
+    long_name = "n" * 246 + ".jpg"  # 250 bytes: "<name>.reason.json" would exceed NAME_MAX
+    good = {
+        "incoming/.hidden picture.jpg": jpeg_bytes(540),  # a dot-file is a picture too
+        "incoming/grey16 40mp.png": hostile.grey16_png_40mp(),
+        "incoming/palette 40mp.png": hostile.palette_png_40mp(),
+    }
+    bad = {
+        "incoming/same/page.jpg": (b"<html>first</html>", "unsupported_format"),
+        "incoming/other/page.jpg": (b"<html>second, same name</html>", "unsupported_format"),
+        "incoming/same/page.jpg.reason.json": (b'{"error": "forged"}', "unsupported_format"),
+        f"incoming/{long_name}": (b"not a picture, long name", "unsupported_format"),
+        "incoming/webp canvas 40mp.webp": (hostile.webp_canvas_40mp(), "too_many_pixels"),
+    }
+    editor_temp = ["incoming/.#lock.jpg", "incoming/.picture.jpg.swp", "incoming/._picture.jpg"]
+    for key, data in good.items():
+        drop(lake_stack.lake_dir, key, data)
+    for key, (data, _) in bad.items():
+        drop(lake_stack.lake_dir, key, data)
+    for key in editor_temp:
+        drop(lake_stack.lake_dir, key, jpeg_bytes(541))
+    deadline = time.monotonic() + 120
+    incoming = lake_stack.lake_dir / "incoming"
+    while {p.relative_to(lake_stack.lake_dir).as_posix()
+           for p in incoming.rglob("*") if p.is_file()} != set(editor_temp):
+        assert time.monotonic() < deadline, lake_stack.log_tail()
+        time.sleep(0.3)
+
+    assert indexed_count(lake_stack) == before + len(good)
+    for key, data in good.items():
+        assert len(gallery_for(lake_stack, data)) == 1, key
+    for key, (data, reason) in bad.items():
+        document = rejected_reason(lake_stack, data)
+        assert (document["error"], document["source_key"]) == (reason, key)
+        assert document["name"] == key.removeprefix("incoming/")
+    log = lake_stack.log_tail(200_000)
+    assert all(f"not ingesting {key}" in log for key in editor_temp), log[-3000:]
     assert not list((lake_stack.state_dir / "dlq").glob("*.json"))

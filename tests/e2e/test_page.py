@@ -57,9 +57,10 @@ MAX_NEIGHBORS = 20
 INDEX_TIMEOUT_S = 120.0
 # The page's documented fallback thresholds (frontend_static/js/assessment.js).
 DEFAULT_THRESHOLDS = {"min_probability": 0.6, "min_margin": 0.2}
-# Routes today's API lacks: the page probes them and falls back (contract items 5 and 6). The
+# Routes an API may lack: the page probes them and falls back (contract items 5 and 6). The
 # failed answers they give are expected, and only those: any other failed answer fails a test.
-API_GAPS = {"/whoami": (404,), "/preview": (404, 405)}
+# The API has every route now, so none is expected.
+API_GAPS: dict[str, tuple[int, ...]] = {}
 API_PATHS = ("/predict", "/map", "/whoami", "/preview", "/health", "/lake/")
 
 
@@ -707,7 +708,7 @@ def test_too_large_file_the_browser_cannot_reduce_is_explained_before_sending(
     choose_file(page, "huge.tif", "image/tiff", big.getvalue())
     page.wait_for_selector("#file-error:not([hidden])")
     assert "too large" in page.text_content("#file-error")
-    assert "6.0 MB" in page.text_content("#file-error")
+    assert "4.5 MB" in page.text_content("#file-error")  # MAX_BODY_BYTES
     assert page.is_disabled("#analyze-button")
     assert sent == []
     probe.assert_no_errors()

@@ -1,5 +1,7 @@
 """`make stress` in miniature: bench.stress against its own local stack, 4 clients x 5 s, plus
-the database-outage table. Zero errors, a sane summary, a healthy server afterwards."""
+the hostile-client and database-outage tables. Zero errors, a sane summary, a healthy server
+afterwards, and the server's peak memory within the decode budget beside the hostile client
+(latency is reported, never asserted: speed belongs to make stress)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ def test_stress_smoke_has_no_errors_and_a_sane_summary(tiny_model_card, tmp_path
     out = tmp_path / "stress.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.stress", "--clients", "4", "--duration", "5",
-         "--images", "6", "--model-card", str(tiny_model_card), "--db-down", "--json", str(out)],
+         "--images", "6", "--model-card", str(tiny_model_card), "--db-down",
+         "--hostile-p99-limit", "0", "--json", str(out)],
         cwd=REPO_ROOT, env=stack_env(), capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
@@ -29,6 +32,15 @@ def test_stress_smoke_has_no_errors_and_a_sane_summary(tiny_model_card, tmp_path
     assert abs(measured - load["requests"]) <= max(2, 0.05 * load["requests"])
     assert load["health_after"] == "200 ok"
     assert load["memory_stable"] and 0 < load["rss_mb"]["start"] <= load["rss_mb"]["max"]
+
+    beside = summaries["hostile"]
+    assert beside["errors"] == 0 and beside["statuses"] == {"200": beside["requests"]}
+    hostile = beside["hostile"]
+    assert hostile["requests"] >= 1 and hostile["errors"] == 0
+    assert set(hostile["statuses"]) <= {"200", "413"}, hostile["statuses"]
+    assert hostile["memory_bounded"], hostile
+    assert hostile["peak_rss_mb"] >= hostile["peak_rss_mb_before"] > 0
+    assert "Load with one hostile client beside them" in done.stdout
 
     outage = summaries["db_down"]
     assert set(outage["statuses"]) <= {"200", "503"}, outage["statuses"]

@@ -44,7 +44,7 @@ def exact(rows: list[ImageRow], query: np.ndarray, k: int) -> list[str]:
     return [rows[i].key for i in np.argsort(-sims, kind="stable")[:k]]
 
 
-def plan(dsn: str, version: str, dim: int, query: np.ndarray) -> str:
+def plan(dsn: str, version: str, dim: int, query: np.ndarray, groups: int = 1) -> str:
     """EXPLAIN of the store's own k-NN statement for `version`. With other plans off,
     the plan names the version's index only if the planner can prove it applies (a few hundred
     rows would otherwise be sorted exactly, and the test would prove nothing)."""
@@ -58,10 +58,11 @@ def plan(dsn: str, version: str, dim: int, query: np.ndarray) -> str:
         with conn.cursor() as cur:
             for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
                 cur.execute(f"SET {setting} = off")
-            statement = nearest_sql(dim).as_string(cur)
-            cur.execute("EXPLAIN " + statement, {
-                "query": query, "version": version, "label": None, "exclude": None, "k": 5,
-            })
+            statement = nearest_sql(dim, groups).as_string(cur)
+            params = {"query": query, "version": version, "exclude": None}
+            for g in range(groups):  # every label, then one label per further group
+                params[f"label_{g}"], params[f"k_{g}"] = (None, 5) if g == 0 else ("painting", 1)
+            cur.execute("EXPLAIN " + statement, params)
             return "\n".join(line for (line,) in cur.fetchall())
     finally:
         conn.close()
@@ -99,6 +100,10 @@ def test_each_version_keeps_its_dimension_and_is_searched_through_its_own_index(
         query = unit(rng, 1, dim)[0]
         explained = plan(pg_dsn, version, dim, query)
         assert f"Index Scan using {version_index_name(version)}" in explained, explained
+        # Predict's searches in one statement (neighbours, nearest of each candidate type):
+        # each group scans the index.
+        grouped = plan(pg_dsn, version, dim, query, groups=3)
+        assert grouped.count(f"Index Scan using {version_index_name(version)}") == 3, grouped
         got = [n.key for n in store.nearest(query, k=5, model_version=version)]
         assert len(set(got) & set(exact(made[version], query, 5))) >= 4
         assert all(key in {r.key for r in made[version]} for key in got)  # never the other's

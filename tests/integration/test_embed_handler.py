@@ -124,10 +124,9 @@ def test_batch_with_odd_keys_poison_and_vanished_objects(
     digest = hashlib.sha256(picture(1)).hexdigest()
     assert keys(aws, "gallery/") == [f"gallery/{digest}.png"]
     assert keys(aws, "incoming/") == []
-    assert keys(aws, "rejected/") == ["rejected/poison.jpg", "rejected/poison.jpg.reason.json"]
-    reason = json.loads(
-        aws.get_object(Bucket=BUCKET, Key="rejected/poison.jpg.reason.json")["Body"].read()
-    )
+    parked = "rejected/" + hashlib.sha256(b"\xff\xd8\xff garbage").hexdigest()
+    assert keys(aws, "rejected/") == [parked, parked + ".reason.json"]
+    reason = json.loads(aws.get_object(Bucket=BUCKET, Key=parked + ".reason.json")["Body"].read())
     assert reason["source_key"] == "incoming/poison.jpg"
     assert reason["error"] in ("corrupt_image", "unsupported_format")
     store = EmbeddingStore(pg_dsn)
@@ -201,7 +200,10 @@ def test_an_oversized_drop_is_rejected_without_download(aws, pg_dsn, tiny_model_
     lake.put("incoming/huge.png", picture(5))
     report = ingest_objects(["incoming/huge.png"], lake, classifier, store, max_bytes=100)
     assert report.rejected == 1
-    assert keys(aws, "rejected/") == ["rejected/huge.png", "rejected/huge.png.reason.json"]
-    assert json.loads(lake.get("rejected/huge.png.reason.json"))["error"] == "too_large"
+    parked, reason_key = keys(aws, "rejected/")  # a fresh id: the bytes were never read
+    assert reason_key == parked + ".reason.json"
+    reason = json.loads(lake.get(reason_key))
+    assert (reason["error"], reason["source_key"]) == ("too_large", "incoming/huge.png")
+    assert lake.get(parked) == picture(5)
     assert keys(aws, "incoming/") == []
     store.close()

@@ -139,7 +139,7 @@ def test_secrets_manager_unreachable_denies_and_never_errors(unreachable_secrets
                                                              pg_dsn, capsys, caplog):
     monkeypatch.setenv("DATABASE_URL", pg_dsn)
     token = mint_token("k" * 64, "dev", 600)
-    signed = sign_request("ak_x", "secret", "POST", "/predict", [], b"body")
+    signed = sign_request("ak_x", "secret", "POST", "/predict", [], b"body", host="api.example")
     for headers in ({"Authorization": f"Bearer {token}"}, signed):
         started = time.monotonic()
         with pytest.raises(Exception) as denied:

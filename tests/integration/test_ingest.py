@@ -75,11 +75,13 @@ def test_ingest_a_folder(lake, store, classifier):
     assert set(store.keys(classifier.version)) == expected_gallery
     assert store.count() == 4
 
-    assert lake.list("rejected/") == ["rejected/notes.txt", "rejected/notes.txt.reason.json"]
-    assert lake.get("rejected/notes.txt") == b"not a picture at all"
-    reason = json.loads(lake.get("rejected/notes.txt.reason.json"))
+    rejected = f"rejected/{sha(b'not a picture at all')}"
+    assert lake.list("rejected/") == [rejected, rejected + ".reason.json"]
+    assert lake.get(rejected) == b"not a picture at all"
+    reason = json.loads(lake.get(rejected + ".reason.json"))
     assert reason["error"] == "unsupported_format"
     assert reason["source_key"] == "incoming/notes.txt"
+    assert reason["name"] == "notes.txt"
     assert reason["message"]
     assert report.outcomes["incoming/notes.txt"].reason == "unsupported_format"
 
@@ -409,3 +411,97 @@ def test_local_lake_objects(tmp_path):
     lake.delete("incoming/a/b.png")  # deleting twice is fine
     assert not lake.exists("incoming/a/b.png")
     assert lake.get("gallery/b.png") == b"12345"
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+class LakeWithARacingUpload(LocalLake):
+    """Someone drops a new picture under the same name while the batch is being indexed: right
+    after the first gallery write, between the read and the delete of the drop."""
+
+    def __init__(self, root, key: str, replacement: bytes):
+        super().__init__(root, b"test-url-key")
+        self.key, self.replacement, self.raced = key, replacement, False
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        super().put(key, data, content_type)
+        if key.startswith("gallery/") and not self.raced:
+            self.raced = True
+            super().put(self.key, self.replacement)
+
+
+def test_a_drop_replaced_during_its_ingest_survives_and_is_indexed(tmp_path, store, classifier):
+    ensure_model_version(store, classifier)
+    first, second = picture(31), picture(32)
+    lake = LakeWithARacingUpload(tmp_path / "lake", "incoming/same.png", second)
+    lake.put("incoming/same.png", first)
+
+    report = ingest_objects(["incoming/same.png"], lake, classifier, store)
+    assert lake.raced
+    assert report.outcomes["incoming/same.png"].sha256 == sha(first)
+    # The replacement was not deleted unseen: it is still there, and its own event indexes it.
+    assert lake.get("incoming/same.png") == second
+    again = ingest_objects(["incoming/same.png"], lake, classifier, store)
+    assert again.outcomes["incoming/same.png"].status is Status.INDEXED
+    assert {row for row in store.keys(classifier.version)} == {
+        f"gallery/{sha(first)}.png", f"gallery/{sha(second)}.png"}
+    assert lake.list("incoming/") == []
+
+
+def test_local_delete_version_removes_only_what_was_read(tmp_path):
+    lake = LocalLake(tmp_path / "lake", b"k")
+    lake.put("incoming/a.png", b"one")
+    read = lake.get_version("incoming/a.png")
+    assert read.data == b"one" and read.size == 3
+    assert lake.delete_version("incoming/a.png", read.version)
+    assert not lake.exists("incoming/a.png")
+    assert lake.delete_version("incoming/a.png", read.version)  # gone already: fine
+
+    lake.put("incoming/b.png", b"old")
+    old = lake.get_version("incoming/b.png")
+    lake.put("incoming/b.png", b"new")
+    assert not lake.delete_version("incoming/b.png", old.version)
+    assert lake.get("incoming/b.png") == b"new"
+    assert lake.list("incoming/") == ["incoming/b.png"]  # no claim file left behind
+
+    too_big = lake.get_version("incoming/b.png", max_bytes=2)
+    assert too_big.data is None and too_big.size == 3
+
+
+def test_rejects_are_keyed_by_content_and_never_overwrite_each_other(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    long_name = "n" * 246 + ".txt"  # 250 bytes: the name plus ".reason.json" exceeds NAME_MAX
+    drops = {
+        "incoming/bad.txt": b"first bad drop",
+        "incoming/sub/bad.txt": b"second bad drop, same name",
+        f"incoming/{long_name}": b"a long name",
+    }
+    for key, data in drops.items():
+        lake.put(key, data)
+    report = ingest_objects(list(drops), lake, classifier, store)
+    assert report.rejected == 3 and report.failed == 0
+    # Then a drop named like the reason of the first: it cannot overwrite anything.
+    lake.put("incoming/bad.txt.reason.json", b'{"error": "forged"}')
+    assert ingest_objects(["incoming/bad.txt.reason.json"], lake, classifier, store).rejected == 1
+    drops["incoming/bad.txt.reason.json"] = b'{"error": "forged"}'
+
+    for key, data in drops.items():
+        parked = f"rejected/{sha(data)}"
+        assert lake.get(parked) == data
+        reason = json.loads(lake.get(parked + ".reason.json"))
+        assert reason["source_key"] == key and reason["error"] == "unsupported_format"
+        assert reason["name"] == key.removeprefix("incoming/")
+    assert len(lake.list("rejected/")) == 2 * len(drops)
+    assert lake.list("incoming/") == []
+
+
+def test_a_drop_too_large_to_read_is_parked_under_a_fresh_id(lake, store, classifier):
+    ensure_model_version(store, classifier)
+    lake.put("incoming/huge.png", picture(33))
+    report = ingest_objects(["incoming/huge.png"], lake, classifier, store, max_bytes=100)
+    assert report.outcomes["incoming/huge.png"].reason == "too_large"
+    (reason_key,) = [k for k in lake.list("rejected/") if k.endswith(".reason.json")]
+    reason = json.loads(lake.get(reason_key))
+    assert reason["source_key"] == "incoming/huge.png" and reason["sha256"] is None
+    assert lake.get(reason_key.removesuffix(".reason.json")) == picture(33)

@@ -35,11 +35,12 @@ from lambdas import authorizer, embed, predict  # cold start after the schema ex
 image = open(os.environ["PICTURE"], "rb").read()
 token = mint_token(os.environ["ARTLENS_TOKEN_KEY"], "dev", 600)
 signed = sign_request(os.environ["KEY_ID"], os.environ["KEY_SECRET"], "POST", "/predict",
-                      [("neighbors", "2")], image)
+                      [("neighbors", "2")], image, host="127.0.0.1:8000",
+                      content_type="image/jpeg")
 print(json.dumps({"token": token, "signature": signed["Authorization"]}), file=sys.stderr)
 statuses = []
 for headers in ({"Authorization": "Bearer " + token, "Content-Type": "image/jpeg"},
-                {**signed, "Content-Type": "image/jpeg"},
+                signed,
                 {"Authorization": "Bearer " + token[:-4] + "AAAA"}):
     request = events.HttpRequest("POST", "/predict", "neighbors=2", list(headers.items()),
                                  image, "127.0.0.1")

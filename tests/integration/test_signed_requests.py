@@ -3,6 +3,7 @@ keys issued and revoked live by `python -m client.keys`, and the nonce ledger in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,13 +11,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import psycopg2
 import pytest
 
+from artlens.auth.keys import FileKeys, issue_key
 from artlens.auth.replay import PostgresNonces
-from artlens.auth.signing import sign_request, verify_signed_body
+from artlens.auth.signing import SignedRequests, sign_request, verify_signed_body
 from artlens.errors import Unauthorized
 from artlens.index.database import Database
 from artlens.index.embeddings import EmbeddingStore
@@ -30,6 +32,7 @@ PICTURE = jpeg_bytes(601)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_card):
     with local_stack(tmp_path_factory.mktemp("signed_stack"), tiny_model_card) as running:
+        STACK_URL[0] = running.base_url
         yield running
 
 
@@ -59,8 +62,13 @@ def post(stack, headers: dict, body: bytes, query: dict | None = None) -> tuple[
 
 
 def signed(key: dict, body: bytes, query: dict | None = None, **kwargs) -> dict:
+    host = kwargs.pop("host", None) or urlsplit(STACK_URL[0]).netloc
     return sign_request(key["key_id"], key["secret"], "POST", "/predict",
-                        list((query or {}).items()), body, **kwargs)
+                        list((query or {}).items()), body, host=host,
+                        content_type="image/jpeg", **kwargs)
+
+
+STACK_URL: list[str] = [""]  # the module's stack, for the Host the signatures cover
 
 
 def test_a_signed_request_is_classified_by_the_client_library(stack, key):
@@ -95,9 +103,9 @@ def test_a_body_other_than_the_signed_one_is_refused(stack, key):
     assert (status, body["error"]) == (401, "body_hash_mismatch")
 
 
-def test_a_stale_timestamp_is_refused(stack, key):
+def test_a_stale_timestamp_is_refused_with_the_documented_code(stack, key):
     status, body = post(stack, signed(key, PICTURE, now=time.time() - 301), PICTURE)
-    assert (status, body["error"]) == (401, "unauthorized")
+    assert (status, body["error"]) == (401, "stale_request")
     status, _ = post(stack, signed(key, PICTURE, now=time.time() + 400), PICTURE)
     assert status == 401
 
@@ -145,13 +153,26 @@ def test_bearer_tokens_still_work_beside_signatures(stack):
     assert post(stack, {"Authorization": f"Bearer {stack.token}"}, PICTURE)[0] == 200
 
 
-def test_two_containers_share_the_nonce_ledger(pg_dsn):
+def test_a_wrong_host_or_unsigned_content_type_is_refused(stack, key):
+    # Signed for another deployment's host, sent here (urllib writes the real Host).
+    headers = signed(key, PICTURE, host="other-deployment.example")
+    del headers["Host"]
+    assert post(stack, headers, PICTURE)[0] == 401
+    headers = signed(key, PICTURE)
+    headers["X-ArtLens-Signed-Headers"] = "host"  # Content-Type sent but not signed
+    assert post(stack, headers, PICTURE)[0] == 401
+
+
+def test_two_containers_share_the_nonce_ledger(pg_dsn, tmp_path):
     """Two predict containers with their own connections: a signed request is served once."""
-    headers = sign_request("ak_shared", "shared-secret", "GET", "/map", [], b"")
+    key = issue_key(FileKeys(tmp_path / "api_keys.json"), "shared")
+    headers = sign_request(key.key_id, key.secret, "GET", "/map", [], b"", host="api.example")
     event = {"httpMethod": "GET", "path": "/map", "headers": headers, "body": "",
-             "requestContext": {"authorizer": {"scheme": "hmac", "sub": "ak_shared"}}}
+             "requestContext": {"authorizer": {"scheme": "hmac", "sub": key.key_id}}}
     EmbeddingStore(pg_dsn).migrate()  # the ledger's table is a migration (sql/002_...)
-    first, second = (PostgresNonces(Database(pg_dsn)) for _ in range(2))
+    environ = {"API_KEYS_FILE": str(tmp_path / "api_keys.json")}
+    first, second = (SignedRequests.from_env(PostgresNonces(Database(pg_dsn)), environ)
+                     for _ in range(2))
     verify_signed_body(event, first)
     with pytest.raises(Unauthorized) as refused:
         verify_signed_body(event, second)
@@ -163,3 +184,68 @@ def test_the_client_raises_typed_errors(stack, key):
     with pytest.raises(ApiError) as refused:
         client.predict(PICTURE)
     assert refused.value.status == 401
+
+
+def test_the_predict_handler_verifies_every_signed_request_under_a_cached_context(
+    pg_dsn, tiny_model_card, tmp_path, monkeypatch
+):
+    """Issue 13, as reproduced: the real predict handler receives the authorizer context API
+    Gateway cached for a captured Authorization header, with everything else forged."""
+    import base64
+
+    from artlens.auth.keys import revoke_key
+    from lambdas import predict
+    from local_stack.events import LambdaContext
+
+    keys = FileKeys(tmp_path / "api_keys.json")
+    key = issue_key(keys, "victim")
+    for name, value in {
+        "MODEL_CARD_PATH": str(tiny_model_card), "DATABASE_URL": pg_dsn,
+        "LOCAL_LAKE_DIR": str(tmp_path / "lake"), "LOCAL_URL_KEY": "u" * 32,
+        "API_KEYS_FILE": str(tmp_path / "api_keys.json"), "API_KEYS_TTL_S": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("IMAGES_BUCKET", raising=False)
+    EmbeddingStore(pg_dsn).migrate()
+    predict.reset()
+
+    def call(headers: dict, body: bytes, method: str = "POST", path: str = "/predict") -> dict:
+        event = {
+            "resource": path, "path": path, "httpMethod": method, "headers": headers,
+            "body": base64.b64encode(body).decode(), "isBase64Encoded": True,
+            "requestContext": {"path": f"/prod{path}", "requestId": "r",
+                               "authorizer": {"scheme": "hmac", "sub": key.key_id,
+                                              "principalId": key.key_id}},
+        }
+        response = predict.handler(event, LambdaContext("artlens-predict"))
+        return {"status": response["statusCode"], **json.loads(response["body"])}
+
+    def sign(body: bytes, **kwargs) -> dict:
+        return sign_request(key.key_id, key.secret, "POST", "/predict", [], body,
+                            host="api.example", content_type="image/jpeg", **kwargs)
+
+    try:
+        captured = sign(PICTURE)
+        other = jpeg_bytes(604)
+        attacks = {
+            "another body": (
+                {**captured, "X-ArtLens-Content-SHA256": hashlib.sha256(other).hexdigest()},
+                other, "POST", "/predict"),
+            "another route": (captured, b"", "GET", "/map"),
+            "own nonce": ({**captured, "X-ArtLens-Nonce": "attacker-nonce-0123456789"},
+                          PICTURE, "POST", "/predict"),
+            "timestamp 1": ({**captured, "X-ArtLens-Timestamp": "1"}, PICTURE, "POST",
+                            "/predict"),
+        }
+        for name, (headers, body, method, path) in attacks.items():
+            answer = call(headers, body, method, path)
+            assert answer["status"] == 401, (name, answer)
+        assert call({**captured, "X-ArtLens-Timestamp": "1"}, PICTURE)["error"] == "stale_request"
+        assert call(captured, PICTURE)["status"] == 200  # the request itself, once
+        assert call(captured, PICTURE)["error"] == "replayed_request"
+
+        revoke_key(keys, key.key_id)  # API_KEYS_TTL_S=0: the bound is the next request
+        answer = call(sign(PICTURE), PICTURE)
+        assert (answer["status"], answer["error"]) == (401, "bad_key")
+    finally:
+        predict.reset()

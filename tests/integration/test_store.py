@@ -241,43 +241,34 @@ def test_existing_sha256_is_per_version(store):
     assert store.existing_sha256([], "v1") == set()
 
 
-def test_search_settings_are_per_session_and_survive_a_reconnect(pg_dsn, store):
-    _ready(store, "v1")
-    store.upsert(_row("a" * 64))
+def test_search_settings_are_local_to_the_search_and_the_session_keeps_its_defaults(
+    pg_dsn, filled
+):
+    """Behind RDS Proxy a session-level SET pins the connection to its client: the HNSW
+    settings are set with is_local inside the search's own (implicit) transaction."""
+    rows, _, rng = filled
+    store = EmbeddingStore(_index_only(pg_dsn), ef_search=10)
 
     def session(cur):
         cur.execute(
-            "SELECT pg_backend_pid(), current_setting('hnsw.ef_search'),"
-            " current_setting('hnsw.iterative_scan')"
+            "SELECT pg_backend_pid(), current_setting('hnsw.ef_search', true),"
+            " current_setting('hnsw.iterative_scan', true)"
         )
         return cur.fetchone()
 
-    assert len(store.nearest(np.ones(128), k=1)) == 1
-    pid, ef, scan = store.database.transaction(session)
-    assert (ef, scan) == ("40", "relaxed_order")
-
+    # In effect during the search: with ef_search 10 only the iterative scan finds 5 rows of
+    # a 5 % class (see the test above for the same query without it).
+    query = _unit(rng, 1)[0]
+    assert len(store.nearest(query, k=5, label=RARE)) == 5
+    pid, ef, scan = store.database.read(session)
+    assert (ef, scan) == ("40", "off")  # pgvector's defaults: nothing stayed on the session
     store.ef_search = 77
-    assert len(store.nearest(np.ones(128), k=1)) == 1
-    # The same session, with the new value.
-    assert store.database.transaction(session) == (pid, "77", "relaxed_order")
-
-    def fails(cur):
-        cur.execute("SELECT 1")
-        raise ValueError("rolled back")
-
-    with pytest.raises(ValueError):
-        store.database.transaction(fails)
-    # Not undone by the rollback.
-    assert store.database.transaction(session) == (pid, "77", "relaxed_order")
-
-    admin = psycopg2.connect(pg_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    admin.close()
-    assert len(store.nearest(np.ones(128), k=1)) == 1  # transparently on a new connection
-    new_pid, ef, scan = store.database.transaction(session)
-    assert new_pid != pid and (ef, scan) == ("77", "relaxed_order")
+    found = store.nearest_groups(query, [(RARE, 5), (None, 3), ("painting", 0)])
+    assert [len(group) for group in found] == [5, 3, 0]
+    assert {n.label for n in found[0]} == {RARE}
+    assert [n.key for n in found[1]] == _brute_force(rows, query, 3)[0]
+    assert store.database.transaction(session) == (pid, "40", "off")  # same session, defaults
+    store.close()
     with pytest.raises(ValueError):
         store.ef_search = 0
 
@@ -437,3 +428,70 @@ def test_migrate_custom_resource_with_secrets_manager_credentials(pg_server, pg_
     versions_of(store).register("v1")
     assert store.index_parameters("v1")["m"] == HNSW_M
     store.close()
+
+
+@pytest.fixture
+def password_role(pg_server, pg_dsn):
+    """A login role that must give its password (scram) to reach this test's database: the
+    embedded server trusts every local connection, so one pg_hba line (first match wins) asks
+    for a password for this role and database only. Yields (role, dbname, host, port)."""
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlparse
+
+    uri = urlparse(pg_dsn)
+    dbname, host = uri.path.lstrip("/"), parse_qs(uri.query)["host"][0]
+    role = f"rotating_{dbname}"
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'before-rotation'")
+        cur.execute(f'ALTER DATABASE "{dbname}" OWNER TO {role}')
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")  # creating it needs a superuser
+    hba = Path(pg_server.pgdata) / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f"local {dbname} {role} scram-sha-256\n" + original)
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_reload_conf()")
+    try:
+        yield role, dbname, host, uri.port or 5432, admin
+    finally:
+        hba.write_text(original)
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+        admin.close()
+
+
+def test_a_password_rotated_between_reading_and_connecting_is_read_again(password_role):
+    """Rotation may change the password while migrate connects: the refused password is
+    retried after a backoff with the secret read again (issue 12)."""
+    from artlens.index.database import Database, credentials_connection_factory
+    from artlens.index.migrations import migrate
+
+    role, dbname, host, port, admin = password_role
+    secret = {"username": role, "password": "before-rotation"}
+    reads, slept = [], []
+
+    def read_secret():
+        reads.append(secret["password"])
+        return dict(secret)
+
+    def rotate_while_waiting(seconds: float) -> None:
+        slept.append(seconds)
+        secret["password"] = "after-rotation"  # the secret now holds what the role has
+
+    with admin.cursor() as cur:  # rotated after the secret was read, before the connect
+        cur.execute(f"ALTER ROLE {role} PASSWORD 'after-rotation'")
+    database = Database(credentials_connection_factory(
+        read_secret, host=host, port=port, dbname=dbname, sleep=rotate_while_waiting))
+    assert migrate(database) == [p.name for p in migration_files()]
+    assert (reads, slept) == (["before-rotation", "after-rotation"], [1.0])
+    database.close()
+
+    # A password that never works: 1 + 3 tries over 1 + 2 + 4 s, then 503, never the password.
+    secret["password"], reads[:], slept[:] = "wrong", [], []
+    refused = Database(credentials_connection_factory(
+        read_secret, host=host, port=port, dbname=dbname, sleep=slept.append))
+    with pytest.raises(Unavailable) as raised:
+        versions_of(EmbeddingStore(refused)).current()
+    assert (len(reads), slept) == (4, [1.0, 2.0, 4.0])
+    assert "wrong" not in str(raised.value) and raised.value.status == 503

@@ -194,9 +194,12 @@ def bearer_only() -> Authenticator:
 
 def test_authenticate_bearer_case_insensitive_scheme():
     token = mint_token(KEY, "alice", 60)
+    expires_at = verify_token(KEY, token)["exp"]
     for scheme in ("Bearer", "bearer", "BEARER"):
         principal = bearer_only().authenticate(request(f"{scheme} {token}"))
-        assert principal == Principal(sub="alice", scheme="bearer")
+        assert principal == Principal(sub="alice", scheme="bearer", expires_at=expires_at)
+        # the token's end reaches GET /whoami through the authorizer context
+        assert principal.context() == {"sub": "alice", "scheme": "bearer", "exp": expires_at}
 
 
 @pytest.mark.parametrize("value", [None, "", "Bearer", "Bearer   ", "Basic dXNlcjpwYXNz", "token"])
@@ -217,3 +220,34 @@ def test_a_second_scheme_plugs_in_where_the_authenticator_is_built():
     assert principal.context() == {"sub": "client-1", "scheme": "test-hmac"}
     refused(both.authenticate, request("Test-HMAC wrong"))
     refused(bearer_only().authenticate, request("test-hmac letmein"))  # nothing global
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def test_an_exp_given_as_a_string_is_refused():
+    """PyJWT reads "exp": "9999999999" as a number; a token must carry integers."""
+    now = int(time.time())
+    for claims in ({"sub": "dev", "exp": str(now + 600)},
+                   {"sub": "dev", "exp": now + 600, "iat": str(now)},
+                   {"sub": "dev", "exp": float(now + 600)},
+                   {"sub": "dev", "exp": True}):
+        token = jwt.encode(claims, KEY, algorithm="HS256")
+        assert "integers" in refused(verify_token, KEY, token).message or claims["exp"] is True
+
+
+def test_tokens_living_longer_than_the_cap_are_refused():
+    now = int(time.time())
+    year = jwt.encode({"sub": "dev", "exp": now + 365 * 86400}, KEY, algorithm="HS256")
+    assert "maximum" in refused(verify_token, KEY, year).message
+    old_iat = jwt.encode({"sub": "dev", "iat": now - 40 * 86400, "exp": now + 600}, KEY,
+                         algorithm="HS256")
+    assert "maximum" in refused(verify_token, KEY, old_iat).message
+    month = mint_token(KEY, "dev", 30 * 86400)
+    assert verify_token(KEY, month)["sub"] == "dev"  # the cap itself is allowed
+    refused(lambda: verify_token(KEY, month, max_lifetime_s=3600))  # a lower configured cap
+    with pytest.raises(ValueError):
+        mint_token(KEY, "dev", 31 * 86400)
+    verifier = BearerVerifier(TokenKeySource(literal=KEY), max_lifetime_s=3600)
+    with pytest.raises(Unauthorized):
+        verifier(month, {})

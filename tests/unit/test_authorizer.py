@@ -13,7 +13,7 @@ import jwt
 import pytest
 from moto import mock_aws
 
-from artlens.auth.tokens import MAX_TOKEN_LENGTH, mint_token
+from artlens.auth.tokens import MAX_TOKEN_LENGTH, mint_token, verify_token
 from lambdas import authorizer
 from local_stack.events import LambdaContext
 
@@ -73,12 +73,15 @@ def denied(authorization: str | None) -> None:
 
 
 def test_valid_token_is_allowed_on_the_whole_api(secret):
-    answer = call(f"Bearer {mint_token(KEY, 'dev', 300)}")
+    token = mint_token(KEY, "dev", 300)
+    answer = call(f"Bearer {token}")
     assert answer["principalId"] == "dev"
     statement = answer["policyDocument"]["Statement"][0]
     assert statement["Effect"] == "Allow"
     assert statement["Resource"] == WILDCARD
-    assert answer["context"] == {"sub": "dev", "scheme": "bearer"}
+    assert answer["context"] == {
+        "sub": "dev", "scheme": "bearer", "exp": verify_token(KEY, token)["exp"]
+    }
 
 
 def test_expired_token_is_unauthorized(secret):
@@ -148,3 +151,42 @@ def test_the_authorizer_imports_no_numerical_or_database_library():
     loaded = set(json.loads(completed.stdout.strip().splitlines()[-1]))
     assert "lambdas" in loaded and "artlens" in loaded
     assert loaded.isdisjoint({"numpy", "psycopg2", "onnxruntime", "PIL", "pgvector"}), loaded
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def signed_event(tmp_path, aws_env, now: float) -> dict:
+    from artlens.auth.keys import FileKeys, issue_key
+    from artlens.auth.signing import sign_request
+
+    key = issue_key(FileKeys(tmp_path / "api_keys.json"), "clock-skew")
+    aws_env.setenv("API_KEYS_FILE", str(tmp_path / "api_keys.json"))
+    event = authorizer_event(None)
+    event["headers"] = sign_request(key.key_id, key.secret, "POST", "/predict", [], b"img",
+                                    host=event["headers"]["Host"], content_type="image/jpeg",
+                                    now=now)
+    return event
+
+
+def test_a_stale_signed_request_is_denied_with_the_documented_code(secret, tmp_path, aws_env):
+    answer = authorizer.handler(signed_event(tmp_path, aws_env, time.time() - 3600),
+                                LambdaContext("artlens-authorizer"))
+    (statement,) = answer["policyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Resource"] == METHOD_ARN
+    assert answer["context"]["error"] == "stale_request"
+
+
+def test_a_fresh_signed_request_is_allowed(secret, tmp_path, aws_env):
+    answer = authorizer.handler(signed_event(tmp_path, aws_env, time.time()),
+                                LambdaContext("artlens-authorizer"))
+    assert answer["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    assert answer["context"]["scheme"] == "hmac"
+
+
+def test_other_signed_refusals_stay_a_bare_401(secret, tmp_path, aws_env):
+    event = signed_event(tmp_path, aws_env, time.time())
+    event["headers"]["X-ArtLens-Key-Id"] = "ak_0000000000000000"  # unknown: not told
+    with pytest.raises(Exception) as info:
+        authorizer.handler(event, LambdaContext("artlens-authorizer"))
+    assert str(info.value) == "Unauthorized"

@@ -6,12 +6,16 @@ import base64
 import json
 import logging
 import os
+import re
 
 import pytest
 
 from artlens.api.events import (
+    MAX_BODY_BYTES,
+    Reference,
     body_bytes,
     extract_image,
+    extract_picture,
     header,
     parse_map_query,
     parse_multipart,
@@ -172,11 +176,58 @@ def test_json_body_itself_base64_encoded_by_api_gateway():
         ('["image_base64"]', "missing_file"),
         ('{"image_base64": 12}', "missing_file"),
         ("{not json", "bad_json"),
+        ("[" * 100_000 + "]" * 100_000, "bad_json"),  # RecursionError in the parser, not 500
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "bad_json"),
+        ('{"key": "gallery/' + "a" * 64 + '.jpg"}', "missing_file"),  # a reference: not here
     ],
+    ids=["chars", "padding", "after-padding", "leading-padding", "bad-char", "not-ascii",
+         "no-field", "array", "number", "not-json", "deep-array", "deep-object", "reference"],
 )
 def test_json_errors(body, code):
     err = bad_request(extract_image, event(body, headers={"Content-Type": "application/json"}))
     assert err.code == code
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"key": "gallery/" + "0f" * 32 + ".tif"}, Reference(key="gallery/" + "0f" * 32 + ".tif")),
+        ({"sha256": "AB" * 32}, Reference(sha256="ab" * 32)),
+        ({"image_base64": base64.b64encode(IMAGE).decode()}, IMAGE),
+    ],
+)
+def test_predict_body_by_reference(document, expected):
+    ev = event(json.dumps(document), headers={"Content-Type": "application/json"})
+    assert extract_picture(ev) == expected
+
+
+@pytest.mark.parametrize(
+    ("document", "code"),
+    [
+        ({"key": "gallery/" + "a" * 64}, "bad_key"),
+        ({"key": "gallery/" + "a" * 64 + ".jpg/../x.jpg"}, "bad_key"),
+        ({"key": "uploads/" + "a" * 64 + ".jpg"}, "bad_key"),
+        ({"sha256": "g" * 64}, "bad_sha256"),
+        ({"sha256": ["a" * 64]}, "bad_sha256"),
+        ({"sha256": "a" * 64, "image_base64": "QUJD"}, "missing_file"),
+    ],
+)
+def test_bad_references_are_400(document, code):
+    ev = event(json.dumps(document), headers={"Content-Type": "application/json"})
+    assert bad_request(extract_picture, ev).code == code
+
+
+def test_body_limit_fits_one_lambda_event():
+    """API Gateway base64-encodes the body into an event of at most 6,291,456 bytes."""
+    assert MAX_BODY_BYTES == (6_291_456 - 64 * 1024) * 3 // 4 == 4_669_440
+    assert body_bytes(event(b"\0" * MAX_BODY_BYTES)) == b"\0" * MAX_BODY_BYTES
+    for too_big in (event("a" * (MAX_BODY_BYTES + 1)),
+                    event(base64.b64encode(b"\0" * (MAX_BODY_BYTES + 1)).decode(), b64=True),
+                    event(base64.b64encode(b"\0" * (2 * MAX_BODY_BYTES)).decode(), b64=True)):
+        with pytest.raises(ImageRejected) as raised:
+            body_bytes(too_big)
+        assert (raised.value.status, raised.value.code) == (413, "too_large")
+        assert f"{MAX_BODY_BYTES:,} bytes" in raised.value.message
 
 
 # --------------------------------------------------------------------------- queries
@@ -303,3 +354,14 @@ def test_http_module_never_reads_the_environment(monkeypatch):
 
     monkeypatch.setattr(os, "getenv", refuse)
     assert parse_predict_query(event(query={"neighbors": "1"})).neighbors == 1
+
+
+def test_the_page_refuses_uploads_at_the_apis_own_body_limit():
+    """The page checks size before sending; its limit must be the API's, or people either wait
+    for a refusal the page could have given, or are refused pictures the API would take."""
+    from pathlib import Path
+
+    messages = (Path(__file__).parents[2] / "frontend_static/js/messages.js").read_text()
+    match = re.search(r"export const MAX_UPLOAD_BYTES = ([\d_]+);", messages)
+    assert match is not None
+    assert int(match.group(1).replace("_", "")) == MAX_BODY_BYTES

@@ -4,12 +4,25 @@ No-loss order for every incoming object: the gallery copy and the index row are 
 BEFORE the incoming object is deleted, so a crash at any point leaves either the drop (which a
 redelivered message processes again) or a finished row. Every step is idempotent on the SHA-256
 of the bytes, so a picture dropped twice or a message delivered twice is indexed once.
+
+Delete exactly what was read: the drop's version (artlens.lake.VersionedObject) travels with it,
+and only that version is deleted, so a picture written under the same name while the batch ran
+survives and is indexed by its own event.
+
+Memory: each drop is decoded under the intake's memory budget (artlens.image) and shrunk to the
+model's input right away; a batch keeps the bytes and a (size x size) array per picture, never a
+full-size raster.
+
+Rejected drops are parked as `rejected/<sha256>` (`rejected/<uuid>` when too large to read) with
+`rejected/<id>.reason.json` naming the original key: same-name rejects never overwrite each
+other, a drop named `<x>.reason.json` cannot overwrite a reason, and a name of any length works.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,7 +34,7 @@ from artlens.digests import sha256_hex
 from artlens.errors import ImageRejected, NotFound
 from artlens.image import MAX_BYTES, LoadedImage, load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, ImageRow
-from artlens.lake import ObjectLake
+from artlens.lake import ObjectLake, VersionedObject
 from artlens.names import (
     GALLERY_PREFIX,
     IMAGE_FORMATS,
@@ -86,6 +99,8 @@ class _Drop:
     data: bytes
     image: LoadedImage
     sha256: str
+    version: str
+    pixels: np.ndarray  # float32 [size, size, 3]: shrunk right after decoding
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class Picture:
     image: LoadedImage
     sha256: str
     pixels: np.ndarray  # float32 [size, size, 3], the classifier's input size
+    version: str | None = None  # the lake version read (ingestion deletes exactly that one)
 
 
 @dataclass(frozen=True)
@@ -118,9 +134,9 @@ def gallery_key_for(sha256: str, image_format: str) -> str:
     return f"{GALLERY_PREFIX}{sha256}.{extension}"
 
 
-def rejected_key_for(incoming_key: str) -> str:
-    name = incoming_key.removeprefix(INCOMING_PREFIX)
-    return f"{REJECTED_PREFIX}{name}"
+def rejected_key_for(data: bytes | None) -> str:
+    """`rejected/<sha256>` of the bytes, or `rejected/<uuid>` when they were never read."""
+    return f"{REJECTED_PREFIX}{sha256_hex(data) if data is not None else uuid.uuid4().hex}"
 
 
 def embed_pictures(classifier: Classifier, pictures: Sequence[Picture]) -> list[Embedded]:
@@ -150,14 +166,23 @@ def image_row(picture: Picture, embedded: Embedded, key: str, model_version: str
     )
 
 
-def _reject(lake: ObjectLake, key: str, error: ImageRejected) -> IngestOutcome:
+def _reject(
+    lake: ObjectLake, key: str, read: VersionedObject, error: ImageRejected
+) -> IngestOutcome:
     """Park an unusable drop under rejected/ with the reason beside it, then remove it."""
-    rejected_key = rejected_key_for(key)
-    lake.copy(key, rejected_key)  # server-side: a too-large object is never downloaded
-    reason = {"error": error.code, "message": error.message, "source_key": key}
+    rejected_key = rejected_key_for(read.data)
+    if read.data is not None:
+        lake.put(rejected_key, read.data)  # the very bytes that were judged
+    else:
+        lake.copy(key, rejected_key)  # server-side: a too-large object is never downloaded
+    reason = {
+        "error": error.code, "message": error.message, "source_key": key,
+        "name": key.removeprefix(INCOMING_PREFIX), "size_bytes": read.size,
+        "sha256": sha256_hex(read.data) if read.data is not None else None,
+    }
     lake.put(rejected_key + REASON_SUFFIX, json.dumps(reason).encode(), "application/json")
-    lake.delete(key)
-    logger.info("rejected %s: %s", key, error.code)
+    lake.delete_version(key, read.version)
+    logger.info("rejected %s as %s: %s", key, rejected_key, error.code)
     return IngestOutcome(key, Status.REJECTED, reason=error.code)
 
 
@@ -191,9 +216,7 @@ def ingest_objects(
             else:
                 drops.append(outcome_or_drop)
         pictures: list[Picture] = []
-        for outcome_or_picture in _skip_indexed(
-            drops, lake, store, version, classifier.input_size
-        ):
+        for outcome_or_picture in _skip_indexed(drops, lake, store, version):
             if isinstance(outcome_or_picture, IngestOutcome):
                 report.outcomes[outcome_or_picture.key] = outcome_or_picture
             else:
@@ -225,12 +248,18 @@ def _read_incoming(
         logger.warning("ignoring %s: not an object under %s", key, INCOMING_PREFIX)
         return IngestOutcome(key, Status.SKIPPED, reason="not_incoming")
     try:
+        read = lake.get_version(key, max_bytes=max_bytes)
         try:
-            data = lake.get(key, max_bytes=max_bytes)
-            image = load_image(data, max_bytes=max_bytes, size=size)
+            if read.data is None:
+                raise ImageRejected(
+                    "too_large",
+                    f"The object is {read.size:,} bytes; the limit is {max_bytes:,} bytes.",
+                )
+            image = load_image(read.data, max_bytes=max_bytes, size=size)
+            pixels = preprocess(image.rgb, size)
         except ImageRejected as rejection:
-            return _reject(lake, key, rejection)
-        return _Drop(key, data, image, sha256_hex(data))
+            return _reject(lake, key, read, rejection)
+        return _Drop(key, read.data, image, sha256_hex(read.data), read.version, pixels)
     except NotFound:
         # Already processed by an earlier delivery, or deleted by the user: nothing to do.
         logger.warning("skipping %s: the object no longer exists", key)
@@ -246,7 +275,7 @@ def _failed(key: str, sha256: str | None, exc: Exception, step: str) -> IngestOu
 
 
 def _skip_indexed(
-    drops: Sequence[_Drop], lake: ObjectLake, store: EmbeddingStore, version: str, size: int
+    drops: Sequence[_Drop], lake: ObjectLake, store: EmbeddingStore, version: str
 ) -> list[IngestOutcome | Picture]:
     """Finish the drops whose picture is indexed already; preprocess the others."""
     if not drops:
@@ -261,14 +290,14 @@ def _skip_indexed(
             if drop.sha256 in indexed:
                 # A redelivered message or the same picture dropped again: the row (and,
                 # written before it, the gallery copy) exist; only the drop is left to clean up.
-                lake.delete(drop.key)
+                lake.delete_version(drop.key, drop.version)
                 results.append(IngestOutcome(
                     drop.key, Status.DUPLICATE, sha256=drop.sha256,
                     gallery_key=gallery_key_for(drop.sha256, drop.image.format),
                 ))
             else:
-                pixels = preprocess(drop.image.rgb, size)
-                results.append(Picture(drop.key, drop.data, drop.image, drop.sha256, pixels))
+                results.append(Picture(drop.key, drop.data, drop.image, drop.sha256,
+                                       drop.pixels, drop.version))
         except Exception as exc:
             results.append(_failed(drop.key, drop.sha256, exc, "reading"))
     return results
@@ -307,7 +336,11 @@ def _store_pictures(
         return outcomes + [_failed(p.key, p.sha256, exc, "indexing") for p, _, _ in staged]
     for (picture, result, gallery_key), new in zip(staged, inserted, strict=True):
         try:
-            lake.delete(picture.key)
+            if picture.version is None:
+                lake.delete(picture.key)
+            elif not lake.delete_version(picture.key, picture.version):
+                logger.info("%s was replaced while it was indexed; the new picture stays",
+                            picture.key)
         except Exception as exc:
             # The row is committed: the retry finds the picture indexed and only deletes.
             outcomes.append(_failed(picture.key, picture.sha256, exc, "deleting"))

@@ -2,7 +2,13 @@
 
 Prefixes (artlens.names): `incoming/` (drops waiting to be indexed), `gallery/<sha256>.<ext>`
 (indexed pictures; labels live in the index, not in keys, so a new model never moves objects)
-and `rejected/<name>` with `rejected/<name>.reason.json`.
+and `rejected/<sha256>` (or `rejected/<uuid>` for a drop too large to read) with
+`rejected/<id>.reason.json` beside it, which names the original key.
+
+Ingestion deletes exactly the object it read, never a newer one written under the same name
+meanwhile: `get_version` returns the bytes with a version token and `delete_version` removes that
+version only (S3: the object version, or an If-Match on its ETag in an unversioned bucket; the
+folder: the file is taken by an atomic rename and put back if it is not the one that was read).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -24,9 +31,26 @@ DEFAULT_URL_EXPIRES_S = 900
 _TMP_PREFIX = ".artlens-tmp-"
 
 
+@dataclass(frozen=True)
+class VersionedObject:
+    """What `get_version` read: the bytes (None when the object is larger than max_bytes: it
+    was not downloaded), its size, and the token `delete_version` needs to remove exactly it."""
+
+    data: bytes | None
+    size: int
+    version: str
+
+
 class ObjectLake(Protocol):
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes. NotFound if absent; ImageRejected('too_large') past max_bytes."""
+
+    def get_version(self, key: str, max_bytes: int | None = None) -> VersionedObject:
+        """The object's bytes and version. NotFound if absent."""
+
+    def delete_version(self, key: str, version: str) -> bool:
+        """Delete the object if (and only if) it is still that version; False when the key now
+        holds another object, which is left in place."""
 
     def put(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -43,10 +67,17 @@ class ObjectLake(Protocol):
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str: ...
 
 
-def _too_large(size: int, max_bytes: int) -> ImageRejected:
+def _too_large(size: int, max_bytes: int | None) -> ImageRejected:
     return ImageRejected(
-        "too_large", f"The object is {size:,} bytes; the limit is {max_bytes:,} bytes."
+        "too_large", f"The object is {size:,} bytes; the limit is {max_bytes or 0:,} bytes."
     )
+
+
+def _data_of(read: VersionedObject, max_bytes: int | None) -> bytes:
+    """`get`'s answer: the bytes, or too_large when they were not read for their size."""
+    if read.data is None:
+        raise _too_large(read.size, max_bytes)
+    return read.data
 
 
 class S3Lake:
@@ -66,6 +97,9 @@ class S3Lake:
         return code in ("NoSuchKey", "404", "NotFound")
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return _data_of(self.get_version(key, max_bytes), max_bytes)
+
+    def get_version(self, key: str, max_bytes: int | None = None) -> VersionedObject:
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
@@ -74,13 +108,42 @@ class S3Lake:
             raise
         body = response["Body"]
         try:
-            # Checked before reading so a huge drop never lands in the function's memory.
             size = int(response.get("ContentLength", 0))
+            version_id = response.get("VersionId")
+            # A versioned bucket names each object version; otherwise its ETag identifies the
+            # content and delete_version makes the delete conditional on it.
+            if version_id and version_id != "null":
+                version = f"version:{version_id}"
+            else:
+                version = f"etag:{response.get('ETag', '')}"
+            # Checked before reading so a huge drop never lands in the function's memory.
             if max_bytes is not None and size > max_bytes:
-                raise _too_large(size, max_bytes)
-            return body.read()
+                return VersionedObject(None, size, version)
+            return VersionedObject(body.read(), size, version)
         finally:
             body.close()
+
+    def delete_version(self, key: str, version: str) -> bool:
+        kind, _, value = version.partition(":")
+        if kind == "version":
+            # Removes that version only; a newer upload stays the current object. (Needs
+            # s3:DeleteObjectVersion on incoming/*.)
+            self._s3.delete_object(Bucket=self.bucket, Key=key, VersionId=value)
+            return True
+        if kind != "etag" or not value:
+            raise ValueError(f"not a version token of this lake: {version!r}")
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=value)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412"):
+                return False
+            if self._is_missing(exc):
+                return True
+            raise
+        return True
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
@@ -162,15 +225,43 @@ class LocalLake:
         return path
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return _data_of(self.get_version(key, max_bytes), max_bytes)
+
+    def get_version(self, key: str, max_bytes: int | None = None) -> VersionedObject:
         path = self.path_for(key)
         try:
             with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if max_bytes is not None and size > max_bytes:
-                    raise _too_large(size, max_bytes)
-                return handle.read()
+                info = os.fstat(handle.fileno())
+                version = _file_version(info)
+                if max_bytes is not None and info.st_size > max_bytes:
+                    return VersionedObject(None, info.st_size, version)
+                data = handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"No object {key!r}.") from None
+        return VersionedObject(data, len(data), version)
+
+    def delete_version(self, key: str, version: str) -> bool:
+        """Take the file by an atomic rename to a private name, then look at what was taken: the
+        file that was read is deleted; a newer one (same name written since) is linked back
+        under its name (or beside it if the name was taken yet again)."""
+        path = self.path_for(key)
+        claimed = path.with_name(f"{_TMP_PREFIX}claim-{uuid.uuid4().hex}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return True  # gone already: nothing of ours is left to delete
+        try:
+            if _file_version(os.stat(claimed)) == version:
+                return True
+            try:
+                os.link(claimed, path)
+            except FileExistsError:
+                # The name was taken yet again: keep this one too, under a fresh name (a new
+                # drop for the watcher), so no picture is ever lost.
+                os.link(claimed, path.with_name(f"{uuid.uuid4().hex[:8]}-{path.name}"))
+            return False
+        finally:
+            claimed.unlink(missing_ok=True)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self.path_for(key)
@@ -227,6 +318,12 @@ class LocalLake:
         if exp_value < self._clock():
             return False
         return hmac.compare_digest(self._signature(key, exp_value).encode(), str(sig).encode())
+
+
+def _file_version(info: os.stat_result) -> str:
+    """A file's identity: a replacement (write + rename) has another inode, an overwrite in
+    place another size or modification time."""
+    return f"file:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def lake_from_settings(settings: Settings, *, s3_client: Any = None) -> ObjectLake:

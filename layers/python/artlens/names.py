@@ -12,7 +12,10 @@ from __future__ import annotations
 INCOMING_PREFIX = "incoming/"
 GALLERY_PREFIX = "gallery/"
 REJECTED_PREFIX = "rejected/"
-LAKE_PREFIXES = (INCOMING_PREFIX, GALLERY_PREFIX, REJECTED_PREFIX)
+# Pictures sent to POST /predict, kept as uploads/<sha256> so a shared link can show them again
+# (the bucket expires them; see infra/constructs/data_lake.py).
+UPLOADS_PREFIX = "uploads/"
+LAKE_PREFIXES = (INCOMING_PREFIX, GALLERY_PREFIX, REJECTED_PREFIX, UPLOADS_PREFIX)
 REASON_SUFFIX = ".reason.json"
 
 # --------------------------------------------------------------------------- image formats
@@ -42,7 +45,11 @@ KEY_ID_HEADER = "X-ArtLens-Key-Id"
 TIMESTAMP_HEADER = "X-ArtLens-Timestamp"
 NONCE_HEADER = "X-ArtLens-Nonce"
 CONTENT_SHA256_HEADER = "X-ArtLens-Content-SHA256"
-SIGNING_HEADERS = (KEY_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, CONTENT_SHA256_HEADER)
+# Which other request headers the signature covers (SigV4's SignedHeaders): `content-type;host`.
+SIGNED_HEADERS_HEADER = "X-ArtLens-Signed-Headers"
+SIGNING_HEADERS = (
+    KEY_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, CONTENT_SHA256_HEADER, SIGNED_HEADERS_HEADER,
+)
 # Browsers must be allowed to send these cross-origin (CORS preflight; API Gateway's too).
 ALLOWED_HEADERS = ("Authorization", "Content-Type", *SIGNING_HEADERS)
 ALLOWED_METHODS = ("GET", "POST", "OPTIONS")
@@ -67,6 +74,7 @@ ENV_TOKEN_KEY_FILE = "ARTLENS_TOKEN_KEY_FILE"
 ENV_API_KEYS_SECRET_ARN = "API_KEYS_SECRET_ARN"
 ENV_API_KEYS_FILE = "API_KEYS_FILE"
 ENV_API_KEYS_TTL_S = "API_KEYS_TTL_S"
+ENV_TOKEN_MAX_LIFETIME_S = "TOKEN_MAX_LIFETIME_S"
 ENV_CORS_ORIGIN = "CORS_ORIGIN"
 ENV_ORT_THREADS = "ORT_THREADS"
 ENV_LOG_LEVEL = "LOG_LEVEL"
@@ -76,5 +84,5 @@ HANDLER_ENV = (
     ENV_DB_PORT, ENV_DB_NAME, ENV_IMAGES_BUCKET, ENV_LOCAL_LAKE_DIR, ENV_LOCAL_URL_KEY,
     ENV_LOCAL_URL_BASE, ENV_TOKEN_SECRET_ARN, ENV_TOKEN_KEY, ENV_TOKEN_KEY_FILE,
     ENV_API_KEYS_SECRET_ARN, ENV_API_KEYS_FILE, ENV_API_KEYS_TTL_S, ENV_CORS_ORIGIN,
-    ENV_ORT_THREADS, ENV_LOG_LEVEL,
+    ENV_ORT_THREADS, ENV_LOG_LEVEL, ENV_TOKEN_MAX_LIFETIME_S,
 )

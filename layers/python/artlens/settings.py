@@ -14,6 +14,7 @@ Variables:
   TOKEN_SECRET_ARN | ARTLENS_TOKEN_KEY | ARTLENS_TOKEN_KEY_FILE                    [token]
   CORS_ORIGIN  required on AWS (an *_ARN or IMAGES_BUCKET set); "*" locally        [cors]
   ORT_THREADS  1..64, default 1;  LOG_LEVEL  DEBUG|INFO|WARNING|ERROR, default INFO
+  TOKEN_MAX_LIFETIME_S  60..2592000 (30 days, the default): longest bearer token accepted
   API_KEYS_SECRET_ARN | API_KEYS_FILE (+ API_KEYS_TTL_S)        [SigningSettings, authorizer]
 
 The variable names are artlens.names.ENV_*, which infra/ and the local stack set.
@@ -55,6 +56,7 @@ class Settings:
     cors_origin: str = "*"
     ort_threads: int = 1
     log_level: str = "INFO"
+    token_max_lifetime_s: int = 30 * 24 * 3600  # = artlens.auth.tokens.MAX_LIFETIME_S
 
     @property
     def is_local(self) -> bool:
@@ -95,6 +97,10 @@ class Settings:
         }
         values["db_port"] = _int_in_range(get(n.ENV_DB_PORT), n.ENV_DB_PORT, 5432, 1, 65535)
         values["ort_threads"] = _int_in_range(get(n.ENV_ORT_THREADS), n.ENV_ORT_THREADS, 1, 1, 64)
+        values["token_max_lifetime_s"] = _int_in_range(
+            get(n.ENV_TOKEN_MAX_LIFETIME_S), n.ENV_TOKEN_MAX_LIFETIME_S, 30 * 24 * 3600, 60,
+            30 * 24 * 3600,
+        )
         log_level = (get(n.ENV_LOG_LEVEL) or "INFO").upper()
         need(log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         values["log_level"] = log_level

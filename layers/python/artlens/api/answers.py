@@ -1,24 +1,56 @@
-"""The API's answers: POST /predict (classify one picture, find its neighbours) and GET /map
-(the collection projected to 3D), with their declared JSON shapes (TypedDict)."""
+"""The API's answers: POST /predict (classify one picture, find its neighbours, say how sure
+that is), GET /map (the collection projected to 3D, with the projection), POST /preview and
+GET /whoami, with their declared JSON shapes (TypedDict).
+
+How sure an answer is (`assessment`), in the order the rules are tried:
+  not_artwork / uniform_image        every channel of the model input has a standard deviation
+                                     under UNIFORM_STD (0.02 of the [0, 1] range): a blank page,
+                                     a flat colour, a lens cap; nothing there to classify
+  not_artwork / far_from_collection  only when the model card gives `min_similarity` and the
+                                     collection holds another work: the nearest work of any
+                                     type is less similar than that
+  uncertain / low_probability        top probability < min_probability (default 0.6)
+  uncertain / small_margin           top - second < min_margin (default 0.2)
+  confident / null                   otherwise
+Thresholds come from the serving model's card, `serving.uncertainty` {min_probability,
+min_margin, min_similarity} (written by the calibrating training job), each falling back to the
+default when absent or out of range. `candidates` is always the two most probable types.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 import time
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
 
 import numpy as np
+from PIL import Image
 
+from artlens.api.events import MAX_BODY_BYTES
 from artlens.digests import sha256_hex
 from artlens.image import load_image, preprocess
-from artlens.index.embeddings import EmbeddingStore
+from artlens.index.embeddings import EmbeddingStore, Neighbor
 from artlens.lake import ObjectLake
 from artlens.models.classifier import Classifier
 from artlens.models.versions import versions_of
 
 PROBABILITY_DIGITS = 6
 SIMILARITY_DIGITS = 6
+EMBEDDING_DIGITS = 6
+COORDINATE_DIGITS = 5
+PROJECTION_SIGNIFICANT = 8  # the projection's numbers: enough that it reproduces the points
 SCOPES = ("class", "all")
+DEFAULT_MIN_PROBABILITY = 0.6
+DEFAULT_MIN_MARGIN = 0.2
+UNIFORM_STD = 0.02
+PREVIEW_SIDE = 512
+PREVIEW_QUALITY = 85
+
+Status = Literal["confident", "uncertain", "not_artwork"]
 
 
 class NeighborAnswer(TypedDict):
@@ -35,6 +67,21 @@ class Timings(TypedDict):
     total: float
 
 
+class Thresholds(TypedDict):
+    min_probability: float
+    min_margin: float
+    min_similarity: float | None  # null: the far-from-collection rule is off
+    uniform_std: float
+
+
+class Assessment(TypedDict):
+    status: Status
+    candidates: list[str]  # the two most probable types, most probable first
+    reason: str | None  # low_probability | small_margin | uniform_image | far_from_collection
+    thresholds: Thresholds
+    thresholds_from: Literal["card", "defaults"]
+
+
 class PredictAnswer(TypedDict):
     """POST /predict 200 (docs/architecture.md)."""
 
@@ -44,6 +91,11 @@ class PredictAnswer(TypedDict):
     neighbors: list[NeighborAnswer]
     model_version: str
     timings_ms: Timings
+    embedding: list[float]  # the picture's embedding (GET /map's projection places it)
+    sha256: str  # of the picture's bytes: POST /predict {"sha256": ...} asks again
+    assessment: Assessment
+    # When uncertain: the nearest work of each candidate type (null: none of that type).
+    nearest_by_type: dict[str, NeighborAnswer | None] | None
 
 
 class MapPoint(TypedDict):
@@ -55,33 +107,142 @@ class MapPoint(TypedDict):
     url: str
 
 
+class Projection(TypedDict):
+    """xyz = components . (embedding - mean); the [-1, 1] scaling is in the components."""
+
+    mean: list[float]
+    components: list[list[float]]  # 3 rows of D
+
+
 class MapAnswer(TypedDict):
     """GET /map 200."""
 
     model_version: str | None
     classes: list[str]
     points: list[MapPoint]
+    projection: Projection | None  # null when the collection is empty
+
+
+class PreviewAnswer(TypedDict):
+    """POST /preview 200: a JPEG the browser can show, for a format it may not decode."""
+
+    preview: str  # data:image/jpeg;base64,...
+    width: int  # of the preview (long side at most PREVIEW_SIDE, never enlarged)
+    height: int
+    format: str  # of the picture sent (JPEG, PNG, WEBP, GIF, BMP, TIFF)
+
+
+class WhoAmI(TypedDict):
+    sub: str | None
+    scheme: str | None
+    expires_at: int | None  # unix seconds; null when the credential does not expire (or the
+    #                         authorizer did not say)
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """The assessment's thresholds (see the module docstring)."""
+
+    min_probability: float = DEFAULT_MIN_PROBABILITY
+    min_margin: float = DEFAULT_MIN_MARGIN
+    min_similarity: float | None = None
+    source: Literal["card", "defaults"] = "defaults"
+
+    @classmethod
+    def from_card(cls, raw: Mapping[str, Any] | None) -> Uncertainty:
+        """`serving.uncertainty` of a card's JSON; out-of-range or missing values default."""
+        serving = (raw or {}).get("serving")
+        given = serving.get("uncertainty") if isinstance(serving, Mapping) else None
+        if not isinstance(given, Mapping):
+            return cls()
+
+        def number(name: str, low: float, high: float) -> float | None:
+            value = given.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value) if math.isfinite(value) and low <= value <= high else None
+
+        probability, margin = number("min_probability", 0, 1), number("min_margin", 0, 1)
+        similarity = number("min_similarity", -1, 1)
+        return cls(
+            min_probability=DEFAULT_MIN_PROBABILITY if probability is None else probability,
+            min_margin=DEFAULT_MIN_MARGIN if margin is None else margin,
+            min_similarity=similarity,
+            source="card" if (probability, margin, similarity) != (None, None, None)
+            else "defaults",
+        )
+
+    @classmethod
+    def of(cls, classifier: Classifier) -> Uncertainty:
+        # The Classifier protocol carries no card (ingest and tests use bare classifiers); an
+        # OnnxClassifier has one.
+        return cls.from_card(getattr(getattr(classifier, "card", None), "raw", None))
+
+    def thresholds(self) -> Thresholds:
+        return {
+            "min_probability": self.min_probability, "min_margin": self.min_margin,
+            "min_similarity": self.min_similarity, "uniform_std": UNIFORM_STD,
+        }
+
+
+def assess(
+    probabilities: np.ndarray, classes: Sequence[str], pixels: np.ndarray,
+    nearest_similarity: float | None, rules: Uncertainty,
+) -> Assessment:
+    """The assessment of one answer (rules in the module docstring). `nearest_similarity` is
+    that of the nearest other work of any type, None when the collection has none."""
+    order = np.argsort(-probabilities, kind="stable")
+    top, second = float(probabilities[order[0]]), float(probabilities[order[1]])
+    reason: str | None = None
+    status: Status = "confident"
+    if float(np.max(pixels.reshape(-1, pixels.shape[-1]).std(axis=0))) < UNIFORM_STD:
+        status, reason = "not_artwork", "uniform_image"
+    elif (rules.min_similarity is not None and nearest_similarity is not None
+          and nearest_similarity < rules.min_similarity):
+        status, reason = "not_artwork", "far_from_collection"
+    elif top < rules.min_probability:
+        status, reason = "uncertain", "low_probability"
+    elif top - second < rules.min_margin:
+        status, reason = "uncertain", "small_margin"
+    return {
+        "status": status,
+        "candidates": [classes[int(order[0])], classes[int(order[1])]],
+        "reason": reason,
+        "thresholds": rules.thresholds(),
+        "thresholds_from": rules.source,
+    }
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
 
 
+def _neighbor(row: Neighbor, lake: ObjectLake) -> NeighborAnswer:
+    return {
+        "key": row.key,
+        "label": row.label,
+        "similarity": round(float(row.similarity), SIMILARITY_DIGITS),
+        "url": lake.url_for(row.key),
+    }
+
+
 def predict_image(
     data: bytes, classifier: Classifier, store: EmbeddingStore, lake: ObjectLake,
-    neighbors: int = 5, scope: str = "class",
+    neighbors: int = 5, scope: str = "class", *, max_bytes: int = MAX_BODY_BYTES,
 ) -> PredictAnswer:
     """Bytes of one picture -> the POST /predict answer (see docs/architecture.md).
 
     Neighbours are searched among rows of the classifier's own model version (embeddings of two
     models are not comparable), restricted to the predicted label when scope is "class", and
-    never include the query picture itself (same SHA-256).
+    never include the query picture itself (same SHA-256). The neighbours, the nearest work of
+    each candidate type and the nearest work of any type (far-from-collection rule) are one
+    round trip to the index.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'class' or 'all', not {scope!r}")
     started = time.perf_counter()
     size = classifier.input_size
-    loaded = load_image(data, size=size)
+    loaded = load_image(data, max_bytes=max_bytes, size=size)
     pixels = preprocess(loaded.rgb, size)[np.newaxis]
     decoded = time.perf_counter()
 
@@ -92,26 +253,31 @@ def predict_image(
     label = classifier.classes[best]
     inferred = time.perf_counter()
 
-    found: list[NeighborAnswer] = []
-    if neighbors > 0:
-        rows = store.nearest(
-            embedding,
-            k=neighbors,
-            label=label if scope == "class" else None,
-            exclude_sha256=sha256_hex(data),
-            model_version=classifier.version,
-        )
-        found = [
-            {
-                "key": row.key,
-                "label": row.label,
-                "similarity": round(float(row.similarity), SIMILARITY_DIGITS),
-                "url": lake.url_for(row.key),
-            }
-            for row in rows
-        ]
+    rules = Uncertainty.of(classifier)
+    # The verdict before the search decides which searches are needed; only the
+    # far-from-collection rule needs the search's result.
+    provisional = assess(probabilities, classifier.classes, pixels, None, rules)
+    candidates = provisional["candidates"]
+    groups: list[tuple[str | None, int]] = [(label if scope == "class" else None, neighbors)]
+    per_type = 1 if provisional["status"] == "uncertain" else 0
+    groups += [(candidate, per_type) for candidate in candidates]  # nearest of each type
+    groups.append((None, 1 if rules.min_similarity is not None else 0))  # nearest of any type
+    digest = sha256_hex(data)
+    found, *by_type, nearest_any = store.nearest_groups(
+        embedding, groups, exclude_sha256=digest, model_version=classifier.version
+    )
     searched = time.perf_counter()
 
+    assessment = assess(
+        probabilities, classifier.classes, pixels,
+        nearest_any[0].similarity if nearest_any else None, rules,
+    )
+    nearest_by_type: dict[str, NeighborAnswer | None] | None = None
+    if assessment["status"] == "uncertain":
+        nearest_by_type = {
+            candidate: _neighbor(rows[0], lake) if rows else None
+            for candidate, rows in zip(candidates, by_type, strict=True)
+        }
     return {
         "label": label,
         "probability": round(float(probabilities[best]), PROBABILITY_DIGITS),
@@ -119,7 +285,7 @@ def predict_image(
             name: round(float(p), PROBABILITY_DIGITS)
             for name, p in zip(classifier.classes, probabilities, strict=True)
         },
-        "neighbors": found,
+        "neighbors": [_neighbor(row, lake) for row in found],
         "model_version": classifier.version,
         "timings_ms": {
             "decode": _ms(decoded - started),
@@ -127,31 +293,50 @@ def predict_image(
             "search": _ms(searched - inferred),
             "total": _ms(searched - started),
         },
+        "embedding": [round(float(v), EMBEDDING_DIGITS) for v in embedding],
+        "sha256": digest,
+        "assessment": assessment,
+        "nearest_by_type": nearest_by_type,
     }
 
 
-def project_3d(embeddings: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Projected:
+    points: np.ndarray  # [N, 3]
+    mean: np.ndarray  # [D]
+    components: np.ndarray  # [3, D]: points = (embeddings - mean) @ components.T
+
+
+def project_3d(embeddings: np.ndarray) -> Projected:
     """PCA to 3 components via SVD, scaled into [-1, 1]; deterministic signs.
 
-    Fewer than 3 informative directions (tiny collections) leave the extra axes at 0.
+    The scaling is folded into the components, so any embedding (a query's) is placed with
+    `components @ (embedding - mean)` exactly as the points were. Fewer than 3 informative
+    directions (tiny collections) leave the extra axes (rows of zeros) at 0.
     """
     x = np.asarray(embeddings, dtype=np.float64)
-    n = x.shape[0]
-    out = np.zeros((n, 3), dtype=np.float64)
+    n, dim = x.shape
+    components = np.zeros((3, dim), dtype=np.float64)
+    mean = x.mean(axis=0) if n else np.zeros(dim, dtype=np.float64)
     if n == 0:
-        return out
-    centred = x - x.mean(axis=0, keepdims=True)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+        return Projected(np.zeros((0, 3)), mean, components)
+    centred = x - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
     k = min(3, int(np.sum(s > 1e-9 * max(float(s[0]) if s.size else 0.0, 1e-30))))
-    if k == 0:
-        return out
-    # Flip each component so its largest loading is positive: SVD signs are arbitrary, and the
-    # map should not mirror itself between two calls on the same data.
-    signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt[:k]), axis=1)])
-    signs[signs == 0] = 1.0
-    out[:, :k] = (u[:, :k] * s[:k]) * signs
-    scale = float(np.max(np.abs(out)))
-    return out / scale if scale > 0 else out
+    if k > 0:
+        # Flip each component so its largest loading is positive: SVD signs are arbitrary, and
+        # the map should not mirror itself between two calls on the same data.
+        signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt[:k]), axis=1)])
+        signs[signs == 0] = 1.0
+        components[:k] = vt[:k] * signs[:, np.newaxis]
+        scale = float(np.max(np.abs(centred @ components.T)))
+        if scale > 0:
+            components /= scale
+    return Projected(centred @ components.T, mean, components)
+
+
+def _significant(values: np.ndarray) -> list[float]:
+    return [float(f"{v:.{PROJECTION_SIGNIFICANT}g}") for v in values]
 
 
 def collection_map(
@@ -161,25 +346,75 @@ def collection_map(
     limit: int,
     classes: Sequence[str] | None = None,
 ) -> MapAnswer:
-    """GET /map: up to `limit` gallery embeddings of one model version projected to 3D."""
+    """GET /map: up to `limit` gallery embeddings of one model version projected to 3D, and
+    the projection itself (null for an empty collection)."""
     version = model_version or versions_of(store).current()
     rows = list(store.sample_embeddings(version, limit)) if version else []
-    points_3d = project_3d(np.array([row.embedding for row in rows], dtype=np.float32).reshape(
-        len(rows), -1
-    ))
-    points: list[MapPoint] = [
+    answer: MapAnswer = {
+        "model_version": version,
+        "classes": list(classes) if classes is not None else sorted({row.label for row in rows}),
+        "points": [],
+        "projection": None,
+    }
+    if not rows:
+        return answer
+    # The points are computed from the rounded projection the client gets, so a client that
+    # projects a stored work's embedding finds that very point.
+    projected = project_3d(np.stack([row.embedding for row in rows]))
+    mean = np.array(_significant(projected.mean))
+    components = np.array([_significant(row) for row in projected.components])
+    embeddings = np.stack([row.embedding for row in rows]).astype(np.float64)
+    points = (embeddings - mean) @ components.T
+    answer["points"] = [
         {
             "key": row.key,
             "label": row.label,
-            "x": round(float(xyz[0]), 5),
-            "y": round(float(xyz[1]), 5),
-            "z": round(float(xyz[2]), 5),
+            "x": round(float(xyz[0]), COORDINATE_DIGITS),
+            "y": round(float(xyz[1]), COORDINATE_DIGITS),
+            "z": round(float(xyz[2]), COORDINATE_DIGITS),
             "url": lake.url_for(row.key),
         }
-        for row, xyz in zip(rows, points_3d, strict=True)
+        for row, xyz in zip(rows, points, strict=True)
     ]
+    answer["projection"] = {
+        "mean": mean.tolist(), "components": components.tolist(),
+    }
+    return answer
+
+
+def preview_image(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> PreviewAnswer:
+    """POST /preview: any accepted picture as a JPEG data URL, long side at most PREVIEW_SIDE
+    (never enlarged), EXIF orientation applied, no metadata (Pillow writes none unless asked)."""
+    loaded = load_image(data, max_bytes=max_bytes, size=PREVIEW_SIDE)
+    # The preview's size comes from the picture's own (oriented) size: load_image may have
+    # reduced each axis by its own factor (the model input does not keep the aspect ratio).
+    ratio = min(1.0, PREVIEW_SIDE / max(loaded.width, loaded.height))
+    target = (max(1, round(loaded.width * ratio)), max(1, round(loaded.height * ratio)))
+    picture = loaded.rgb if loaded.rgb.size == target else loaded.rgb.resize(
+        target, Image.Resampling.LANCZOS
+    )
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=PREVIEW_QUALITY, optimize=True)
     return {
-        "model_version": version,
-        "classes": list(classes) if classes is not None else sorted({row.label for row in rows}),
-        "points": points,
+        "preview": "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"),
+        "width": picture.width,
+        "height": picture.height,
+        "format": loaded.format,
+    }
+
+
+def who_am_i(authorizer: Mapping[str, Any] | None) -> WhoAmI:
+    """GET /whoami from the authorizer's context (API Gateway passes it in the event's
+    requestContext.authorizer, its values as strings): no database, no token parsing."""
+    context = authorizer or {}
+
+    def text(name: str) -> str | None:
+        value = context.get(name)
+        return str(value) if value not in (None, "") else None
+
+    expires = text("exp")
+    return {
+        "sub": text("sub") or text("principalId"),
+        "scheme": text("scheme"),
+        "expires_at": int(expires) if expires is not None and expires.isdigit() else None,
     }

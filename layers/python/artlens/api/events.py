@@ -6,18 +6,51 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from artlens.errors import BadRequest
+from artlens.errors import BadRequest, ImageRejected
 
 MAX_NEIGHBORS = 20
 DEFAULT_NEIGHBORS = 5
 SCOPES = ("class", "all")
 MULTIPART_FIELD = "file"
+
+# The largest request body (after API Gateway's base64 is undone) that fits one Lambda event.
+# A synchronous invocation carries at most 6,291,456 bytes of event JSON; API Gateway
+# base64-encodes binary bodies (4 characters per 3 bytes) and adds headers (twice: headers and
+# multiValueHeaders, 10 KiB at most each), the request context and the authorizer's context. 64
+# KiB of headroom covers those, so (6,291,456 - 65,536) * 3 / 4 = 4,669,440 bytes. A bigger body
+# would never reach the function: Lambda refuses the event and the gateway answers a bare 5xx.
+LAMBDA_EVENT_LIMIT = 6 * 1024 * 1024
+EVENT_HEADROOM = 64 * 1024
+MAX_BODY_BYTES = (LAMBDA_EVENT_LIMIT - EVENT_HEADROOM) * 3 // 4
+# Predict and preview by reference: {"key": "gallery/<sha256>.<ext>"} or {"sha256": "<hex>"}.
+GALLERY_KEY = re.compile(r"^gallery/[0-9a-f]{64}\.[a-z0-9]{2,5}$")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A picture the service already holds: a gallery key, or the SHA-256 of its bytes."""
+
+    key: str | None = None
+    sha256: str | None = None
+
+
+def too_large(size: int) -> ImageRejected:
+    """413 naming the limit, and what to do instead."""
+    return ImageRejected(
+        "too_large",
+        f"The request body is {size:,} bytes; the API takes at most {MAX_BODY_BYTES:,} bytes "
+        f"({MAX_BODY_BYTES / 2**20:.2f} MiB) per picture, because API Gateway base64-encodes "
+        "it into a 6 MB Lambda event. Downscale large pictures before sending (long side "
+        "2,048 px or less, as the page does), or upload them to the collection instead.",
+    )
 
 
 # --------------------------------------------------------------------------- event reading
@@ -41,8 +74,15 @@ def body_bytes(event: Mapping[str, Any]) -> bytes:
     if body is None:
         return b""
     if event.get("isBase64Encoded"):
-        return _b64decode(body, "The request body is not valid base64.")
-    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        # Refuse by the encoded length first, so an oversized body is never decoded.
+        if len(body) > (MAX_BODY_BYTES + 2) // 3 * 4 + 4096:  # + room for line breaks
+            raise too_large(len(body) * 3 // 4)
+        data = _b64decode(body, "The request body is not valid base64.")
+    else:
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if len(data) > MAX_BODY_BYTES:
+        raise too_large(len(data))
+    return data
 
 
 def request_id(event: Mapping[str, Any]) -> str | None:
@@ -55,10 +95,21 @@ def media_type(content_type: str | None) -> str:
 
 
 def extract_image(event: Mapping[str, Any]) -> bytes:
-    """The image bytes of a POST /predict request, from any of the accepted body forms.
+    """The image bytes of a request that must carry a picture (no reference form)."""
+    found = extract_picture(event)
+    if isinstance(found, Reference):
+        raise BadRequest('This route takes the picture itself, not a "key" or "sha256".',
+                         code="missing_file")
+    return found
+
+
+def extract_picture(event: Mapping[str, Any]) -> bytes | Reference:
+    """The picture of a POST /predict or /preview request, from any of the accepted body forms.
 
     - multipart/form-data: the field named `file`
-    - application/json: {"image_base64": "..."} (a `data:...;base64,` prefix is allowed)
+    - application/json: {"image_base64": "..."} (a `data:...;base64,` prefix is allowed), or a
+      reference to a picture the service holds: {"key": "gallery/<sha256>.<ext>"} or
+      {"sha256": "<64 hex digits>"}
     - anything else: the body itself is the image
     """
     content_type = header(event, "content-type")
@@ -72,23 +123,47 @@ def extract_image(event: Mapping[str, Any]) -> bytes:
             )
         return fields[MULTIPART_FIELD]
     if kind == "application/json" or kind.endswith("+json"):
-        return _image_from_json(body)
+        return _picture_from_json(body)
     return body
 
 
-def _image_from_json(body: bytes) -> bytes:
+def parse_json(body: bytes) -> Any:
+    """A JSON document; anything unreadable, nested too deep included, is a 400 `bad_json`."""
     try:
-        document = json.loads(body)
+        return json.loads(body)
+    except RecursionError:
+        # The stdlib parser recurses per nesting level: "[[[[..." 100,000 deep would be a 500.
+        raise BadRequest("The JSON body is nested too deeply.", code="bad_json") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON.", code="bad_json") from None
-    encoded = document.get("image_base64") if isinstance(document, dict) else None
-    if not isinstance(encoded, str):
+
+
+def _picture_from_json(body: bytes) -> bytes | Reference:
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        document = {}
+    given = [name for name in ("image_base64", "key", "sha256") if name in document]
+    if len(given) != 1:
         raise BadRequest(
-            'The JSON body needs a string field "image_base64".', code="missing_file"
+            'The JSON body needs exactly one of the fields "image_base64" (the picture), '
+            '"key" (a gallery key) or "sha256" (a picture analysed before).',
+            code="missing_file",
         )
-    if encoded.startswith("data:") and "," in encoded:
-        encoded = encoded.split(",", 1)[1]
-    return _b64decode(encoded, 'The field "image_base64" is not valid base64.')
+    value = document[given[0]]
+    if given[0] == "key":
+        if not isinstance(value, str) or not GALLERY_KEY.match(value):
+            raise BadRequest('"key" must be a gallery key: gallery/<sha256>.<extension>.',
+                             code="bad_key")
+        return Reference(key=value)
+    if given[0] == "sha256":
+        if not isinstance(value, str) or not SHA256_HEX.match(value):
+            raise BadRequest('"sha256" must be 64 hexadecimal digits.', code="bad_sha256")
+        return Reference(sha256=value.lower())
+    if not isinstance(value, str):
+        raise BadRequest('The field "image_base64" must be a string.', code="missing_file")
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    return _b64decode(value, 'The field "image_base64" is not valid base64.')
 
 
 def _b64decode(text: str | bytes, message: str) -> bytes:

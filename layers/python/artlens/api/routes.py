@@ -1,8 +1,15 @@
-"""The predict function's API: POST /predict and GET /map, answered over its dependencies.
+"""The predict function's API: POST /predict, GET /map, POST /preview and GET /whoami,
+answered over its dependencies.
 
-Routing is a two-entry table rather than Powertools' APIGatewayRestResolver: every answer,
+Routing is one small table rather than Powertools' APIGatewayRestResolver: every answer,
 including 404/405 and errors, goes through artlens.api.responses so it carries our JSON error
 shape and the CORS headers.
+
+Pictures sent to POST /predict are kept in the lake under `uploads/<sha256>`, so that a shared
+link ({"sha256": ...}) can ask for the same answer later; gallery works are found by their key
+or their SHA-256. Predict by reference re-runs the model on the stored picture: the answer is
+exactly the one its upload got (every probability, the assessment), at the cost of one lake
+read and one inference.
 """
 
 from __future__ import annotations
@@ -11,15 +18,32 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from artlens.api.answers import MapAnswer, PredictAnswer, collection_map, predict_image
-from artlens.api.events import extract_image, parse_map_query, parse_predict_query
+from artlens.api.answers import (
+    MapAnswer,
+    PredictAnswer,
+    PreviewAnswer,
+    WhoAmI,
+    collection_map,
+    predict_image,
+    preview_image,
+    who_am_i,
+)
+from artlens.api.events import (
+    Reference,
+    extract_picture,
+    parse_map_query,
+    parse_predict_query,
+    query_parameters,
+)
 from artlens.api.responses import cors_headers, json_response, response_for_exception
 from artlens.auth.replay import NonceLedger
 from artlens.auth.signing import verify_signed_body
 from artlens.errors import ArtLensError, NotFound
+from artlens.image import MAX_BYTES
 from artlens.index.embeddings import EmbeddingStore
 from artlens.lake import ObjectLake
 from artlens.models.classifier import Classifier
+from artlens.names import UPLOADS_PREFIX
 
 Event = Mapping[str, Any]
 Route = Callable[[Event], Mapping[str, Any]]
@@ -67,14 +91,62 @@ class PredictApi:
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "/predict"): self.predict,
             ("GET", "/map"): self.collection_map,
+            ("POST", "/preview"): self.preview,
+            ("GET", "/whoami"): self.whoami,
         }
 
     def predict(self, event: Event) -> PredictAnswer:
         query = parse_predict_query(event)
-        image = extract_image(event)
-        return predict_image(
-            image, self.model.classifier(), self.store, self.lake, query.neighbors, query.scope
+        picture = extract_picture(event)
+        classifier = self.model.classifier()
+        if isinstance(picture, Reference):
+            # A stored picture was admitted by ingest's limit, not the request body's.
+            return predict_image(
+                self._stored(picture, classifier.version), classifier, self.store, self.lake,
+                query.neighbors, query.scope, max_bytes=MAX_BYTES,
+            )
+        answer = predict_image(
+            picture, classifier, self.store, self.lake, query.neighbors, query.scope
         )
+        self._keep_upload(answer["sha256"], picture)
+        return answer
+
+    def _stored(self, reference: Reference, version: str) -> bytes:
+        """The bytes of a gallery work (by key or SHA-256) or of a picture sent before."""
+        if reference.key is not None:
+            key, what = reference.key, f"key {reference.key}"
+        else:
+            assert reference.sha256 is not None
+            key = self.store.key_of(reference.sha256, version) or UPLOADS_PREFIX + reference.sha256
+            what = f"SHA-256 {reference.sha256}"
+        try:
+            return self.lake.get(key)
+        except NotFound:
+            raise NotFound(f"The service holds no picture with {what}.") from None
+
+    def _keep_upload(self, sha256: str, data: bytes) -> None:
+        # Sharing by SHA-256 needs the picture later; losing it only breaks that link, so a
+        # lake failure is logged, never the request's failure.
+        key = UPLOADS_PREFIX + sha256
+        try:
+            if not self.lake.exists(key):
+                self.lake.put(key, data)
+        except Exception as exc:
+            (self.logger or logging.getLogger(__name__)).warning(
+                "could not keep the upload %s: %s", key, type(exc).__name__
+            )
+
+    def preview(self, event: Event) -> PreviewAnswer:
+        query_parameters(event, ())
+        picture = extract_picture(event)
+        if isinstance(picture, Reference):
+            stored = self._stored(picture, self.model.classifier().version)
+            return preview_image(stored, max_bytes=MAX_BYTES)
+        return preview_image(picture)
+
+    def whoami(self, event: Event) -> WhoAmI:
+        query_parameters(event, ())
+        return who_am_i((event.get("requestContext") or {}).get("authorizer"))
 
     def collection_map(self, event: Event) -> MapAnswer:
         limit = parse_map_query(event)
@@ -88,7 +160,7 @@ class PredictApi:
             return {"statusCode": 204, "headers": cors_headers(self.cors_origin), "body": ""}
         try:
             route = find_route(event, self.routes)
-            verify_signed_body(event, self.nonces)  # signed requests: body hash, then replay
+            verify_signed_body(event, self.nonces)  # signed: verified in full, every call
             return json_response(200, route(event), self.cors_origin)
         except Exception as exc:  # the one place errors become responses
             return response_for_exception(exc, self.cors_origin, self.logger)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from artlens.api.events import header
-from artlens.auth.tokens import TokenKeySource, verify_token
+from artlens.auth.tokens import MAX_LIFETIME_S, TokenKeySource, verify_token
 from artlens.errors import Unauthorized
 
 BEARER_SCHEME = "Bearer"
@@ -24,9 +24,13 @@ BEARER_SCHEME = "Bearer"
 class Principal:
     sub: str
     scheme: str
+    expires_at: int | None = None  # a token's `exp`, so GET /whoami can say when it ends
 
-    def context(self) -> dict[str, str]:
-        return {"sub": self.sub, "scheme": self.scheme}
+    def context(self) -> dict[str, str | int]:
+        context: dict[str, str | int] = {"sub": self.sub, "scheme": self.scheme}
+        if self.expires_at is not None:
+            context["exp"] = self.expires_at
+        return context
 
 
 # verifier(credentials after the scheme word, the authorizer event) -> Principal
@@ -34,14 +38,16 @@ Verifier = Callable[[str, Mapping[str, Any]], Principal]
 
 
 class BearerVerifier:
-    """`Authorization: Bearer <JWT>` signed with the token key."""
+    """`Authorization: Bearer <JWT>` signed with the token key, living at most
+    `max_lifetime_s`."""
 
-    def __init__(self, keys: TokenKeySource):
+    def __init__(self, keys: TokenKeySource, max_lifetime_s: int = MAX_LIFETIME_S):
         self._keys = keys
+        self._max_lifetime_s = max_lifetime_s
 
     def __call__(self, credentials: str, event: Mapping[str, Any]) -> Principal:
-        claims = verify_token(self._keys.key(), credentials)
-        return Principal(sub=claims["sub"], scheme="bearer")
+        claims = verify_token(self._keys.key(), credentials, max_lifetime_s=self._max_lifetime_s)
+        return Principal(sub=claims["sub"], scheme="bearer", expires_at=int(claims["exp"]))
 
 
 class Authenticator:
@@ -99,4 +105,21 @@ def allow_policy(
             ],
         },
         "context": dict(context or {}),
+    }
+
+
+def deny_policy(method_arn: str, error: str, message: str) -> dict[str, Any]:
+    """An explicit Deny of this one method, carrying the documented error code: API Gateway
+    answers it with its ACCESS_DENIED gateway response, whose template (infra) writes
+    `{"error": "$context.authorizer.error", ...}` with status 401; the local gateway does the
+    same. Used only for reasons a client must be told (a stale signed request: fix the clock)."""
+    return {
+        "principalId": "denied",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": method_arn or "*"}
+            ],
+        },
+        "context": {"error": error, "message": message},
     }

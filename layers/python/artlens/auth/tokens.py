@@ -19,17 +19,19 @@ ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 4096  # our tokens are ~200 bytes; anything huge is an attack on the parser
 MIN_KEY_BYTES = 32  # RFC 7518: an HS256 key at least as long as the hash
 DEFAULT_KEY_TTL_S = 300.0
+# No token lives longer than this (from now, and from its iat): a leaked long-lived token is
+# refused however it was minted. Settings.token_max_lifetime_s (TOKEN_MAX_LIFETIME_S) lowers it.
+MAX_LIFETIME_S = 30 * 24 * 3600
 
 _log = logging.getLogger(__name__)
-
 
 
 def mint_token(key: str | bytes, sub: str, ttl_s: int, *, now: float | None = None) -> str:
     """A signed HS256 JWT for `sub` that expires after `ttl_s` seconds."""
     if not sub:
         raise ValueError("sub must not be empty")
-    if ttl_s <= 0:
-        raise ValueError("ttl_s must be positive")
+    if ttl_s <= 0 or ttl_s > MAX_LIFETIME_S:
+        raise ValueError(f"ttl_s must be between 1 and {MAX_LIFETIME_S} seconds")
     issued = int(time.time() if now is None else now)
     claims = {"sub": sub, "iat": issued, "exp": issued + int(ttl_s)}
     import jwt  # lazily: PyJWT pulls in `cryptography`, which the predict cold start never needs
@@ -37,8 +39,13 @@ def mint_token(key: str | bytes, sub: str, ttl_s: int, *, now: float | None = No
     return jwt.encode(claims, _key_bytes(key), algorithm=ALGORITHM)
 
 
-def verify_token(key: str | bytes, token: str) -> dict[str, Any]:
-    """Claims of a valid token. Expired, forged, other-alg or exp-less tokens: Unauthorized."""
+def verify_token(
+    key: str | bytes, token: str, *, max_lifetime_s: int = MAX_LIFETIME_S,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Claims of a valid token. Expired, forged, other-alg or exp-less tokens, an `exp`/`iat`
+    that is not an integer (PyJWT would read "9999999999" as a number), and a token that would
+    live longer than `max_lifetime_s`: Unauthorized."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized("The token is missing or too long.")
     import jwt  # lazily, as in mint_token
@@ -54,6 +61,12 @@ def verify_token(key: str | bytes, token: str) -> dict[str, Any]:
         raise Unauthorized(f"The token is not valid ({type(exc).__name__}).") from None
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise Unauthorized("The token has no subject.")
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if type(exp) is not int or (iat is not None and type(iat) is not int):
+        raise Unauthorized("The token's exp and iat must be integers.")
+    current = time.time() if now is None else now
+    if exp - current > max_lifetime_s or (iat is not None and exp - iat > max_lifetime_s):
+        raise Unauthorized("The token lives longer than the allowed maximum.")
     return claims
 
 

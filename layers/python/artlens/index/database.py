@@ -16,7 +16,8 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
@@ -49,17 +50,10 @@ class Database:
             )
         self._conn: Connection | None = None
         self._vector_registered = False
-        self._wanted_session: dict[str, str] = {}
-        self._applied_session: dict[str, str] = {}  # what the open connection's session has
         # One connection serves one transaction at a time; the local stack calls from threads.
         self._lock = threading.Lock()
 
     # -- connection ----------------------------------------------------------------------
-
-    def set_session(self, name: str, value: str) -> None:
-        """A session setting every connection gets (applied before the next statement)."""
-        with self._lock:
-            self._wanted_session[name] = str(value)
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
@@ -67,10 +61,7 @@ class Database:
             conn = self._connect_fn()
             conn.autocommit = False
             self._conn = conn
-            self._applied_session = {}
             self._register_vector_if_present()
-        if self._applied_session != self._wanted_session:
-            self._apply_session()
         return self._conn
 
     @contextlib.contextmanager
@@ -93,16 +84,6 @@ class Database:
                 self._vector_registered = True
             except psycopg2.ProgrammingError:
                 self._vector_registered = False
-
-    def _apply_session(self) -> None:
-        """Session-level (is_local = false) and outside any transaction, so no later rollback
-        undoes them; a new connection gets them again. Settings of an extension that is not
-        loaded yet are kept as placeholders and take effect when it loads."""
-        wanted = dict(self._wanted_session)
-        with self._autocommit() as conn, conn.cursor() as cur:
-            for name, value in wanted.items():
-                cur.execute("SELECT set_config(%s, %s, false)", (name, value))
-        self._applied_session = wanted
 
     def refresh_types(self) -> None:
         """After a migration created the `vector` type, teach the open connection about it."""
@@ -166,33 +147,87 @@ def fetch_value(cur: Cursor) -> Any:
     return row[0]
 
 
+# Waits before each new try when the server refuses the credentials: the secret's password can
+# rotate between reading it and connecting (rotation runs while a deploy's migrate connects), so
+# the secret is read again before every try. 1 + 3 tries over 7 s, well inside a Lambda's time.
+AUTH_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+Credentials = Callable[[], Mapping[str, Any]]
+
+
+def is_authentication_failure(exc: BaseException) -> bool:
+    """The server refused the user or password (SQLSTATE 28P01 / 28000). psycopg2 gives no
+    SQLSTATE for errors raised while connecting, so the server's message is matched too."""
+    if getattr(exc, "pgcode", None) in ("28P01", "28000"):
+        return True
+    text = str(exc).lower()
+    return "authentication failed" in text or "password authentication" in text
+
+
+def credentials_connection_factory(
+    credentials: Credentials, *, host: str, port: int, dbname: str, sslmode: str = "require",
+    retry_delays_s: Sequence[float] = AUTH_RETRY_DELAYS_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ConnectionFactory:
+    """Connections authenticated with `credentials()` ({"username", "password"}), read again
+    before every try; a refused password is retried after each of `retry_delays_s`.
+
+    When every try is refused, `Unavailable` is raised (not an OperationalError), so the
+    Database does not start the whole series again."""
+
+    def connect() -> Connection:
+        for attempt in range(len(retry_delays_s) + 1):
+            try:
+                secret = credentials()
+                user, password = str(secret["username"]), str(secret["password"])
+            except Exception as exc:
+                raise Unavailable("The database credentials could not be read.") from exc
+            try:
+                return psycopg2.connect(
+                    host=host,
+                    port=port,
+                    dbname=dbname,
+                    user=user,
+                    password=password,
+                    sslmode=sslmode,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    application_name=APPLICATION_NAME,
+                )
+            except psycopg2.OperationalError as exc:
+                if not is_authentication_failure(exc):
+                    raise
+                if attempt == len(retry_delays_s):
+                    logger.warning("database refused the credentials %d times", attempt + 1)
+                    raise Unavailable(
+                        "The image index refused its credentials; please retry."
+                    ) from exc
+                # The message names the user, never the password; it is not logged anyway.
+                logger.info("database refused the credentials; reading the secret again")
+                sleep(retry_delays_s[attempt])
+        raise AssertionError("unreachable")
+
+    return connect
+
+
 def secret_connection_factory(
-    secrets_client: Any, secret_arn: str, *, host: str, port: int, dbname: str
+    secrets_client: Any, secret_arn: str, *, host: str, port: int, dbname: str,
+    retry_delays_s: Sequence[float] = AUTH_RETRY_DELAYS_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ConnectionFactory:
     """Connections authenticated with an RDS-style secret ({"username", "password"}).
 
-    The secret is read on every (re)connect, which happens once per container plus after a
-    failure, so a rotated password is picked up without a redeploy. It is never logged.
+    The secret is read on every (re)connect try, which happens once per container plus after
+    a failure, so a rotated password is picked up without a redeploy. It is never logged.
     """
 
-    def connect() -> Connection:
-        try:
-            response = secrets_client.get_secret_value(SecretId=secret_arn)
-            secret = json.loads(response["SecretString"])
-        except Exception as exc:
-            raise Unavailable("The database credentials could not be read.") from exc
-        return psycopg2.connect(
-            host=host,
-            port=port,
-            dbname=dbname,
-            user=secret["username"],
-            password=secret["password"],
-            sslmode="require",
-            connect_timeout=CONNECT_TIMEOUT_S,
-            application_name=APPLICATION_NAME,
-        )
+    def read_secret() -> Mapping[str, Any]:
+        response = secrets_client.get_secret_value(SecretId=secret_arn)
+        secret: Mapping[str, Any] = json.loads(response["SecretString"])
+        return secret
 
-    return connect
+    return credentials_connection_factory(
+        read_secret, host=host, port=port, dbname=dbname, retry_delays_s=retry_delays_s,
+        sleep=sleep,
+    )
 
 
 def database_from_settings(settings: Settings, *, secrets_client: Any = None) -> Database:

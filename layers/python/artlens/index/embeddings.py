@@ -94,25 +94,44 @@ def checked_dimension(dim: int) -> int:
     return int(dim)
 
 
-def nearest_sql(dim: int) -> sql.Composed:
-    """The k-NN statement over one version's rows at dimension `dim`.
+def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
+    """The k-NN statement over one version's rows at dimension `dim`, for `groups` searches at
+    once (each with its own `label_<g>` filter and `k_<g>` limit; one round trip for all).
 
     `model_version = <the version>` and `embedding::vector(dim)` are exactly the partial
-    index's predicate and expression, so the planner scans that version's HNSW index.
+    index's predicate and expression, so the planner scans that version's HNSW index, once per
+    group. With `relaxed_order` the scan may return candidates slightly out of order: each group
+    is limited inside its parentheses and the outer ORDER BY re-sorts.
     """
     cast = sql.SQL("vector({})").format(sql.Literal(checked_dimension(dim)))
-    return sql.SQL(
-        "WITH candidates AS MATERIALIZED ("
-        "  SELECT key, label, sha256, embedding::{cast} <=> %(query)s::{cast} AS distance"
-        "  FROM images"
-        "  WHERE model_version = %(version)s"
-        "    AND (%(label)s::text IS NULL OR label = %(label)s::text)"
-        "    AND (%(exclude)s::text IS NULL OR sha256 <> %(exclude)s::text)"
-        "  ORDER BY embedding::{cast} <=> %(query)s::{cast}"
-        "  LIMIT %(k)s"
-        ") SELECT key, label, sha256, distance FROM candidates"
-        " ORDER BY distance, key"
-    ).format(cast=cast)
+    searches = [
+        sql.SQL(
+            "(SELECT {g}::int AS grp, key, label, sha256,"
+            " embedding::{cast} <=> %(query)s::{cast} AS distance"
+            " FROM images"
+            " WHERE model_version = %(version)s"
+            "   AND ({label}::text IS NULL OR label = {label}::text)"
+            "   AND (%(exclude)s::text IS NULL OR sha256 <> %(exclude)s::text)"
+            " ORDER BY embedding::{cast} <=> %(query)s::{cast}"
+            " LIMIT {k})"
+        ).format(
+            g=sql.Literal(g), cast=cast, label=sql.Placeholder(f"label_{g}"),
+            k=sql.Placeholder(f"k_{g}"),
+        )
+        for g in range(int(groups))
+    ]
+    return sql.SQL("SELECT * FROM ({}) AS found ORDER BY grp, distance, key").format(
+        sql.SQL(" UNION ALL ").join(searches)
+    )
+
+
+# The search settings, local to the search's own transaction (is_local = true): a session-level
+# setting would pin the connection to its client behind RDS Proxy (no multiplexing), and would
+# leak into whatever runs next on a pooled connection.
+SEARCH_SETTINGS = sql.SQL(
+    "SELECT set_config('hnsw.ef_search', %(ef_search)s, true),"
+    " set_config('hnsw.iterative_scan', %(iterative_scan)s, true)"
+)
 
 
 class EmbeddingStore:
@@ -121,9 +140,7 @@ class EmbeddingStore:
     def __init__(self, database: Database | str | ConnectionFactory, *,
                  ef_search: int = DEFAULT_EF_SEARCH):
         self.database = database if isinstance(database, Database) else Database(database)
-        # hnsw.ef_search / hnsw.iterative_scan are session settings of the connection.
-        self.database.set_session("hnsw.iterative_scan", ITERATIVE_SCAN)
-        self.ef_search = ef_search
+        self.ef_search = ef_search  # set per search, in its transaction (SEARCH_SETTINGS)
         self._dims: dict[str, int] = {}  # a version's dimension never changes
 
     @property
@@ -135,8 +152,6 @@ class EmbeddingStore:
         if not 1 <= int(value) <= 1000:  # pgvector's accepted range
             raise ValueError("ef_search must be between 1 and 1000")
         self._ef_search = int(value)
-        # The open connection picks the new value up before its next statement.
-        self.database.set_session("hnsw.ef_search", str(self._ef_search))
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations (artlens.index.migrations)."""
@@ -266,28 +281,61 @@ class EmbeddingStore:
 
         Iterative index scans let the HNSW scan continue past its first `ef_search` candidates
         until k rows survive the label / SHA filters, so a rare class still yields k neighbours.
-        `relaxed_order` may return candidates slightly out of order; the outer query re-sorts.
         """
-        k = int(k)
-        if k <= 0:
-            return []
+        return self.nearest_groups(embedding, [(label, k)], exclude_sha256, model_version)[0]
+
+    def nearest_groups(
+        self,
+        embedding: np.ndarray | Sequence[float],
+        groups: Sequence[tuple[str | None, int]],
+        exclude_sha256: str | None = None,
+        model_version: str | None = None,
+    ) -> list[list[Neighbor]]:
+        """Several k-NN searches of one embedding in one round trip: per (label or None for
+        every label, k) group, its neighbours, nearest first (`nearest` is one group)."""
+        results: list[list[Neighbor]] = [[] for _ in groups]
+        live = [(i, label, int(k)) for i, (label, k) in enumerate(groups) if int(k) > 0]
+        if not live:
+            return results
         try:
             version, dim = self.version_and_dimension(model_version)
         except NotFound:
-            return []  # no such version (or none current yet): nothing to search
-        query = _as_embedding(embedding, dim)
-        statement = nearest_sql(dim)
+            return results  # no such version (or none current yet): nothing to search
+        params: dict[str, Any] = {
+            "query": _as_embedding(embedding, dim), "version": version,
+            "exclude": exclude_sha256, "ef_search": str(self.ef_search),
+            "iterative_scan": ITERATIVE_SCAN,
+        }
+        for g, (_, label, k) in enumerate(live):
+            params[f"label_{g}"], params[f"k_{g}"] = label, k
+        # One simple-query string: PostgreSQL runs its statements as one implicit transaction,
+        # so the local settings hold for the search and are gone after it, in one round trip.
+        statement = sql.SQL("{}; {}").format(SEARCH_SETTINGS, nearest_sql(dim, len(live)))
 
-        def work(cur: Cursor) -> list[Neighbor]:
-            # hnsw.ef_search / hnsw.iterative_scan are session settings of this connection.
-            cur.execute(statement, {
-                "query": query, "version": version, "label": label,
-                "exclude": exclude_sha256, "k": k,
-            })
-            return [
+        def work(cur: Cursor) -> list[tuple[int, str, str, str, float]]:
+            cur.execute(statement, params)
+            return cur.fetchall()
+
+        for g, key, lab, sha, distance in self.database.read(work):
+            results[live[g][0]].append(
                 Neighbor(key=key, label=lab, similarity=1.0 - float(distance), sha256=sha)
-                for key, lab, sha, distance in cur.fetchall()
-            ]
+            )
+        return results
+
+    def key_of(self, sha256: str, model_version: str | None = None) -> str | None:
+        """The gallery key of a picture, by the SHA-256 of its bytes: its row of
+        `model_version` (default: current) first, else of any version (the object is the same)."""
+
+        def work(cur: Cursor) -> str | None:
+            cur.execute(
+                sql.SQL(
+                    "SELECT key FROM images WHERE sha256 = %s"
+                    " ORDER BY ({}) DESC, created_at DESC LIMIT 1"
+                ).format(OF_VERSION),
+                (sha256, model_version),
+            )
+            row = cur.fetchone()
+            return str(row[0]) if row else None
 
         return self.database.read(work)
 
