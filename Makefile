@@ -3,7 +3,9 @@
 #   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
 #                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
 #   make token / ingest DIR=… / reindex / rollback / redrive / key ARGS=…   (local stack)
-#   make train DATA=… / bench / stress / synth / layer / deploy ENV=…
+#   make train DATA=… / bench / stress
+#   make synth / diff / layer / deploy ENV=… / bootstrap   (AWS: only .venv-infra + the CDK CLI)
+#   make lock    re-resolve requirements/*.lock (hashes, transitive pins) after editing a .txt
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +17,7 @@ export PYTHONPATH := $(CURDIR)/layers/python:$(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
-        bench stress key synth layer deploy browser clean redrive
+        bench stress key synth diff layer deploy bootstrap preflight lock browser clean redrive
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -86,8 +88,9 @@ e2e: $(VENV)/.dev-installed browser
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 
+# The lock is what the image and the layer install, transitive packages included.
 audit: $(VENV)/.dev-installed
-	$(PY) -m tests.audit requirements/runtime.txt
+	$(PY) -m tests.audit requirements/runtime.lock
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
@@ -99,24 +102,63 @@ key: $(VENV)/.local-installed
 	$(PY) -m client.keys $(ARGS)
 
 # --- infrastructure -------------------------------------------------------------------------
+# synth, diff, deploy need only the CDK app's requirements (requirements/infra.lock, hashed) in
+# their own virtualenv and the pinned CDK CLI: no TensorFlow, no Playwright. cdk.json runs the
+# app as `python3 -m infra.app`, so that virtualenv goes first on PATH (an activated one works
+# the same with a bare `npx cdk ...`).
 ENV ?= dev
-CDK := CDK_DISABLE_CLI_TELEMETRY=true node_modules/.bin/cdk
+CDK_ARGS ?=
+INFRA_VENV := .venv-infra
+INFRA_PY := $(INFRA_VENV)/bin/python
+CDK := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" CDK_DISABLE_CLI_TELEMETRY=true \
+       node_modules/.bin/cdk
 
-synth: $(VENV)/.dev-installed node_modules/.bin/cdk
-	$(CDK) synth --no-notices -q -c env=$(ENV)
+$(INFRA_VENV)/.installed: requirements/infra.lock
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install --quiet --upgrade pip
+	$(INFRA_VENV)/bin/pip install --quiet --require-hashes -r requirements/infra.lock
+	touch $@
 
-# The zip functions' layer: our library + the runtime requirements except onnxruntime, built
-# for Lambda's Linux x86_64 Python 3.11 (wheels only, so it builds on any machine).
-layer: $(VENV)/.dev-installed
-	rm -rf build/layer && mkdir -p build/layer/python
-	grep -v '^onnxruntime' requirements/runtime.txt > build/layer/requirements.txt
-	$(VENV)/bin/pip install --quiet --only-binary=:all: --platform manylinux2014_x86_64 \
-	  --python-version 3.11 --implementation cp --target build/layer/python \
-	  -r build/layer/requirements.txt
-	cp -r layers/python/artlens build/layer/python/
+synth: $(INFRA_VENV)/.installed node_modules/.bin/cdk
+	$(CDK) synth --no-notices -q -c env=$(ENV) $(CDK_ARGS)
+
+diff: $(INFRA_VENV)/.installed node_modules/.bin/cdk
+	$(CDK) diff --no-notices -c env=$(ENV) $(CDK_ARGS)
+
+# Once per account and region (the CDK asset bucket, ECR repository and deploy roles).
+bootstrap: $(INFRA_VENV)/.installed node_modules/.bin/cdk
+	$(CDK) bootstrap --no-notices -c env=$(ENV) $(CDK_ARGS)
+
+# The zip functions' layer: the runtime lock minus onnxruntime (image only), wheels for the
+# zip functions' real runtime (python3.12 on Amazon Linux 2023, x86_64) whatever this machine
+# is, hashes required, plus layers/python/artlens (infra/packaging.py).
+layer: $(INFRA_VENV)/.installed
+	$(INFRA_PY) -m infra.packaging layer --out build/layer
+
+# Fails before CloudFormation is touched when an artifact is missing or stale: the layer, the
+# model files, the lock, a running Docker engine (the image is built during cdk deploy).
+preflight: $(INFRA_VENV)/.installed
+	$(INFRA_PY) -m infra.packaging preflight --layer-dir build/layer
 
 deploy: layer node_modules/.bin/cdk
-	$(CDK) deploy --all -c env=$(ENV)
+	$(INFRA_PY) -m infra.packaging preflight --layer-dir build/layer
+	$(CDK) deploy --all --no-notices -c env=$(ENV) $(CDK_ARGS)
+
+# Lock files: every package, transitive ones included, pinned with the hashes of all its
+# published files (so one lock serves Python 3.11 here and 3.12 on Lambda). uv runs from a
+# throwaway virtualenv pinned here.
+UV_VERSION := 0.13.8
+LOCK_VENV := .venv-lock
+$(LOCK_VENV)/bin/uv:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+
+lock: $(LOCK_VENV)/bin/uv
+	for name in runtime infra; do \
+	  $(LOCK_VENV)/bin/uv pip compile requirements/$$name.txt --universal --python-version 3.11 \
+	    --generate-hashes --custom-compile-command "make lock" --quiet \
+	    -o requirements/$$name.lock || exit 1; \
+	done
 
 clean:
 	rm -rf cdk.out build test-artifacts .pytest_cache .ruff_cache

@@ -40,10 +40,12 @@ class DeploymentSettings:
     dlq_max_receive_count: int
     reindex_timeout_s: int
     # API
-    authorizer_cache_ttl_s: int
     throttle_rate_limit: int
     throttle_burst_limit: int
     api_latency_alarm_ms: int
+    # This stack sets (and retains) the account's API Gateway CloudWatch role; false: the
+    # account already has one (one owner per account and region, docs/deploy.md).
+    manage_api_gateway_log_role: bool
     # database
     db_instance_type: str
     db_allocated_storage_gb: int
@@ -52,6 +54,7 @@ class DeploymentSettings:
     db_max_connections_alarm: int
     # everything else
     rejected_expiration_days: int
+    uploads_expiration_days: int
     log_retention_days: int
     ort_threads: int
     log_level: str
@@ -86,6 +89,8 @@ class DeploymentSettings:
     @classmethod
     def from_mapping(cls, env_name: str, values: Mapping[str, Any]) -> DeploymentSettings:
         unknown = set(values) - set(_CAMEL_NAMES.values())
+        for key in sorted(unknown & set(_REMOVED)):
+            raise SettingsError(f"artlens.{key} was removed: {_REMOVED[key]}")
         if unknown:
             raise SettingsError(f"unknown artlens context keys: {sorted(unknown)}")
         fields: dict[str, Any] = {"env_name": env_name}
@@ -119,7 +124,6 @@ class DeploymentSettings:
         # SQS event sources accept a maximum concurrency of 2..1000.
         need(2 <= self.embed_max_concurrency <= 1000, "embedMaxConcurrency must be 2..1000")
         need(1 <= self.dlq_max_receive_count <= 1000, "dlqMaxReceiveCount must be 1..1000")
-        need(0 <= self.authorizer_cache_ttl_s <= 3600, "authorizerCacheTtlS must be 0..3600")
         need(self.throttle_rate_limit > 0 and self.throttle_burst_limit > 0, "throttle > 0")
         need(1 <= self.ort_threads <= 64, "ortThreads must be 1..64")
         need(
@@ -127,6 +131,7 @@ class DeploymentSettings:
             "logLevel must be DEBUG|INFO|WARNING|ERROR",
         )
         need(self.rejected_expiration_days >= 1, "rejectedExpirationDays must be >= 1")
+        need(self.uploads_expiration_days >= 1, "uploadsExpirationDays must be >= 1")
         need(self.db_allocated_storage_gb >= 20, "dbAllocatedStorageGb must be >= 20")
         need(self.region is None or "-" in self.region, "region looks wrong")
 
@@ -142,6 +147,11 @@ _CAMEL_NAMES = {
     if f.name != "env_name"
 }
 _OPTIONAL = {"account", "region", "alarm_email"}
+# Keys that no longer exist, with why (a leftover in someone's cdk.json fails with a reason).
+_REMOVED = {
+    "authorizerCacheTtlS": "the authorizer's results are never cached, so that every signed "
+    "request is verified in full (issue 13)",
+}
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:

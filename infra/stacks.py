@@ -81,7 +81,17 @@ class ArtLensStack(Stack):
             "ReindexFunctionName": (
                 self.ingestion.reindex_function.function_name, "invoke after a model change"
             ),
+            "ReindexLogGroupName": (
+                self.ingestion.reindex_log_group.log_group_name,
+                "follow a reindex: aws logs tail <name> --follow",
+            ),
             "DeadLetterQueueUrl": (self.ingestion.dead_letters.queue_url, "failed ingestions"),
+            "DeadLetterQueueArn": (
+                self.ingestion.dead_letters.queue_arn, "redrive source (docs/operations.md)"
+            ),
+            "IngestionQueueArn": (
+                self.ingestion.queue.queue_arn, "redrive destination (docs/operations.md)"
+            ),
         }
         for name, (value, description) in outputs.items():
             CfnOutput(self, name, value=value, description=description)
@@ -108,8 +118,9 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
     acknowledge(
         stack,
         "AwsSolutions-L1",
-        "python3.11 matches the container image base (public.ecr.aws/lambda/python:3.11) and "
-        "the runtime layer's wheels; CDK's own framework functions choose their runtimes.",
+        "Our zip functions run python3.12, the runtime of the container image base "
+        "(public.ecr.aws/lambda/python:3.12) and of the layer's wheels; CDK's own framework "
+        "functions choose their runtimes.",
     )
 
     # --- our functions: the wildcards that remain are bounded by a resource we own -----------
@@ -128,7 +139,9 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
             "X-Ray PutTraceSegments/PutTelemetryRecords and (VPC functions) the EC2 network "
             "interface actions Lambda needs do not support resource-level permissions.",
         )
-        log_group = function.node.scope.node.find_child(f"{function.node.id}Logs")
+        scope = function.node.scope
+        assert scope is not None
+        log_group = scope.node.find_child(f"{function.node.id}Logs")
         acknowledge(
             policy,
             f"AwsSolutions-IAM5[Resource::<{_logical(log_group)}.Arn>:log-stream:*]",
@@ -137,7 +150,7 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         )
     images = _logical(stack.lake.images)
     prefix_grants = {
-        stack.api.predict_function: ["gallery"],
+        stack.api.predict_function: ["gallery", "uploads"],
         stack.ingestion.embed_function: ["incoming", "gallery", "rejected"],
         stack.ingestion.reindex_function: ["gallery"],
     }
@@ -147,8 +160,8 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
             acknowledge(
                 policy,
                 f"AwsSolutions-IAM5[Resource::<{images}.Arn>/{prefix}/*]",
-                f"Object keys under {prefix}/ are content hashes or upload names; the grant is "
-                "limited to that prefix and to the actions the function performs there.",
+                f"Object keys under {prefix}/ are content hashes or upload names/ids; the grant "
+                "is limited to that prefix and to the actions the function performs there.",
             )
     acknowledge(
         stack.database.node.find_child("MigrateProvider"),
@@ -198,13 +211,14 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         basic_execution,
         "CDK Provider framework function; the managed policy only lets it write its logs.",
     )
-    acknowledge(
-        stack.api.rest_api,
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-        "AmazonAPIGatewayPushToCloudWatchLogs]",
-        "The account-level role API Gateway needs to write access logs; AWS's policy is the "
-        "documented one for it.",
-    )
+    if settings.manage_api_gateway_log_role:
+        acknowledge(
+            stack.api.rest_api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "The account-level role API Gateway needs to write access logs; AWS's policy is "
+            "the documented one for it.",
+        )
 
     # --- design decisions ---------------------------------------------------------------------
     acknowledge(

@@ -1,5 +1,7 @@
-"""`python -m tests.audit requirements/runtime.txt` (make audit): known vulnerabilities in the
-pinned runtime requirements. Exit 1 on any finding, or when nothing could be audited at all.
+"""`python -m tests.audit requirements/runtime.lock` (make audit): known vulnerabilities in the
+runtime lock -- every package the Lambda image and layer install, transitive ones included (a
+plain requirements file with `name==version` lines works too; hash lines are ignored). Exit 1
+on any finding, or when nothing could be audited at all.
 
 1. pip-audit (`--no-deps --disable-pip -r FILE`, OSV/PyPI advisory data).
 2. Packages pip-audit skipped (no vulnerability service reachable -- the case behind the local

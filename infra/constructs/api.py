@@ -1,4 +1,4 @@
-"""REST API: POST /predict and GET /map behind the REQUEST authorizer, plus its secrets."""
+"""REST API: the predict function's routes behind the REQUEST authorizer, plus its secrets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.constructs.data_lake import GALLERY_PREFIX, grant_objects
+from infra.constructs.data_lake import GALLERY_PREFIX, UPLOADS_PREFIX, grant_list, grant_objects
 from infra.constructs.database import Database
 from infra.constructs.lambda_defaults import (
     IMAGE_MODEL_CARD_PATH,
@@ -22,7 +22,18 @@ from infra.constructs.lambda_defaults import (
 from infra.settings import DeploymentSettings
 
 STAGE_NAME = "v1"
-# The same list the handlers answer with (artlens.http.ALLOWED_HEADERS; a test keeps them equal):
+# Every route the predict function answers (artlens.api.routes.PredictApi.routes; a test checks
+# each of those is reachable here). POST /uploads: programs get a presigned S3 PUT for a picture
+# too large for API Gateway's body (uploads/<sha256>), then POST /predict {"sha256": ...}.
+ROUTES = (
+    ("POST", "predict"),
+    ("GET", "map"),
+    ("POST", "preview"),
+    ("GET", "whoami"),
+    ("POST", "uploads"),
+)
+# The same list the handlers answer with (artlens.names.ALLOWED_HEADERS; a test keeps them
+# equal, so that the CDK app never needs the runtime library on its path):
 # the bearer token or signature, the body's type, and the signed-request headers.
 ALLOWED_HEADERS = [
     "Authorization",
@@ -31,6 +42,7 @@ ALLOWED_HEADERS = [
     "X-ArtLens-Timestamp",
     "X-ArtLens-Nonce",
     "X-ArtLens-Content-SHA256",
+    "X-ArtLens-Signed-Headers",
 ]
 
 
@@ -115,7 +127,17 @@ class Api(Construct):
         )
         # Neighbour URLs are presigned with this role: it may read indexed pictures only.
         grant_objects(images, self.predict_function, GALLERY_PREFIX, "s3:GetObject")
+        # uploads/<sha256>: pictures sent for prediction, kept so that a shared link can ask
+        # again by SHA-256, and large pictures programs PUT through a presigned URL (which
+        # carries its signer's rights, hence PutObject here). Never indexed; a lifecycle rule
+        # expires them (uploadsExpirationDays).
+        grant_objects(images, self.predict_function, UPLOADS_PREFIX, "s3:PutObject", "s3:GetObject")
+        # A missing key must read as 404 (a shared link to an expired upload, exists() before
+        # keeping an upload), which S3 answers only to a role that may list (data_lake.py).
+        grant_list(images, self.predict_function)
         database.grant_connect(self.predict_function)
+        # Created after the schema exists, so no request ever meets a database without it.
+        self.predict_function.node.add_dependency(database.migration)
         # An alias gives provisioned concurrency (when asked for) a version to pin.
         self.predict_alias = lambda_.Alias(
             self,
@@ -141,9 +163,14 @@ class Api(Construct):
             description="ArtLens: classify artworks and find similar ones",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             binary_media_types=["image/*", "multipart/form-data", "application/octet-stream"],
-            # API Gateway needs an account-level role to write logs; this creates it.
-            cloud_watch_role=True,
-            cloud_watch_role_removal_policy=RemovalPolicy.DESTROY,
+            # API Gateway writes logs with ONE role per account and region (an account setting,
+            # not a stack resource). When this stack owns it (manageApiGatewayLogRole) it is
+            # retained: destroying dev must not break prod's logging in the same account.
+            # Otherwise the account's existing role is used (docs/deploy.md).
+            cloud_watch_role=settings.manage_api_gateway_log_role,
+            cloud_watch_role_removal_policy=(
+                RemovalPolicy.RETAIN if settings.manage_api_gateway_log_role else None
+            ),
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE_NAME,
                 throttling_rate_limit=settings.throttle_rate_limit,
@@ -172,15 +199,22 @@ class Api(Construct):
                 max_age=Duration.hours(1),
             ),
         )
+        # The stack's ApiUrl output is the one documented name for this URL; CDK's own
+        # generated "Endpoint" output would be a second, undocumented one.
+        self.rest_api.node.try_remove_child("Endpoint")
+
         # Errors made by API Gateway itself (401 from the authorizer, 429 throttling, 5xx)
         # carry CORS headers too, or the page could not read why a call failed.
-        for response_id, response_type in (
-            ("Default4xx", apigw.ResponseType.DEFAULT_4_XX),
-            ("Default5xx", apigw.ResponseType.DEFAULT_5_XX),
+        for response_id, response_type, status in (
+            ("Default4xx", apigw.ResponseType.DEFAULT_4_XX, None),
+            ("Default5xx", apigw.ResponseType.DEFAULT_5_XX, None),
+            # Bodies over API Gateway's 10 MB: a 413 in our JSON shape, pointing at uploads.
+            ("RequestTooLarge", apigw.ResponseType.REQUEST_TOO_LARGE, "413"),
         ):
             self.rest_api.add_gateway_response(
                 response_id,
                 type=response_type,
+                status_code=status,
                 response_headers={
                     "Access-Control-Allow-Origin": cors_origin_header,
                     "Access-Control-Allow-Headers": "'" + ",".join(ALLOWED_HEADERS) + "'",
@@ -194,32 +228,37 @@ class Api(Construct):
                 },
             )
 
+        # No result cache (issue 13): a cached Allow would let one captured signed request's
+        # Authorization value pass for any body, route, nonce and timestamp until it expired,
+        # and outlive the nonce window and key revocation. With TTL 0 the authorizer verifies
+        # every signed request in full (key, time window, canonical request) on every call.
+        # Keying the cache on every signed header instead would make those headers required
+        # identity sources, which bearer-token requests do not send (401 without a call).
         self.authorizer = apigw.RequestAuthorizer(
             self,
             "BearerAuthorizer",
             handler=self.authorizer_function,
             identity_sources=[apigw.IdentitySource.header("Authorization")],
-            results_cache_ttl=Duration.seconds(settings.authorizer_cache_ttl_s),
+            results_cache_ttl=Duration.seconds(0),
         )
         validator = self.rest_api.add_request_validator(
             "RequestValidator", validate_request_parameters=True, validate_request_body=True
         )
         integration = apigw.LambdaIntegration(self.predict_alias, proxy=True)
-        method_options = dict(
-            authorization_type=apigw.AuthorizationType.CUSTOM,
-            authorizer=self.authorizer,
-            request_validator=validator,
-            request_parameters={"method.request.header.Authorization": True},
-        )
-        self.rest_api.root.add_resource("predict").add_method(
-            "POST", integration, **method_options
-        )
-        self.rest_api.root.add_resource("map").add_method("GET", integration, **method_options)
+        for verb, path in ROUTES:
+            self.rest_api.root.add_resource(path).add_method(
+                verb,
+                integration,
+                authorization_type=apigw.AuthorizationType.CUSTOM,
+                authorizer=self.authorizer,
+                request_validator=validator,
+                request_parameters={"method.request.header.Authorization": True},
+            )
 
     @property
     def url(self) -> str:
         return self.rest_api.url
 
     @property
-    def functions(self) -> list[lambda_.IFunction]:
+    def functions(self) -> list[lambda_.Function]:
         return [self.authorizer_function, self.predict_function]

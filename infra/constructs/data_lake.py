@@ -12,6 +12,9 @@ from infra.settings import DeploymentSettings
 INCOMING_PREFIX = "incoming/"
 GALLERY_PREFIX = "gallery/"
 REJECTED_PREFIX = "rejected/"
+# uploads/<sha256>: pictures sent to POST /predict (kept for shared links) and large ones
+# programs PUT by presigned URL; never indexed, expired after uploadsExpirationDays.
+UPLOADS_PREFIX = "uploads/"
 
 
 def private_bucket(
@@ -72,6 +75,12 @@ class DataLake(Construct):
                     expiration=Duration.days(settings.rejected_expiration_days),
                     noncurrent_version_expiration=Duration.days(1),
                 ),
+                s3.LifecycleRule(
+                    id="expire-uploads",
+                    prefix=UPLOADS_PREFIX,
+                    expiration=Duration.days(settings.uploads_expiration_days),
+                    noncurrent_version_expiration=Duration.days(1),
+                ),
                 # incoming/ objects are deleted once indexed; their old versions need not stay.
                 s3.LifecycleRule(
                     id="expire-old-versions",
@@ -85,19 +94,23 @@ class DataLake(Construct):
         )
 
 
-def grant_objects(bucket: s3.IBucket, grantee, prefix: str, *actions: str) -> None:
+def grant_objects(bucket: s3.IBucket, grantee: iam.IGrantable, prefix: str, *actions: str) -> None:
     """Object actions (s3:GetObject, s3:PutObject, s3:DeleteObject) under one prefix only."""
-    grantee.add_to_role_policy(
-        iam.PolicyStatement(actions=list(actions), resources=[bucket.arn_for_objects(f"{prefix}*")])
+    iam.Grant.add_to_principal(
+        grantee=grantee, actions=list(actions), resource_arns=[bucket.arn_for_objects(f"{prefix}*")]
     )
 
 
-def grant_list(bucket: s3.IBucket, grantee, prefix: str) -> None:
-    """ListBucket restricted to one prefix (also makes a missing key a 404, not a 403)."""
-    grantee.add_to_role_policy(
-        iam.PolicyStatement(
-            actions=["s3:ListBucket"],
-            resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
-        )
+def grant_list(bucket: s3.IBucket, grantee: iam.IGrantable) -> None:
+    """ListBucket on the whole bucket, without an s3:prefix condition.
+
+    S3 answers a GET/HEAD of a missing key with 404 only to callers that may list the bucket,
+    and it evaluates that permission WITHOUT the request's key as s3:prefix: a condition such
+    as `s3:prefix = incoming/*` turns every missing key into a 403. The embed function must see
+    404 for an object that a first delivery already moved (a duplicate S3 notification), or it
+    would retry the message into the dead-letter queue. Listing shows key names only (content
+    hashes and upload names), no object data.
+    """
+    iam.Grant.add_to_principal(
+        grantee=grantee, actions=["s3:ListBucket"], resource_arns=[bucket.bucket_arn]
     )

@@ -5,8 +5,9 @@ Proxy, and the migrate custom resource that applies the schema on every deploy t
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from aws_cdk import CustomResource, Duration, RemovalPolicy
+from aws_cdk import CfnResource, CustomResource, Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
@@ -24,15 +25,32 @@ from infra.settings import DeploymentSettings
 
 DB_NAME = "artlens"
 DB_PORT = 5432
-# RDS for PostgreSQL 17.x ships pgvector 0.8.x (iterative index scans, which the store uses).
-ENGINE_VERSION = rds.PostgresEngineVersion.VER_17_5
+# The major version only: RDS retires minor versions (a pinned one that AWS has retired cannot
+# be created), and auto_minor_version_upgrade keeps the instance on a supported 17.x. Every
+# RDS for PostgreSQL 17 minor ships pgvector >= 0.8 (iterative index scans, which the store
+# uses). pgvector needs no shared_preload_libraries entry: CREATE EXTENSION vector is enough.
+ENGINE_MAJOR = "17"
+ENGINE_VERSION = rds.PostgresEngineVersion.of(ENGINE_MAJOR, ENGINE_MAJOR)
+# HNSW index builds (migrations, reindex) are fast only while the graph fits in
+# maintenance_work_mem; RDS's default is about 1/16 of memory. A quarter of the instance's
+# memory, as an RDS formula (DBInstanceClassMemory is in bytes, the parameter in kB), so it
+# follows dbInstanceType: 256 MB on t4g.micro, 512 MB on t4g.small, 4 GB on a 16 GB class.
+MAINTENANCE_WORK_MEM = "{DBInstanceClassMemory/4096}"
+# autovacuum_work_mem defaults to -1, i.e. maintenance_work_mem for EACH autovacuum worker (3):
+# with a quarter of memory each, vacuums alone could take 3/4 of a small instance. PostgreSQL's
+# own default, 64 MB (in kB), is plenty for this table.
+AUTOVACUUM_WORK_MEM = "65536"
 MIGRATIONS_DIR = REPO_ROOT / "layers" / "python" / "artlens" / "sql"
 
 
-def migrations_fingerprint() -> str:
+def migrations_fingerprint(directory: Path = MIGRATIONS_DIR) -> str:
     """Changes when a migration file does, so the custom resource re-runs (Update) then."""
+    files = sorted(directory.glob("*.sql"))
+    if not files:
+        # A fingerprint of nothing would never change again: fail the synth instead.
+        raise FileNotFoundError(f"no migrations (*.sql) in {directory}")
     digest = hashlib.sha256()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+    for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -101,10 +119,22 @@ class Database(Construct):
             allow_all_outbound=False,
         )
 
+        engine = rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION)
+        self.parameter_group = rds.ParameterGroup(
+            self,
+            "Parameters",
+            engine=engine,
+            description=f"ArtLens PostgreSQL {ENGINE_MAJOR} (HNSW index builds)",
+            parameters={
+                "maintenance_work_mem": MAINTENANCE_WORK_MEM,
+                "autovacuum_work_mem": AUTOVACUUM_WORK_MEM,
+            },
+        )
         self.instance = rds.DatabaseInstance(
             self,
             "Postgres",
-            engine=rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION),
+            engine=engine,
+            parameter_group=self.parameter_group,
             instance_type=ec2.InstanceType(settings.db_instance_type),
             vpc=self.vpc,
             vpc_subnets=isolated,
@@ -129,17 +159,32 @@ class Database(Construct):
             enable_performance_insights=False,
             monitoring_interval=Duration.seconds(0),
         )
+        # RDS accepts a major version alone ("defaults to a recent release of the major
+        # version", RDS user guide); cfn-lint's data lists "17" among deprecated versions
+        # (W3691), a false positive for this one resource.
+        db_resource = self.instance.node.default_child
+        assert isinstance(db_resource, CfnResource)
+        db_resource.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3691"]}})
         assert self.instance.secret is not None
         self.secret: secretsmanager.ISecret = self.instance.secret
+        # The generated secret is the only way into a database restored from prod's final
+        # snapshot: keep it as the snapshot is kept.
+        generated_secret = self.instance.node.find_child("Secret")
+        generated_secret.node.default_child.apply_removal_policy(  # type: ignore[union-attr]
+            RemovalPolicy.RETAIN if prod else RemovalPolicy.DESTROY
+        )
 
         # Rotation by the Secrets Manager-hosted rotation function (no code of ours); it runs
         # in the isolated subnets and reaches Secrets Manager through the interface endpoint.
-        self.secret.add_rotation_schedule(
+        self.rotation = self.secret.add_rotation_schedule(
             "Rotation",
             hosted_rotation=secretsmanager.HostedRotation.postgre_sql_single_user(
                 vpc=self.vpc, vpc_subnets=isolated, security_groups=[rotation_security_group]
             ),
             automatically_after=Duration.days(30),
+            # The password was generated by this same deploy: rotating it at once would only
+            # race the schema migration and the new functions' first connections.
+            rotate_immediately_on_update=False,
         )
         for peer, why in (
             (self.client_security_group, "ArtLens functions"),
@@ -211,7 +256,15 @@ class Database(Construct):
             service_token=provider.service_token,
             properties={"MigrationsFingerprint": migrations_fingerprint()},
         )
-        self.migration.node.add_dependency(self.instance)
+        # Order (issue 12): instance and its credentials -> schema -> rotation. The schema must
+        # not wait for the rotation schedule (which rotates at once when created: the password
+        # would change under a running migrate), and rotation starts only once the schema is
+        # in. Dependencies on the two resources only, not on the instance construct, whose
+        # subtree holds the rotation schedule.
+        for resource in (self.instance.node.default_child, self.secret.node.default_child):
+            assert isinstance(resource, CfnResource)
+            self.migration.node.add_dependency(resource)
+        self.rotation.node.add_dependency(self.migration)
         self.migrate_function = migrate
 
     def connection_environment(self) -> dict[str, str]:

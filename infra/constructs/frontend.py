@@ -3,7 +3,7 @@ the static files plus a generated config.json deployed by BucketDeployment at de
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_s3 as s3
@@ -88,6 +88,12 @@ class Frontend(Construct):
             enable_logging=True,
             log_bucket=access_logs,
             log_file_prefix="cloudfront/",
+        )
+        # Kept on purpose: it takes effect as soon as a custom domain's certificate is added.
+        Annotations.of(self.distribution).acknowledge_warning(
+            "@aws-cdk/aws-cloudfront:minimumProtocolVersionWithoutCertificate",
+            "TLSv1.2_2021 applies once a custom domain with an ACM certificate is configured; "
+            "the default *.cloudfront.net certificate's policy cannot be raised (cdk-nag CFR4).",
         )
         self._removal = RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY
 

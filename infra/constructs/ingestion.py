@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
@@ -50,7 +53,9 @@ class Ingestion(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             visibility_timeout=Duration.seconds(visibility),
-            retention_period=Duration.days(4),
+            # SQS's maximum: a large drop (or an outage of the database) can leave a backlog
+            # that takes days to drain; the default 4 days would silently drop its tail.
+            retention_period=Duration.days(14),
             dead_letter_queue=sqs.DeadLetterQueue(
                 queue=self.dead_letters, max_receive_count=settings.dlq_max_receive_count
             ),
@@ -62,7 +67,7 @@ class Ingestion(Construct):
         )
 
         # Embed and reindex: the same image, model, bucket and database access.
-        indexing_function = {
+        indexing_function: dict[str, Any] = {
             "environment": {
                 "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
                 "IMAGES_BUCKET": images.bucket_name,
@@ -85,13 +90,22 @@ class Ingestion(Construct):
         )
         # incoming/: read and remove once handled; gallery/ and rejected/: write (a copy needs
         # read on its source and write on its target, nothing else).
+        # DeleteObjectVersion: ingestion deletes exactly the version it read (artlens.lake
+        # delete_version), so a same-name drop racing the ingest is never deleted unseen.
         grant_objects(
-            images, self.embed_function, INCOMING_PREFIX, "s3:GetObject", "s3:DeleteObject"
+            images,
+            self.embed_function,
+            INCOMING_PREFIX,
+            "s3:GetObject",
+            "s3:DeleteObject",
+            "s3:DeleteObjectVersion",
         )
-        grant_list(images, self.embed_function, INCOMING_PREFIX)
+        grant_list(images, self.embed_function)
         grant_objects(images, self.embed_function, GALLERY_PREFIX, "s3:PutObject")
         grant_objects(images, self.embed_function, REJECTED_PREFIX, "s3:PutObject")
         database.grant_connect(self.embed_function)
+        # Created after the schema exists: the first message must not meet an empty database.
+        self.embed_function.node.add_dependency(database.migration)
         self.embed_function.add_event_source(
             event_sources.SqsEventSource(
                 self.queue,
@@ -113,13 +127,18 @@ class Ingestion(Construct):
             memory_mb=settings.embed_memory_mb,
             timeout=Duration.seconds(settings.reindex_timeout_s),
             **indexing_function,
-            reserved_concurrency=1,  # one reindex at a time
+            # No reserved concurrency: reserving even 1 fails on accounts with the default low
+            # concurrency quota (unreserved must stay >= 10). Overlapping runs are safe without
+            # it: rows are idempotent upserts, keys already embedded are skipped, and the
+            # version switch is serialized by a PostgreSQL advisory lock (artlens.models).
             description="ArtLens: re-embed the gallery with the deployed model",
         )
+        self.reindex_log_group = self.reindex_function.log_group
         grant_objects(images, self.reindex_function, GALLERY_PREFIX, "s3:GetObject")
-        grant_list(images, self.reindex_function, GALLERY_PREFIX)
+        grant_list(images, self.reindex_function)
         database.grant_connect(self.reindex_function)
+        self.reindex_function.node.add_dependency(database.migration)
 
     @property
-    def functions(self):
+    def functions(self) -> list[lambda_.Function]:
         return [self.embed_function, self.reindex_function]

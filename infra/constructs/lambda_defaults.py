@@ -5,15 +5,18 @@ Two packagings, one library:
 - image functions (predict, embed, reindex): `lambdas/Dockerfile`, staged at synth, built by the
   CLI at deploy. Nothing builds or bundles at synth time, so synth needs no Docker.
 - zip functions (authorizer, migrate): `lambdas/` as code plus the runtime layer (see
-  `runtime_layer`).
+  `runtime_layer`), built by `make layer` for the same platform as the image.
+
+Both run Python 3.12 on Amazon Linux 2023, x86_64; why, and the wheel check, in infra/packaging.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import Annotations, Duration, IgnoreMode, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
@@ -21,14 +24,24 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra import packaging
 from infra.settings import DeploymentSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The image's base is public.ecr.aws/lambda/python:3.11; the layer is built for the same
-# interpreter, and x86_64 because the image pins linux/amd64 (one set of wheels for both).
-RUNTIME = lambda_.Runtime.PYTHON_3_11
-ARCHITECTURE = lambda_.Architecture.X86_64
-LAYER_PYTHON_TAG = "3.11"
+# The image's base is public.ecr.aws/lambda/python:3.12 (lambdas/Dockerfile); the zip functions
+# run the managed runtime of the same version and the layer is built for it, x86_64 because the
+# image is built for linux/amd64 (one set of wheels for both; infra/packaging.py).
+RUNTIME = {
+    runtime.name: runtime
+    for runtime in (lambda_.Runtime.PYTHON_3_12, lambda_.Runtime.PYTHON_3_13)
+}[packaging.LAMBDA_RUNTIME]
+ARCHITECTURE = {"x86_64": lambda_.Architecture.X86_64, "arm64": lambda_.Architecture.ARM_64}[
+    packaging.LAMBDA_ARCHITECTURE
+]
+IMAGE_PLATFORM = {
+    "x86_64": ecr_assets.Platform.LINUX_AMD64,
+    "arm64": ecr_assets.Platform.LINUX_ARM64,
+}[packaging.LAMBDA_ARCHITECTURE]
 # The model is baked into the image (lambdas/Dockerfile sets the same path as its default).
 IMAGE_MODEL_CARD_PATH = "/var/task/models/artlens.json"
 
@@ -67,7 +80,7 @@ IMAGE_CONTEXT_EXCLUDE = [
     "**/__pycache__",
     "!requirements",
     "requirements/*",
-    "!requirements/runtime.txt",
+    "!requirements/runtime.lock",
     "!models",
     "models/*",
     "!models/artlens.onnx",
@@ -81,7 +94,7 @@ def image_code(cmd: str) -> lambda_.DockerImageCode:
     return lambda_.DockerImageCode.from_image_asset(
         str(REPO_ROOT),
         file="lambdas/Dockerfile",
-        platform=ecr_assets.Platform.LINUX_AMD64,
+        platform=IMAGE_PLATFORM,
         cmd=[cmd],
         exclude=IMAGE_CONTEXT_EXCLUDE,
         ignore_mode=IgnoreMode.DOCKER,
@@ -95,7 +108,7 @@ def zip_code() -> lambda_.Code:
 def layer_source_dir(settings: DeploymentSettings) -> tuple[Path, bool]:
     """(directory, is_built): `make layer` output when present, else layers/ (our code only)."""
     built = (REPO_ROOT / settings.layer_dir).resolve()
-    if (built / "python" / "artlens").is_dir():
+    if (built / packaging.LAYER_MANIFEST).is_file() and (built / "python" / "artlens").is_dir():
         return built, True
     return REPO_ROOT / "layers", False
 
@@ -108,10 +121,19 @@ def runtime_layer(scope: Construct, settings: DeploymentSettings) -> lambda_.Lay
     if existing is not None:
         return existing  # type: ignore[return-value]
     directory, is_built = layer_source_dir(settings)
+    if not is_built:
+        # Synth stays offline and fast without it; `make deploy` refuses to go on (preflight).
+        Annotations.of(stack).add_warning_v2(
+            "artlens:layer-not-built",
+            f"{settings.layer_dir} has no built layer: the zip functions get the artlens code "
+            "only. Run `make layer` (make deploy does) before deploying.",
+        )
     layer = lambda_.LayerVersion(
         stack,
         "ArtLensRuntimeLayer",
-        code=lambda_.Code.from_asset(str(directory), exclude=["**/__pycache__", "*.pyc"]),
+        code=lambda_.Code.from_asset(
+            str(directory), exclude=["**/__pycache__", "*.pyc", "requirements.lock"]
+        ),
         compatible_runtimes=[RUNTIME],
         compatible_architectures=[ARCHITECTURE],
         description=(
@@ -138,7 +160,6 @@ def create_function(
     environment: Mapping[str, str] | None = None,
     vpc: ec2.IVpc | None = None,
     security_groups: Sequence[ec2.ISecurityGroup] = (),
-    reserved_concurrency: int | None = None,
     description: str = "",
 ) -> lambda_.Function:
     """An ArtLens function with the shared defaults; image code when `code` is DockerImageCode.
@@ -190,7 +211,7 @@ def create_function(
             )
         )
 
-    common = dict(
+    common: dict[str, Any] = dict(
         role=role,
         architecture=ARCHITECTURE,
         memory_size=memory_mb,
@@ -198,7 +219,6 @@ def create_function(
         environment=env,
         tracing=lambda_.Tracing.ACTIVE,
         log_group=log_group,
-        reserved_concurrent_executions=reserved_concurrency,
         description=description or f"ArtLens {service}",
         vpc=vpc,
         vpc_subnets=(

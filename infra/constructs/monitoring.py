@@ -48,7 +48,7 @@ class Monitoring(Construct):
         action = cw_actions.SnsAction(self.topic)
         self.alarms: list[cloudwatch.Alarm] = []
 
-        def alarm(name: str, metric: cloudwatch.IMetric, threshold: float, description: str,
+        def alarm(name: str, metric: cloudwatch.Metric, threshold: float, description: str,
                   periods: int = 1) -> cloudwatch.Alarm:
             created = metric.create_alarm(
                 self,

@@ -2,8 +2,10 @@
 
 dev is synthesized in-process with `infra.app.build_app`; prod by the real CDK CLI
 (`node_modules/.bin/cdk synth`, installed by the Makefile from package.json) running the app
-from cdk.json, with no AWS credentials and a `docker` on PATH that records any call, to prove
-synth never runs Docker.
+from cdk.json (`python3 -m infra.app`, with this interpreter's directory first on PATH as the
+Makefile puts .venv-infra's), with no AWS credentials and a `docker` on PATH that records any
+call, to prove synth never runs Docker. prod also turns one setting off through `-c`
+(manageApiGatewayLogRole), so both values of it are synthesized.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ CDK_CLI = REPO_ROOT / "node_modules" / ".bin" / "cdk"
 # The runtime layer from layers/ (our code only): `make layer` output would be copied as an
 # asset on every synth, which these tests do not need.
 TEST_CONTEXT = {"artlens:layerDir": "tests-have-no-built-layer"}
+PROD_CLI_CONTEXT = {"artlens:manageApiGatewayLogRole": "false"}
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 
@@ -80,7 +84,9 @@ def prod_cli(tmp_path_factory) -> CliSynth:
     docker.chmod(0o755)
     env = {
         **os.environ,
-        "PATH": f"{fake_bin}:{os.environ.get('PATH', '')}",
+        # cdk.json's app is `python3 -m infra.app`: this interpreter's python3 (the venv with
+        # aws-cdk-lib) must come first, as the Makefile puts .venv-infra/bin first.
+        "PATH": f"{fake_bin}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         "CDK_DISABLE_CLI_TELEMETRY": "true",
         # No credentials anywhere: synth must not need them.
         "AWS_ACCESS_KEY_ID": "",
@@ -89,7 +95,7 @@ def prod_cli(tmp_path_factory) -> CliSynth:
         "AWS_CONFIG_FILE": str(fake_bin / "none"),
         "AWS_SHARED_CREDENTIALS_FILE": str(fake_bin / "none"),
     }
-    context = {**TEST_CONTEXT, "env": "prod"}
+    context = {**TEST_CONTEXT, **PROD_CLI_CONTEXT, "env": "prod"}
     context_args = [arg for k, v in context.items() for arg in ("-c", f"{k}={v}")]
     completed = subprocess.run(
         [str(CDK_CLI), "synth", "--no-notices", "--quiet", "--output", str(outdir), *context_args],

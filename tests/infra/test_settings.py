@@ -45,3 +45,16 @@ def test_unknown_keys_are_typos_not_ignored():
     tree = cdk_json_context()["artlens"]
     with pytest.raises(SettingsError, match="unknown artlens context keys"):
         DeploymentSettings.from_mapping("dev", {**tree["defaults"], "predictMemoryMB": 1})
+
+
+def test_a_removed_key_fails_with_its_reason():
+    """authorizerCacheTtlS is gone: API Gateway never caches the authorizer (issue 13)."""
+    tree = cdk_json_context()["artlens"]
+    with pytest.raises(SettingsError, match="authorizerCacheTtlS was removed.*verified in full"):
+        DeploymentSettings.from_mapping("dev", {**tree["defaults"], "authorizerCacheTtlS": 300})
+
+
+def test_api_gateway_log_role_ownership_is_a_setting():
+    assert settings_for(env="dev").manage_api_gateway_log_role is True
+    off = settings_for(env="prod", **{"artlens:manageApiGatewayLogRole": "false"})
+    assert off.manage_api_gateway_log_role is False

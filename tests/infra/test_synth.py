@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from artlens.settings import Settings
+from infra import packaging
 from tests.infra.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -55,14 +56,18 @@ def resource_text(resource) -> str:
 # --- API ------------------------------------------------------------------------------------
 
 
-def test_request_authorizer_is_keyed_on_the_authorization_header(dev):
-    (authorizer,) = dev.of_type("AWS::ApiGateway::Authorizer").values()
+def test_request_authorizer_never_caches_a_result(synthesized):
+    """Issue 13: a cached Allow let one captured signed Authorization value pass for any body,
+    route, nonce and timestamp for 300 s, past the nonce window and key revocation. Every
+    request is authorized afresh (TTL 0), in every environment."""
+    (authorizer,) = synthesized.of_type("AWS::ApiGateway::Authorizer").values()
     props = authorizer["Properties"]
     assert props["Type"] == "REQUEST"
+    assert props["AuthorizerResultTtlInSeconds"] == 0
+    # Only the header both schemes send: other identity sources would be required headers.
     assert props["IdentitySource"] == "method.request.header.Authorization"
-    assert props["AuthorizerResultTtlInSeconds"] == 300
-    auth_fn = function_with(dev, handler="authorizer.handler")
-    assert logical_id_of(dev, auth_fn) in resource_text(props["AuthorizerUri"])
+    auth_fn = function_with(synthesized, handler="authorizer.handler")
+    assert logical_id_of(synthesized, auth_fn) in resource_text(props["AuthorizerUri"])
 
 
 def test_predict_and_map_require_the_authorizer_and_options_do_not(dev):
@@ -77,7 +82,26 @@ def test_predict_and_map_require_the_authorizer_and_options_do_not(dev):
     assert methods[("GET", "map")]["AuthorizationType"] == "CUSTOM"
     assert methods[("OPTIONS", "predict")]["AuthorizationType"] == "NONE"  # CORS preflight
     live_alias = next(iter(dev.of_type("AWS::Lambda::Alias")))
-    assert live_alias in resource_text(methods[("POST", "predict")]["Integration"])
+    routes = {route for route in methods if route[0] != "OPTIONS"}
+    assert len(routes) >= 4
+    for route in routes:
+        assert methods[route]["AuthorizationType"] == "CUSTOM", route
+        assert live_alias in resource_text(methods[route]["Integration"]), route
+
+
+def test_every_route_the_predict_function_answers_is_reachable_through_api_gateway(dev):
+    """A route added to the library but not to API Gateway would answer 403 there."""
+    from artlens.api.routes import PredictApi
+
+    api = PredictApi(None, None, None, None, "https://art.example")  # type: ignore[arg-type]
+    resources = dev.of_type("AWS::ApiGateway::Resource")
+    deployed = set()
+    for method in dev.of_type("AWS::ApiGateway::Method").values():
+        props = method["Properties"]
+        path_id = props["ResourceId"].get("Ref")
+        if path_id in resources and props["HttpMethod"] != "OPTIONS":
+            deployed.add((props["HttpMethod"], "/" + resources[path_id]["Properties"]["PathPart"]))
+    assert set(api.routes) <= deployed, set(api.routes) - deployed
 
 
 def test_api_binary_types_cors_and_gateway_responses(dev):
@@ -89,7 +113,10 @@ def test_api_binary_types_cors_and_gateway_responses(dev):
         r["Properties"]["ResponseType"]: r["Properties"]
         for r in dev.of_type("AWS::ApiGateway::GatewayResponse").values()
     }
-    assert {"DEFAULT_4XX", "DEFAULT_5XX"} <= set(responses)
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "REQUEST_TOO_LARGE"} <= set(responses)
+    too_large = responses["REQUEST_TOO_LARGE"]
+    assert too_large["StatusCode"] == "413"
+    assert '"error"' in too_large["ResponseTemplates"]["application/json"]
     for response in responses.values():
         origin = response["ResponseParameters"][
             "gatewayresponse.header.Access-Control-Allow-Origin"
@@ -103,13 +130,32 @@ def test_api_binary_types_cors_and_gateway_responses(dev):
     assert preflight and all(distribution_id in resource_text(p) for p in preflight)
     assert "'*'" not in resource_text(preflight)
     # API Gateway's own answers allow the headers the handlers allow (signed requests included)
-    from artlens.http import ALLOWED_HEADERS
+    from artlens.names import ALLOWED_HEADERS
 
     for response in responses.values():
         allowed = response["ResponseParameters"][
             "gatewayresponse.header.Access-Control-Allow-Headers"
         ]
         assert set(allowed.strip("'").split(",")) == set(ALLOWED_HEADERS)
+
+
+def test_infra_prefixes_and_headers_match_the_runtime_library():
+    """infra/ restates a few pure constants rather than importing the runtime library."""
+    from artlens import names
+    from infra.constructs import api, data_lake
+
+    infra_prefixes = (data_lake.INCOMING_PREFIX, data_lake.GALLERY_PREFIX,
+                      data_lake.REJECTED_PREFIX, data_lake.UPLOADS_PREFIX)
+    assert infra_prefixes == tuple(names.LAKE_PREFIXES)
+    assert tuple(api.ALLOWED_HEADERS) == tuple(names.ALLOWED_HEADERS)
+
+
+def test_every_environment_variable_infra_sets_is_one_the_library_reads():
+    from artlens import names
+    from infra.constructs.lambda_defaults import KNOWN_ENV_NAMES
+
+    library = {value for key, value in vars(names).items() if key.startswith("ENV_")}
+    assert KNOWN_ENV_NAMES - {"POWERTOOLS_SERVICE_NAME"} <= library
 
 
 def test_stage_is_throttled_traced_and_access_logged(dev):
@@ -151,20 +197,24 @@ def test_predict_memory_timeout_and_provisioned_concurrency_follow_context(dev, 
 @pytest.mark.parametrize("handler", ["authorizer.handler", "migrate.handler"])
 def test_zip_functions_use_the_runtime_layer(dev, handler):
     props = function_with(dev, handler=handler)
-    assert props["Runtime"] == "python3.11" and props["Architectures"] == ["x86_64"]
+    assert props["Runtime"] == packaging.LAMBDA_RUNTIME == "python3.12"
+    assert props["Architectures"] == [packaging.LAMBDA_ARCHITECTURE]
     (layer_id,) = [k for k, layer in dev.of_type("AWS::Lambda::LayerVersion").items()
                    if "artlens" in layer["Properties"].get("Description", "")]
     assert props["Layers"] == [{"Ref": layer_id}]
+    layer = dev.resources[layer_id]["Properties"]
+    assert layer["CompatibleRuntimes"] == [props["Runtime"]]
+    assert layer["CompatibleArchitectures"] == props["Architectures"]
 
 
 def test_image_build_context_holds_only_what_the_dockerfile_copies(dev):
     (image,) = dev.assets["dockerImages"].values()
     context = dev.outdir / image["source"]["directory"]
     files = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
-    assert {"lambdas/Dockerfile", "requirements/runtime.txt", "lambdas/predict.py",
-            "layers/python/artlens/model.py"} <= files
+    assert {"lambdas/Dockerfile", "requirements/runtime.lock", "lambdas/predict.py",
+            "layers/python/artlens/__init__.py"} <= files
     allowed = re.compile(
-        r"^(lambdas/[^/]+\.py|lambdas/Dockerfile|requirements/runtime\.txt|"
+        r"^(lambdas/[^/]+\.py|lambdas/Dockerfile|requirements/runtime\.lock|"
         r"layers/python/artlens/.+|models/artlens\.(onnx|json))$"
     )
     assert [f for f in files if not allowed.match(f) or "__pycache__" in f] == []
@@ -211,7 +261,15 @@ def test_queue_dlq_and_event_source_mapping(dev):
     assert props["BatchSize"] == 10
     assert props["MaximumBatchingWindowInSeconds"] == 5
     assert props["ScalingConfig"] == {"MaximumConcurrency": 2}
+    # SQS's maximum, so a days-long backlog is not dropped from the tail.
+    assert main["MessageRetentionPeriod"] == 14 * 24 * 3600
 
+
+def test_no_function_reserves_concurrency(synthesized):
+    """Reserving any fails on accounts with the default low concurrency quota; overlapping
+    reindex runs are safe (idempotent rows, the switch under an advisory lock)."""
+    for props in (f["Properties"] for f in functions(synthesized).values()):
+        assert "ReservedConcurrentExecutions" not in props
 
 def test_only_incoming_uploads_are_announced_to_the_queue(dev):
     (notifications,) = dev.of_type("Custom::S3BucketNotifications").values()
@@ -251,6 +309,8 @@ def test_images_bucket_expires_rejected_and_logs_access(dev):
     rules = props["LifecycleConfiguration"]["Rules"]
     rule = next(r for r in rules if r.get("Prefix") == "rejected/")
     assert rule["ExpirationInDays"] == 30
+    uploads = next(r for r in rules if r.get("Prefix") == "uploads/")
+    assert uploads["ExpirationInDays"] == 30
     assert props["LoggingConfiguration"]["DestinationBucketName"]
 
 
@@ -258,7 +318,17 @@ def test_database_is_private_encrypted_postgres17_with_rotation(dev, prod):
     for synth in (dev, prod):
         (db,) = synth.of_type("AWS::RDS::DBInstance").values()
         props = db["Properties"]
-        assert props["Engine"] == "postgres" and props["EngineVersion"].startswith("17.")
+        # The major only: RDS retires minors, auto minor upgrades keep it on a supported one.
+        assert props["Engine"] == "postgres" and props["EngineVersion"] == "17"
+        assert props["AutoMinorVersionUpgrade"] is True
+        group = synth.resources[props["DBParameterGroupName"]["Ref"]]["Properties"]
+        assert group["Family"] == "postgres17"
+        # HNSW builds: a quarter of the instance's memory (kB), not inherited by each
+        # autovacuum worker; pgvector needs no shared_preload_libraries.
+        assert group["Parameters"] == {
+            "maintenance_work_mem": "{DBInstanceClassMemory/4096}",
+            "autovacuum_work_mem": "65536",
+        }
         assert props["StorageEncrypted"] is True and props["PubliclyAccessible"] is False
         assert props["DeletionProtection"] is (synth is prod)
         (rotation,) = synth.of_type("AWS::SecretsManager::RotationSchedule").values()
@@ -289,6 +359,53 @@ def test_only_our_security_groups_reach_postgres(dev):
     ]
     assert len(ingress) == 2  # functions and rotation
     assert all("SourceSecurityGroupId" in rule and "CidrIp" not in rule for rule in ingress)
+
+
+def test_prod_keeps_the_database_secret_like_its_snapshot(dev, prod):
+    for synth, policy in ((dev, "Delete"), (prod, "Retain")):
+        (db,) = synth.of_type("AWS::RDS::DBInstance").values()
+        assert db["DeletionPolicy"] == ("Snapshot" if synth is prod else "Delete")
+        (attachment,) = synth.of_type("AWS::SecretsManager::SecretTargetAttachment").values()
+        secret_id = attachment["Properties"]["SecretId"]["Ref"]
+        assert synth.resources[secret_id]["DeletionPolicy"] == policy
+        assert synth.resources[secret_id]["UpdateReplacePolicy"] == policy
+
+
+def depends_on(synth, logical_id: str) -> set[str]:
+    return set(as_list(synth.resources[logical_id].get("DependsOn", [])))
+
+
+def test_schema_is_applied_before_rotation_and_before_the_functions_that_need_it(synthesized):
+    """Rotation (which rotates at once when created) must not change the password while
+    migrate runs: instance + credentials -> schema -> rotation. Every function that reads the
+    index, and embed's queue mapping, is created after the schema."""
+    synth = synthesized
+    (schema_id,) = synth.of_type("AWS::CloudFormation::CustomResource")
+    (rotation_id,) = synth.of_type("AWS::SecretsManager::RotationSchedule")
+    (instance_id,) = synth.of_type("AWS::RDS::DBInstance")
+    (attachment_id,) = synth.of_type("AWS::SecretsManager::SecretTargetAttachment")
+    assert {instance_id, attachment_id} <= depends_on(synth, schema_id)
+    assert rotation_id not in depends_on(synth, schema_id)
+    assert schema_id in depends_on(synth, rotation_id)
+    # and a deploy never rotates by itself: the first rotation is the scheduled one
+    assert synth.resources[rotation_id]["Properties"]["RotateImmediatelyOnUpdate"] is False
+    for command in ("lambdas.predict.handler", "lambdas.embed.handler", "lambdas.reindex.handler"):
+        function_id = logical_id_of(synth, function_with(synth, command=command))
+        assert schema_id in depends_on(synth, function_id), command
+    (mapping_id,) = synth.of_type("AWS::Lambda::EventSourceMapping")
+    assert schema_id in depends_on(synth, mapping_id)
+
+
+def test_api_gateway_log_role_is_owned_once_and_never_destroyed(dev, prod):
+    """An account-wide singleton: created (and retained) only where a setting says this stack
+    owns it; prod here turns it off with -c, as a second stack in the same account would."""
+    (account,) = dev.of_type("AWS::ApiGateway::Account").values()
+    assert account["DeletionPolicy"] == "Retain"
+    role_id = account["Properties"]["CloudWatchRoleArn"]["Fn::GetAtt"][0]
+    assert dev.resources[role_id]["DeletionPolicy"] == "Retain"
+    assert prod.of_type("AWS::ApiGateway::Account") == {}
+    roles = prod.of_type("AWS::IAM::Role").values()
+    assert not any("AmazonAPIGatewayPushToCloudWatchLogs" in resource_text(r) for r in roles)
 
 
 def test_migrations_run_as_a_custom_resource(dev):
@@ -355,6 +472,24 @@ def test_outputs_name_urls_buckets_and_secrets(dev):
             "ApiKeysSecretArn", "DbSecretArn"} <= set(dev.template["Outputs"])
 
 
+def documented_outputs() -> set[str]:
+    """Output names in docs/deploy.md's Outputs table (first column, back-quoted)."""
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("### Outputs", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+
+
+def test_docs_list_exactly_the_stack_outputs(dev, prod):
+    documented = documented_outputs()
+    assert len(documented) >= 10
+    for synth in (dev, prod):
+        assert documented == set(synth.template["Outputs"])
+    # Every `out Name` the docs call is an output too.
+    used = set(re.findall(r"\$\(out (\w+)\)", (REPO_ROOT / "docs" / "deploy.md").read_text()))
+    assert used and used <= documented
+
+
 def test_no_secret_value_is_in_the_template(dev):
     secrets = dev.of_type("AWS::SecretsManager::Secret")
     generated = [s for s in secrets.values() if "GenerateSecretString" in s["Properties"]]
@@ -407,7 +542,7 @@ def s3_grants(synth, function_props) -> dict[str, set[str]]:
                     text = resource_text(resource)
                     suffix = re.search(r'"(/[^"]*)"\]', text)
                     pattern = suffix.group(1) if suffix else "<bucket>"
-                    if action == "s3:ListBucket":
+                    if action == "s3:ListBucket" and "Condition" in statement:
                         pattern = resource_text(statement["Condition"])
                     grants.setdefault(action, set()).add(pattern)
     return grants
@@ -415,16 +550,36 @@ def s3_grants(synth, function_props) -> dict[str, set[str]]:
 
 def test_function_roles_are_scoped_to_their_prefixes(dev):
     predict = function_with(dev, command="lambdas.predict.handler")
-    assert s3_grants(dev, predict) == {"s3:GetObject": {"/gallery/*"}}
+    assert s3_grants(dev, predict) == {
+        "s3:GetObject": {"/gallery/*", "/uploads/*"},
+        # kept uploads, and presigned PUTs (which carry the role's rights)
+        "s3:PutObject": {"/uploads/*"},
+        "s3:ListBucket": {"<bucket>"},  # missing keys read as 404 (see below)
+    }
     embed = function_with(dev, command="lambdas.embed.handler")
     grants = s3_grants(dev, embed)
-    assert grants["s3:GetObject"] == {"/incoming/*"}
-    assert grants["s3:DeleteObject"] == {"/incoming/*"}
+    for action in ("s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
+        assert grants[action] == {"/incoming/*"}, action
     assert grants["s3:PutObject"] == {"/gallery/*", "/rejected/*"}
-    assert "incoming/*" in next(iter(grants["s3:ListBucket"]))
     reindex = function_with(dev, command="lambdas.reindex.handler")
     assert s3_grants(dev, reindex)["s3:GetObject"] == {"/gallery/*"}
     assert s3_grants(dev, function_with(dev, handler="authorizer.handler")) == {}
+
+
+def test_list_bucket_has_no_prefix_condition_so_a_moved_object_is_a_404(dev):
+    """S3 answers a GET of a missing key with 404 only to callers allowed to list the bucket,
+    and evaluates that without an s3:prefix; a prefix condition turned a duplicate
+    notification for an already-moved drop into a 403 (retried into the DLQ)."""
+    for command in ("lambdas.embed.handler", "lambdas.reindex.handler",
+                    "lambdas.predict.handler"):
+        statements = [
+            s for s in role_statements(dev, function_with(dev, command=command))
+            if "s3:ListBucket" in as_list(s["Action"])
+        ]
+        assert len(statements) == 1, command
+        (statement,) = statements
+        assert "Condition" not in statement
+        assert "/" not in resource_text(statement["Resource"])  # the bucket, not its objects
 
 
 def test_secrets_are_granted_one_by_one(dev):
@@ -452,7 +607,10 @@ def test_secrets_are_granted_one_by_one(dev):
             assert "*" not in as_list(statement["Resource"])
     predict = function_with(dev, command="lambdas.predict.handler")
     actions = {a for s in role_statements(dev, predict) for a in as_list(s["Action"])}
-    assert not any(a.startswith(("sqs:", "s3:Put", "s3:Delete")) for a in actions)
+    assert not any(a.startswith("sqs:") for a in actions)
+    writes = {pattern for action, patterns in s3_grants(dev, predict).items()
+              if action.startswith(("s3:Put", "s3:Delete")) for pattern in patterns}
+    assert writes == {"/uploads/*"}  # predict writes nowhere else in the lake
 
 
 # --- checks: cdk-nag, cfn-lint, no Docker, CDK_OUTDIR ---------------------------------------
