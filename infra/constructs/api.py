@@ -10,7 +10,9 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.constructs.data_lake import GALLERY_PREFIX, UPLOADS_PREFIX, grant_list, grant_objects
+from artlens import names
+from artlens.names import GALLERY_PREFIX, UPLOADS_PREFIX
+from infra.constructs.data_lake import grant_list, grant_objects
 from infra.constructs.database import Database
 from infra.constructs.lambda_defaults import (
     IMAGE_MODEL_CARD_PATH,
@@ -32,18 +34,9 @@ ROUTES = (
     ("GET", "whoami"),
     ("POST", "uploads"),
 )
-# The same list the handlers answer with (artlens.names.ALLOWED_HEADERS; a test keeps them
-# equal, so that the CDK app never needs the runtime library on its path):
-# the bearer token or signature, the body's type, and the signed-request headers.
-ALLOWED_HEADERS = [
-    "Authorization",
-    "Content-Type",
-    "X-ArtLens-Key-Id",
-    "X-ArtLens-Timestamp",
-    "X-ArtLens-Nonce",
-    "X-ArtLens-Content-SHA256",
-    "X-ArtLens-Signed-Headers",
-]
+# The same list the handlers answer with: the bearer token or signature, the body's type, and
+# the signed-request headers.
+ALLOWED_HEADERS = list(names.ALLOWED_HEADERS)
 
 
 class AuthSecrets(Construct):
@@ -98,8 +91,8 @@ class Api(Construct):
             memory_mb=256,
             timeout=Duration.seconds(5),
             environment={
-                "TOKEN_SECRET_ARN": secrets.token_key.secret_arn,
-                "API_KEYS_SECRET_ARN": secrets.api_keys.secret_arn,
+                names.ENV_TOKEN_SECRET_ARN: secrets.token_key.secret_arn,
+                names.ENV_API_KEYS_SECRET_ARN: secrets.api_keys.secret_arn,
             },
             description="ArtLens: API Gateway REQUEST authorizer (bearer JWT)",
         )
@@ -115,10 +108,13 @@ class Api(Construct):
             memory_mb=settings.predict_memory_mb,
             timeout=Duration.seconds(settings.predict_timeout_s),
             environment={
-                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
-                "IMAGES_BUCKET": images.bucket_name,
-                "CORS_ORIGIN": frontend_origin,
-                "ORT_THREADS": str(settings.ort_threads),
+                names.ENV_MODEL_CARD_PATH: IMAGE_MODEL_CARD_PATH,
+                names.ENV_IMAGES_BUCKET: images.bucket_name,
+                names.ENV_CORS_ORIGIN: frontend_origin,
+                names.ENV_ORT_THREADS: str(settings.ort_threads),
+                # predict re-verifies every signed request itself (artlens.auth.signing), so it
+                # reads the client keys too, whatever API Gateway did before it.
+                names.ENV_API_KEYS_SECRET_ARN: secrets.api_keys.secret_arn,
                 **database.connection_environment(),
             },
             vpc=database.vpc,
@@ -135,6 +131,7 @@ class Api(Construct):
         # A missing key must read as 404 (a shared link to an expired upload, exists() before
         # keeping an upload), which S3 answers only to a role that may list (data_lake.py).
         grant_list(images, self.predict_function)
+        secrets.api_keys.grant_read(self.predict_function)
         database.grant_connect(self.predict_function)
         # Created after the schema exists, so no request ever meets a database without it.
         self.predict_function.node.add_dependency(database.migration)
@@ -205,11 +202,23 @@ class Api(Construct):
 
         # Errors made by API Gateway itself (401 from the authorizer, 429 throttling, 5xx)
         # carry CORS headers too, or the page could not read why a call failed.
-        for response_id, response_type, status in (
-            ("Default4xx", apigw.ResponseType.DEFAULT_4_XX, None),
-            ("Default5xx", apigw.ResponseType.DEFAULT_5_XX, None),
+        gateway_error = (
+            '{"error": "$context.error.responseType", "message": $context.error.messageString}'
+        )
+        for response_id, response_type, status, template in (
+            ("Default4xx", apigw.ResponseType.DEFAULT_4_XX, None, gateway_error),
+            ("Default5xx", apigw.ResponseType.DEFAULT_5_XX, None, gateway_error),
             # Bodies over API Gateway's 10 MB: a 413 in our JSON shape, pointing at uploads.
-            ("RequestTooLarge", apigw.ResponseType.REQUEST_TOO_LARGE, "413"),
+            ("RequestTooLarge", apigw.ResponseType.REQUEST_TOO_LARGE, "413", gateway_error),
+            # The authorizer's explicit Deny carries a code the client must be told (a stale
+            # signed request: fix the clock); lambdas/authorizer.py TOLD_REASONS.
+            (
+                "AccessDenied",
+                apigw.ResponseType.ACCESS_DENIED,
+                "401",
+                '{"error": "$context.authorizer.error", '
+                '"message": "$context.authorizer.message"}',
+            ),
         ):
             self.rest_api.add_gateway_response(
                 response_id,
@@ -220,12 +229,7 @@ class Api(Construct):
                     "Access-Control-Allow-Headers": "'" + ",".join(ALLOWED_HEADERS) + "'",
                     "Vary": "'Origin'",
                 },
-                templates={
-                    "application/json": (
-                        '{"error": "$context.error.responseType", '
-                        '"message": $context.error.messageString}'
-                    )
-                },
+                templates={"application/json": template},
             )
 
         # No result cache (issue 13): a cached Allow would let one captured signed request's

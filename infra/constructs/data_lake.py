@@ -7,14 +7,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+# uploads/: pictures sent to POST /predict (kept for shared links) and large ones programs PUT
+# by presigned URL; never indexed, expired after uploadsExpirationDays.
+from artlens.names import REJECTED_PREFIX, UPLOADS_PREFIX
 from infra.settings import DeploymentSettings
-
-INCOMING_PREFIX = "incoming/"
-GALLERY_PREFIX = "gallery/"
-REJECTED_PREFIX = "rejected/"
-# uploads/<sha256>: pictures sent to POST /predict (kept for shared links) and large ones
-# programs PUT by presigned URL; never indexed, expired after uploadsExpirationDays.
-UPLOADS_PREFIX = "uploads/"
 
 
 def private_bucket(

@@ -15,6 +15,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from artlens import names
 from infra.constructs.lambda_defaults import (
     REPO_ROOT,
     create_function,
@@ -270,10 +271,10 @@ class Database(Construct):
     def connection_environment(self) -> dict[str, str]:
         """The variables artlens.settings reads for the [database] part."""
         return {
-            "DB_SECRET_ARN": self.secret.secret_arn,
-            "DB_HOST": self.host,
-            "DB_PORT": str(DB_PORT),
-            "DB_NAME": DB_NAME,
+            names.ENV_DB_SECRET_ARN: self.secret.secret_arn,
+            names.ENV_DB_HOST: self.host,
+            names.ENV_DB_PORT: str(DB_PORT),
+            names.ENV_DB_NAME: DB_NAME,
         }
 
     def grant_connect(self, function) -> None:

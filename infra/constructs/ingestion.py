@@ -12,13 +12,9 @@ from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra.constructs.data_lake import (
-    GALLERY_PREFIX,
-    INCOMING_PREFIX,
-    REJECTED_PREFIX,
-    grant_list,
-    grant_objects,
-)
+from artlens import names
+from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX, REJECTED_PREFIX
+from infra.constructs.data_lake import grant_list, grant_objects
 from infra.constructs.database import Database
 from infra.constructs.lambda_defaults import IMAGE_MODEL_CARD_PATH, create_function, image_code
 from infra.settings import DeploymentSettings
@@ -69,9 +65,9 @@ class Ingestion(Construct):
         # Embed and reindex: the same image, model, bucket and database access.
         indexing_function: dict[str, Any] = {
             "environment": {
-                "MODEL_CARD_PATH": IMAGE_MODEL_CARD_PATH,
-                "IMAGES_BUCKET": images.bucket_name,
-                "ORT_THREADS": str(settings.ort_threads),
+                names.ENV_MODEL_CARD_PATH: IMAGE_MODEL_CARD_PATH,
+                names.ENV_IMAGES_BUCKET: images.bucket_name,
+                names.ENV_ORT_THREADS: str(settings.ort_threads),
                 **database.connection_environment(),
             },
             "vpc": database.vpc,

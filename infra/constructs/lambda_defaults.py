@@ -24,6 +24,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from artlens import names
 from infra import packaging
 from infra.settings import DeploymentSettings
 
@@ -43,24 +44,24 @@ IMAGE_PLATFORM = {
     "arm64": ecr_assets.Platform.LINUX_ARM64,
 }[packaging.LAMBDA_ARCHITECTURE]
 # The model is baked into the image (lambdas/Dockerfile sets the same path as its default).
-IMAGE_MODEL_CARD_PATH = "/var/task/models/artlens.json"
+IMAGE_MODEL_CARD_PATH = f"/var/task/models/{names.MODEL_CARD_FILE}"
 
 # Every variable a handler reads (artlens.settings + the signing scheme of issue 6). A name
 # outside this set is a typo that would only surface as a ConfigError at the first cold start.
 KNOWN_ENV_NAMES = frozenset(
     {
-        "MODEL_CARD_PATH",
-        "DB_SECRET_ARN",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_NAME",
-        "IMAGES_BUCKET",
-        "CORS_ORIGIN",
-        "TOKEN_SECRET_ARN",
-        "API_KEYS_SECRET_ARN",
-        "ORT_THREADS",
-        "LOG_LEVEL",
-        "POWERTOOLS_SERVICE_NAME",
+        names.ENV_MODEL_CARD_PATH,
+        names.ENV_DB_SECRET_ARN,
+        names.ENV_DB_HOST,
+        names.ENV_DB_PORT,
+        names.ENV_DB_NAME,
+        names.ENV_IMAGES_BUCKET,
+        names.ENV_CORS_ORIGIN,
+        names.ENV_TOKEN_SECRET_ARN,
+        names.ENV_API_KEYS_SECRET_ARN,
+        names.ENV_ORT_THREADS,
+        names.ENV_LOG_LEVEL,
+        "POWERTOOLS_SERVICE_NAME",  # Powertools' own
     }
 )
 
@@ -168,7 +169,7 @@ def create_function(
     it may write to its own log group only, plus what the callers grant.
     """
     env = {
-        "LOG_LEVEL": settings.log_level,
+        names.ENV_LOG_LEVEL: settings.log_level,
         "POWERTOOLS_SERVICE_NAME": service,
         **(environment or {}),
     }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,10 +115,14 @@ def test_api_binary_types_cors_and_gateway_responses(dev):
         r["Properties"]["ResponseType"]: r["Properties"]
         for r in dev.of_type("AWS::ApiGateway::GatewayResponse").values()
     }
-    assert {"DEFAULT_4XX", "DEFAULT_5XX", "REQUEST_TOO_LARGE"} <= set(responses)
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "REQUEST_TOO_LARGE", "ACCESS_DENIED"} <= set(responses)
     too_large = responses["REQUEST_TOO_LARGE"]
     assert too_large["StatusCode"] == "413"
     assert '"error"' in too_large["ResponseTemplates"]["application/json"]
+    # a stale signed request (the authorizer's explicit Deny) is told as 401 with its code
+    denied = responses["ACCESS_DENIED"]
+    assert denied["StatusCode"] == "401"
+    assert "$context.authorizer.error" in denied["ResponseTemplates"]["application/json"]
     for response in responses.values():
         origin = response["ResponseParameters"][
             "gatewayresponse.header.Access-Control-Allow-Origin"
@@ -139,15 +145,20 @@ def test_api_binary_types_cors_and_gateway_responses(dev):
         assert set(allowed.strip("'").split(",")) == set(ALLOWED_HEADERS)
 
 
-def test_infra_prefixes_and_headers_match_the_runtime_library():
-    """infra/ restates a few pure constants rather than importing the runtime library."""
-    from artlens import names
-    from infra.constructs import api, data_lake
-
-    infra_prefixes = (data_lake.INCOMING_PREFIX, data_lake.GALLERY_PREFIX,
-                      data_lake.REJECTED_PREFIX, data_lake.UPLOADS_PREFIX)
-    assert infra_prefixes == tuple(names.LAKE_PREFIXES)
-    assert tuple(api.ALLOWED_HEADERS) == tuple(names.ALLOWED_HEADERS)
+def test_infra_takes_shared_names_from_the_runtime_library_without_its_dependencies():
+    """Prefixes, headers and variable names exist once (artlens.names); the CDK app imports
+    that module alone, so synth never needs numpy, psycopg2, boto3 or onnxruntime."""
+    probe = (
+        "import sys; import infra.app; from artlens import names; "
+        "from infra.constructs import api; "
+        "assert api.ALLOWED_HEADERS == list(names.ALLOWED_HEADERS); "
+        "heavy = {'numpy', 'psycopg2', 'boto3', 'onnxruntime', 'PIL'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as cdk.json runs it
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_every_environment_variable_infra_sets_is_one_the_library_reads():
@@ -241,6 +252,22 @@ def test_function_environment_satisfies_the_handler_settings(dev, selector, need
     assert not settings.is_local
     if "model" in needs:
         assert settings.model_card_path == "/var/task/models/artlens.json"
+
+
+def test_predict_can_read_the_client_keys_it_reverifies_signed_requests_with(dev):
+    """Predict verifies every signed request itself (issue 13), so it needs the key secret:
+    without it every signed request would be refused on AWS (fail closed)."""
+    from artlens.names import ENV_API_KEYS_SECRET_ARN
+
+    predict = function_with(dev, command="lambdas.predict.handler")
+    authorizer = function_with(dev, handler="authorizer.handler")
+    secret = predict["Environment"]["Variables"][ENV_API_KEYS_SECRET_ARN]
+    assert secret == authorizer["Environment"]["Variables"][ENV_API_KEYS_SECRET_ARN]
+    reads = [
+        st for st in role_statements(dev, predict)
+        if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+    ]
+    assert any(secret in as_list(st["Resource"]) for st in reads)
 
 
 # --- ingestion ------------------------------------------------------------------------------
