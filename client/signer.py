@@ -1,7 +1,13 @@
-"""Signing outgoing requests, and a small HTTP client for the ArtLens API (stdlib only)."""
+"""Signing outgoing requests, and a small HTTP client for the ArtLens API (stdlib only).
+
+`predict_file` sends a picture over API Gateway's body limit (MAX_BODY_BYTES) around it: POST
+/uploads for a presigned PUT, the PUT (skipped when the service holds the picture already), then
+POST /predict {"key": ...}.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
@@ -11,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
 
+from artlens.api.events import MAX_BODY_BYTES
 from artlens.auth.signing import sign_request
 
 DEFAULT_CONFIG_FILE = Path("~/.config/artlens/client.json")
@@ -104,9 +111,12 @@ class ArtLensClient:
             # urllib would otherwise add a form content type after signing, unsigned.
             content_type = "application/octet-stream"
         headers = self.signer.headers(method, url, body, content_type=content_type or None)
-        request = urllib.request.Request(  # noqa: S310 (the API URL the user configured)
+        return self._send(urllib.request.Request(  # noqa: S310 (the API URL the user configured)
             url, data=body if method != "GET" else None, headers=headers, method=method
-        )
+        ))
+
+    def _send(self, request: urllib.request.Request) -> Any:
+        """The JSON answer (None for an empty one); ApiError for a non-2xx answer."""
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
                 return json.loads(answer.read() or b"null")
@@ -128,7 +138,35 @@ class ArtLensClient:
     def predict_file(self, path: str | Path, **kwargs: Any) -> dict[str, Any]:
         path = Path(path)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return self.predict(path.read_bytes(), content_type=content_type, **kwargs)
+        data = path.read_bytes()
+        if len(data) > MAX_BODY_BYTES:
+            return self.predict_key(self.upload(data, content_type=content_type), **kwargs)
+        return self.predict(data, content_type=content_type, **kwargs)
+
+    def upload(self, image: bytes, *, content_type: str = "application/octet-stream") -> str:
+        """Put one picture in the service's lake by a presigned PUT; its key."""
+        ticket = self.request(
+            "POST", "/uploads", json.dumps({
+                "sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+                "content_type": content_type,
+            }).encode(), content_type="application/json",
+        )
+        if not ticket["exists"]:
+            # Relative in the local stack (its gateway serves the lake), absolute for S3. The
+            # URL carries its own signature: no API signature is added.
+            url = urljoin(self.base_url + "/", ticket["url"])
+            self._send(urllib.request.Request(  # noqa: S310 (a URL the API signed)
+                url, data=image, headers=ticket["headers"], method=ticket["method"]
+            ))
+        return str(ticket["key"])
+
+    def predict_key(
+        self, key: str, *, neighbors: int | None = None, scope: str | None = None,
+    ) -> dict[str, Any]:
+        """POST /predict by reference: a gallery key or an upload's key."""
+        params = {k: v for k, v in (("neighbors", neighbors), ("scope", scope)) if v is not None}
+        return self.request("POST", "/predict", json.dumps({"key": key}).encode(),
+                            params=params, content_type="application/json")
 
     def collection_map(self, limit: int | None = None) -> dict[str, Any]:
         return self.request("GET", "/map", params={"limit": limit} if limit else None)

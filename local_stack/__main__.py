@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         predict=runtime.predict_handler,
         health=runtime.health,
         lake_object=lambda key, exp, sig: runtime.lake_object(key, exp, sig, content_type_for),
+        lake=runtime.lake,  # takes the presigned PUTs of POST /uploads
     )
     watcher = IncomingWatcher(
         paths.lake, paths.dlq, runtime.embed_handler,

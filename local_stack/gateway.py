@@ -2,10 +2,14 @@
 
 Routes:
   GET  /health              stack status (local only)
-  POST /predict, GET /map, GET /whoami, POST /preview
+  POST /predict, GET /map, GET /whoami, POST /preview, POST /uploads
                             REQUEST authorizer, then the predict handler, as API Gateway would
   OPTIONS on those routes   CORS preflight, answered by the "gateway" like API Gateway's CORS
   GET  /lake/<key>?exp&sig  lake objects behind an HMAC-signed URL (the local presigned GET)
+  PUT  /lake/uploads/<sha256>?m=PUT&exp&sig
+                            one picture, as S3 takes a presigned PUT from POST /uploads: the
+                            signed type, length and x-amz-checksum-sha256, at most
+                            artlens.image.MAX_BYTES, the bytes checked against the checksum
   GET  /config.json         generated page configuration
   GET  /…                   frontend_static/
 """
@@ -28,7 +32,10 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from artlens.api.events import UPLOAD_KEY
 from artlens.api.responses import cors_headers
+from artlens.image import MAX_BYTES as MAX_PICTURE_BYTES
+from artlens.lake import LocalLake, matches_checksum
 from local_stack import events
 
 log = logging.getLogger("local_stack.gateway")
@@ -44,10 +51,11 @@ LAMBDA_EVENT_LIMIT_BYTES = 6 * 1024 * 1024
 READ_TIMEOUT_S = 15.0
 # Query parameters whose values may appear in the access log; every other value (tokens passed
 # as ?access_token=, the lake's ?sig=) is written as "***".
-LOGGED_QUERY_PARAMETERS = frozenset({"neighbors", "scope", "limit", "exp"})
+LOGGED_QUERY_PARAMETERS = frozenset({"neighbors", "scope", "limit", "exp", "m"})
 _QUERY_IN_TEXT = re.compile(r"\?([^\s\"]*)")
 API_ROUTES = {
     "/predict": ("POST",), "/map": ("GET",), "/whoami": ("GET",), "/preview": ("POST",),
+    "/uploads": ("POST",),
 }
 
 # Explicit types for what the page ships; mimetypes' platform tables vary (e.g. .js, .mjs, .wasm).
@@ -98,6 +106,8 @@ class Backend:
     health: Callable[[], dict]
     lake_object: Callable[[str, str, str], tuple[bytes, str] | None]
     """(key, exp, sig) -> (bytes, content type), or None when the signature is not valid."""
+    lake: LocalLake | None = None
+    """The lake that takes presigned PUTs (POST /uploads); None: the gateway refuses them."""
 
     def __post_init__(self) -> None:
         self._authorizer_lock = threading.Lock()
@@ -294,7 +304,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         return parts.path or "/", parts.query
 
-    def _read_body(self) -> bytes | None:
+    def _read_body(self, limit: int = MAX_BODY_BYTES) -> bytes | None:
         """The request body, or None after answering 411/413/400 for a body we will not read."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             self.close_connection = True
@@ -311,7 +321,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error_json(400, "bad_request", "Content-Length is not a valid number.")
             return None
-        if length > MAX_BODY_BYTES:
+        if length > limit:
             # Clients that send the whole body before reading (urllib, requests) see a broken
             # pipe if we answer early, so a moderately large body is drained first; beyond
             # that the connection is simply closed after the answer.
@@ -319,7 +329,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error_json(
                 413, "too_large",
-                f"The request body is {length:,} bytes; the limit is {MAX_BODY_BYTES:,} bytes.",
+                f"The request body is {length:,} bytes; the limit is {limit:,} bytes.",
             )
             return None
         try:
@@ -372,6 +382,8 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self._api(method, path, query)
         elif path == "/health":
             self._only(("GET", "HEAD"), self._health)
+        elif path.startswith("/lake/") and method == "PUT":
+            self._lake_put(path, query)
         elif path.startswith("/lake/"):
             self._only(("GET", "HEAD"), lambda: self._lake(path, query))
         elif path == "/config.json":
@@ -433,6 +445,32 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             {"Content-Type": content_type, "Cache-Control": "private, max-age=300",
              **self._cors_headers()},
         )
+
+    def _lake_put(self, path: str, query: str) -> None:
+        """A presigned PUT, refused as S3 would: 403 unless signed for exactly these headers,
+        400 when the bytes are not what the checksum names; only upload keys, only pictures
+        the service would read (413 past MAX_BYTES)."""
+        key = unquote(path[len("/lake/"):])
+        lake = self.server.ready_backend.lake
+        if lake is None or not UPLOAD_KEY.match(key):
+            self._read_body_and_discard()
+            self._send_error_json(403, "forbidden", "Only upload links take a PUT.")
+            return
+        body = self._read_body(MAX_PICTURE_BYTES)
+        if body is None:
+            return
+        params = {name: values[-1] for name, values in parse_qs(query).items()}
+        checksum = self.headers.get("x-amz-checksum-sha256") or ""
+        content_type = self.headers.get("Content-Type") or ""
+        if not lake.verify_upload(key, params, content_type, len(body), checksum):
+            self._send_error_json(403, "forbidden", "The link is not valid or has expired, or "
+                                  "the request's type, length or checksum is not the signed one.")
+            return
+        if not matches_checksum(body, checksum):
+            self._send_error_json(400, "bad_digest", "The bytes do not match the checksum.")
+            return
+        lake.put(key, body, content_type)  # write then rename: never half a picture
+        self._send(200, b"", self._cors_headers())
 
     # -- API Gateway ----------------------------------------------------------------------
 

@@ -9,21 +9,27 @@ Ingestion deletes exactly the object it read, never a newer one written under th
 meanwhile: `get_version` returns the bytes with a version token and `delete_version` removes that
 version only (S3: the object version, or an If-Match on its ETag in an unversioned bucket; the
 folder: the file is taken by an atomic rename and put back if it is not the one that was read).
+
+`upload_url` lets a program PUT one picture straight into the lake (POST /uploads), past API
+Gateway's body limit. The URL binds the method, the key, the Content-Type, the exact length and
+the SHA-256 of the bytes (S3: signed `content-length` and `x-amz-checksum-sha256` headers, which
+S3 enforces), so what lands under `uploads/<sha256>` is always the picture that hash names.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from artlens.digests import hmac_sha256_hex
+from artlens.digests import hmac_sha256_hex, sha256_hex
 from artlens.errors import BadRequest, ImageRejected, NotFound
 from artlens.settings import Settings
 
@@ -65,6 +71,24 @@ class ObjectLake(Protocol):
     def list(self, prefix: str) -> list[str]: ...
 
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str: ...
+
+    def upload_url(
+        self, key: str, content_type: str, size: int, sha256: str,
+        expires: int = DEFAULT_URL_EXPIRES_S,
+    ) -> str:
+        """A URL that takes one PUT of exactly `size` bytes whose SHA-256 (hex) is `sha256`, sent
+        with the headers `upload_headers(content_type, sha256)`, until `expires` seconds pass."""
+
+
+def checksum_header(sha256: str) -> str:
+    """`x-amz-checksum-sha256`'s value for a hex digest: the digest's bytes in base64."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+
+
+def upload_headers(content_type: str, sha256: str) -> dict[str, str]:
+    """The headers a PUT to an upload URL must send as they are (the URL's signature covers
+    them); the HTTP client adds Content-Length, which must be the size asked for."""
+    return {"Content-Type": content_type, "x-amz-checksum-sha256": checksum_header(sha256)}
 
 
 def _too_large(size: int, max_bytes: int | None) -> ImageRejected:
@@ -181,6 +205,22 @@ class S3Lake:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires)
         )
 
+    def upload_url(
+        self, key: str, content_type: str, size: int, sha256: str,
+        expires: int = DEFAULT_URL_EXPIRES_S,
+    ) -> str:
+        # Params that become headers are signed (X-Amz-SignedHeaders): S3 refuses a PUT whose
+        # length, type or checksum differs, and checks the checksum against the bytes (BadDigest).
+        # Needs s3:PutObject on the key's prefix for the role that signs.
+        return self._s3.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.bucket, "Key": key, "ContentType": content_type,
+                "ContentLength": int(size), "ChecksumSHA256": checksum_header(sha256),
+            },
+            ExpiresIn=int(expires),
+        )
+
 
 class LocalLake:
     """A folder with the same key layout, and HMAC-signed URLs served by the local gateway."""
@@ -295,7 +335,15 @@ class LocalLake:
         return sorted(keys)
 
     def _signature(self, key: str, exp: int) -> str:
-        return hmac_sha256_hex(self._url_key, f"{key}\n{exp}")
+        # The method is the first line, so a GET link can never pass for an upload or back.
+        return hmac_sha256_hex(self._url_key, f"GET\n{key}\n{exp}")
+
+    def _upload_signature(
+        self, key: str, exp: int, content_type: str, size: int, checksum: str
+    ) -> str:
+        return hmac_sha256_hex(
+            self._url_key, f"PUT\n{key}\n{exp}\n{content_type}\n{size}\n{checksum}"
+        )
 
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str:
         # Text checks only: signing touches no file, and the symlink check happens where the
@@ -318,6 +366,38 @@ class LocalLake:
         if exp_value < self._clock():
             return False
         return hmac.compare_digest(self._signature(key, exp_value).encode(), str(sig).encode())
+
+    def upload_url(
+        self, key: str, content_type: str, size: int, sha256: str,
+        expires: int = DEFAULT_URL_EXPIRES_S,
+    ) -> str:
+        """Like S3's presigned PUT: the signature covers the headers the PUT must carry (type,
+        length, checksum), which the local gateway passes to verify_upload as it got them."""
+        self._checked_key(key)
+        exp = int(self._clock()) + int(expires)
+        sig = self._upload_signature(key, exp, content_type, int(size), checksum_header(sha256))
+        return f"{self.base_url}/lake/{quote(key, safe='/')}?m=PUT&exp={exp}&sig={sig}"
+
+    def verify_upload(
+        self, key: str, query: Mapping[str, str], content_type: str, size: int, checksum: str
+    ) -> bool:
+        """True if a PUT of `size` bytes to `key` with that Content-Type and
+        x-amz-checksum-sha256 is what an unexpired upload_url signed. That the bytes match the
+        checksum is for the receiver to check once it has them (`matches_checksum`)."""
+        try:
+            exp_value = int(query.get("exp", ""))
+            self._checked_key(key)
+        except (TypeError, ValueError, BadRequest):
+            return False
+        if query.get("m") != "PUT" or exp_value < self._clock():
+            return False
+        expected = self._upload_signature(key, exp_value, content_type, size, checksum)
+        return hmac.compare_digest(expected.encode(), str(query.get("sig", "")).encode())
+
+
+def matches_checksum(data: bytes, checksum: str) -> bool:
+    """Whether `data` is what an x-amz-checksum-sha256 value (base64 SHA-256) names."""
+    return hmac.compare_digest(checksum_header(sha256_hex(data)), checksum)
 
 
 def _file_version(info: os.stat_result) -> str:

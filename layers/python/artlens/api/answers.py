@@ -30,13 +30,14 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from PIL import Image
 
-from artlens.api.events import MAX_BODY_BYTES
+from artlens.api.events import MAX_BODY_BYTES, UploadRequest
 from artlens.digests import sha256_hex
 from artlens.image import load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, Neighbor
-from artlens.lake import ObjectLake
+from artlens.lake import DEFAULT_URL_EXPIRES_S, ObjectLake, upload_headers
 from artlens.models.classifier import Classifier
 from artlens.models.versions import versions_of
+from artlens.names import UPLOADS_PREFIX
 
 PROBABILITY_DIGITS = 6
 SIMILARITY_DIGITS = 6
@@ -130,6 +131,18 @@ class PreviewAnswer(TypedDict):
     width: int  # of the preview (long side at most PREVIEW_SIDE, never enlarged)
     height: int
     format: str  # of the picture sent (JPEG, PNG, WEBP, GIF, BMP, TIFF)
+
+
+class UploadAnswer(TypedDict):
+    """POST /uploads 200: how to PUT the picture, then POST /predict {"key": key}."""
+
+    key: str  # uploads/<sha256>
+    url: str  # the presigned PUT URL (relative to the API in the local stack)
+    method: Literal["PUT"]
+    headers: dict[str, str]  # send exactly these (signed), plus Content-Length = size
+    expires_at: int  # unix seconds
+    max_bytes: int  # the largest picture the service takes
+    exists: bool  # the service already holds this picture: no PUT needed
 
 
 class WhoAmI(TypedDict):
@@ -400,6 +413,24 @@ def preview_image(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> PreviewAns
         "width": picture.width,
         "height": picture.height,
         "format": loaded.format,
+    }
+
+
+def upload_ticket(
+    request: UploadRequest, lake: ObjectLake, *, max_bytes: int,
+    expires: int = DEFAULT_URL_EXPIRES_S,
+) -> UploadAnswer:
+    """POST /uploads: a presigned PUT for one picture under its content address, so a picture
+    already held (sent before, or PUT twice) is stored once and its shared link keeps working."""
+    key = UPLOADS_PREFIX + request.sha256
+    return {
+        "key": key,
+        "url": lake.upload_url(key, request.content_type, request.size, request.sha256, expires),
+        "method": "PUT",
+        "headers": upload_headers(request.content_type, request.sha256),
+        "expires_at": int(time.time()) + int(expires),
+        "max_bytes": max_bytes,
+        "exists": lake.exists(key),
     }
 
 

@@ -29,9 +29,14 @@ MULTIPART_FIELD = "file"
 LAMBDA_EVENT_LIMIT = 6 * 1024 * 1024
 EVENT_HEADROOM = 64 * 1024
 MAX_BODY_BYTES = (LAMBDA_EVENT_LIMIT - EVENT_HEADROOM) * 3 // 4
-# Predict and preview by reference: {"key": "gallery/<sha256>.<ext>"} or {"sha256": "<hex>"}.
+# Predict and preview by reference: {"key": "gallery/<sha256>.<ext>"}, {"key":
+# "uploads/<sha256>"} (a picture sent before, or PUT by a POST /uploads URL) or {"sha256": "<hex>"}.
 GALLERY_KEY = re.compile(r"^gallery/[0-9a-f]{64}\.[a-z0-9]{2,5}$")
+UPLOAD_KEY = re.compile(r"^uploads/[0-9a-f]{64}$")
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+# What a POST /uploads URL may be PUT with: the picture's own type, or none in particular.
+UPLOAD_CONTENT_TYPE = re.compile(r"^(image/[a-z0-9][a-z0-9.+-]{0,63}|application/octet-stream)$")
+DEFAULT_UPLOAD_CONTENT_TYPE = "application/octet-stream"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,15 @@ class Reference:
 
     key: str | None = None
     sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """POST /uploads: the picture a program is about to PUT, described by its bytes."""
+
+    sha256: str  # lower-case hex
+    size: int
+    content_type: str
 
 
 def too_large(size: int) -> ImageRejected:
@@ -151,9 +165,11 @@ def _picture_from_json(body: bytes) -> bytes | Reference:
         )
     value = document[given[0]]
     if given[0] == "key":
-        if not isinstance(value, str) or not GALLERY_KEY.match(value):
-            raise BadRequest('"key" must be a gallery key: gallery/<sha256>.<extension>.',
-                             code="bad_key")
+        if not isinstance(value, str) or not (GALLERY_KEY.match(value) or UPLOAD_KEY.match(value)):
+            raise BadRequest(
+                '"key" must be a gallery key (gallery/<sha256>.<extension>) or an upload key '
+                "(uploads/<sha256>).", code="bad_key",
+            )
         return Reference(key=value)
     if given[0] == "sha256":
         if not isinstance(value, str) or not SHA256_HEX.match(value):
@@ -164,6 +180,36 @@ def _picture_from_json(body: bytes) -> bytes | Reference:
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
     return _b64decode(value, 'The field "image_base64" is not valid base64.')
+
+
+def parse_upload_request(event: Mapping[str, Any], max_bytes: int) -> UploadRequest:
+    """POST /uploads {"sha256": "<hex>", "size": <bytes>, "content_type": "image/jpeg"}: the
+    digest and size are required, because the URL binds them (what lands under the key is
+    exactly that picture); content_type defaults to application/octet-stream."""
+    query_parameters(event, ())
+    document = parse_json(body_bytes(event))
+    if not isinstance(document, dict):
+        raise BadRequest('The JSON body must be an object {"sha256", "size", "content_type"}.',
+                         code="bad_upload")
+    digest = document.get("sha256")
+    if not isinstance(digest, str) or not SHA256_HEX.match(digest):
+        raise BadRequest('"sha256" must be the SHA-256 of the picture, 64 hexadecimal digits.',
+                         code="bad_sha256")
+    size = document.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise BadRequest('"size" must be the picture\'s length in bytes (a positive integer).',
+                         code="bad_upload")
+    if size > max_bytes:
+        raise ImageRejected(
+            "too_large",
+            f"The picture is {size:,} bytes; the service takes pictures of at most "
+            f"{max_bytes:,} bytes. Downscale it (long side 2,048 px or less) first.",
+        )
+    content_type = document.get("content_type", DEFAULT_UPLOAD_CONTENT_TYPE)
+    if not isinstance(content_type, str) or not UPLOAD_CONTENT_TYPE.match(content_type):
+        raise BadRequest('"content_type" must be an image type (image/jpeg, image/png, ...) '
+                         "or application/octet-stream.", code="bad_upload")
+    return UploadRequest(sha256=digest.lower(), size=size, content_type=content_type)
 
 
 def _b64decode(text: str | bytes, message: str) -> bytes:

@@ -1,5 +1,5 @@
-"""The predict function's API: POST /predict, GET /map, POST /preview and GET /whoami,
-answered over its dependencies.
+"""The predict function's API: POST /predict, GET /map, POST /preview, POST /uploads and
+GET /whoami, answered over its dependencies.
 
 Routing is one small table rather than Powertools' APIGatewayRestResolver: every answer,
 including 404/405 and errors, goes through artlens.api.responses so it carries our JSON error
@@ -10,6 +10,11 @@ link ({"sha256": ...}) can ask for the same answer later; gallery works are foun
 or their SHA-256. Predict by reference re-runs the model on the stored picture: the answer is
 exactly the one its upload got (every probability, the assessment), at the cost of one lake
 read and one inference.
+
+A picture too large for API Gateway's body (events.MAX_BODY_BYTES) goes around it: POST /uploads
+answers a presigned PUT to `uploads/<sha256>` (the lake checks the bytes against that digest),
+then POST /predict {"key": "uploads/<sha256>"} (or {"sha256": ...}) classifies it under the
+picture limit (artlens.image.MAX_BYTES), not the body limit.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from artlens.api.answers import (
     MapAnswer,
     PredictAnswer,
     PreviewAnswer,
+    UploadAnswer,
     WhoAmI,
     collection_map,
     predict_image,
     preview_image,
+    upload_ticket,
     who_am_i,
 )
 from artlens.api.events import (
@@ -33,6 +40,7 @@ from artlens.api.events import (
     extract_picture,
     parse_map_query,
     parse_predict_query,
+    parse_upload_request,
     query_parameters,
 )
 from artlens.api.responses import cors_headers, json_response, response_for_exception
@@ -93,6 +101,7 @@ class PredictApi:
             ("GET", "/map"): self.collection_map,
             ("POST", "/preview"): self.preview,
             ("GET", "/whoami"): self.whoami,
+            ("POST", "/uploads"): self.upload,
         }
 
     def predict(self, event: Event) -> PredictAnswer:
@@ -120,7 +129,8 @@ class PredictApi:
             key = self.store.key_of(reference.sha256, version) or UPLOADS_PREFIX + reference.sha256
             what = f"SHA-256 {reference.sha256}"
         try:
-            return self.lake.get(key)
+            # Bounded before reading: an oversized upload is a 413, never a download.
+            return self.lake.get(key, max_bytes=MAX_BYTES)
         except NotFound:
             raise NotFound(f"The service holds no picture with {what}.") from None
 
@@ -135,6 +145,9 @@ class PredictApi:
             (self.logger or logging.getLogger(__name__)).warning(
                 "could not keep the upload %s: %s", key, type(exc).__name__
             )
+
+    def upload(self, event: Event) -> UploadAnswer:
+        return upload_ticket(parse_upload_request(event, MAX_BYTES), self.lake, max_bytes=MAX_BYTES)
 
     def preview(self, event: Event) -> PreviewAnswer:
         query_parameters(event, ())
