@@ -1,9 +1,14 @@
 """make train DATA=<folder>: clean, explore, cross-validate, train, evaluate, export, document.
 
+Default config mobilenet_v2 (model v2): ImageNet MobileNetV2 backbone, head warm-up on cached
+frozen features of augmented views, fine-tuning of the top blocks, temperature scaling, a
+whitened retrieval embedding; evaluated on the grouped test split, on user-style copies and on
+a cross-source set that never trains. The seed's CNN configs (reference, improved) remain.
+
 Outputs (default out/training/, git-ignored): cleaning_report.json, class_distribution.png,
-mean_rgb_per_class.png, learning_curves_<config>.png, confusion_matrix.png, embeddings_3d.html
-(self-contained), embeddings_3d.png, metrics.json. Shipped artifact (default models/):
-artlens.onnx + artlens.json (the model card).
+learning_curves_<config>.png, confusion_matrix.png, reliability_diagram.png, occlusion*.png,
+embeddings_3d.html (self-contained), embeddings_3d.png, metrics.json. Shipped artifact (default
+models/): artlens.onnx + artlens.json (the model card) + artlens.keras.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from training import data as data_mod  # noqa: E402
 from training import plots  # noqa: E402
 from training.export import export_onnx, write_card  # noqa: E402
 from training.models import CONFIGS  # noqa: E402
+from training.weights import SHARED_WEIGHTS, BackboneWeightsError, resolve_backbone_weights  # noqa: E402
+
+BACKBONE_CONFIGS = ("mobilenet_v2",)
+REPO = Path(__file__).resolve().parent.parent
+CROSS_SOURCE_DEFAULT = REPO.parent / "shared/datasets/art-sample-kaggle-layout"
 
 
 def parse_args(argv=None):
@@ -45,10 +55,88 @@ def parse_args(argv=None):
         default=Path(".artlens/cache"),
         help="decoded arrays, keyed by the data checksum",
     )
-    p.add_argument("--configs", default="reference,improved", help="configs to cross-validate")
-    p.add_argument("--ship", default=None, help="config to ship (default: best CV macro-F1)")
-    p.add_argument("--folds", type=int, default=5, help="k for stratified k-fold (0 = skip CV)")
-    p.add_argument("--cv-epochs", type=int, default=20, help="epochs per fold (learning curves)")
+    p.add_argument(
+        "--configs",
+        default="mobilenet_v2",
+        help="configs: mobilenet_v2 (default, model v2) or the seed's CNNs reference,improved",
+    )
+    p.add_argument("--ship", default=None, help="CNN config to ship (default: best CV macro-F1)")
+    p.add_argument("--folds", type=int, default=3, help="k for stratified k-fold (0 = skip CV)")
+    p.add_argument(
+        "--cv-epochs", type=int, default=20, help="CNN configs: epochs per fold (learning curves)"
+    )
+    v2 = p.add_argument_group("mobilenet_v2 (model v2)")
+    v2.add_argument(
+        "--backbone-weights",
+        default=None,
+        help=f"Keras MobileNetV2 no-top .weights.h5 (default: {SHARED_WEIGHTS}, SHA-256 "
+        "checked) or 'imagenet' (Keras download; needs internet)",
+    )
+    v2.add_argument("--input-size", type=int, default=160, choices=(96, 128, 160, 192, 224))
+    v2.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=256,
+        help="embedding dimensions in all (whitened features + 64 layout + C type)",
+    )
+    v2.add_argument(
+        "--embedding",
+        choices=("lw", "pcaw"),
+        default="lw",
+        help="lw: learned whitening on (picture, view) pairs; pcaw: PCA-whitening",
+    )
+    v2.add_argument("--whitening-shrink", type=float, default=0.3)
+    v2.add_argument(
+        "--type-weight",
+        type=float,
+        default=0.5,
+        help="append the class probabilities x this to the embedding (0 = off)",
+    )
+    v2.add_argument(
+        "--layout-weight",
+        type=float,
+        default=0.5,
+        help="append the 8x8 grey layout descriptor x this to the embedding (0 = off)",
+    )
+    v2.add_argument("--views", type=int, default=3, help="augmented views per training picture")
+    v2.add_argument(
+        "--source-balance",
+        choices=("sqrt", "equal"),
+        default="sqrt",
+        help="within a class, sources share its weight by sqrt(size) or equally (equal was "
+        "tried: worse on test and no better cross-source, see docs/model/README.md)",
+    )
+    v2.add_argument("--warmup-epochs", type=int, default=12)
+    v2.add_argument("--finetune-epochs", type=int, default=3)
+    v2.add_argument(
+        "--unfreeze-from",
+        type=int,
+        default=14,
+        choices=(13, 14, 15, 16, 17),
+        help="first MobileNetV2 block fine-tuned (17 = Conv_1 only)",
+    )
+    v2.add_argument(
+        "--cross-source",
+        default=str(CROSS_SOURCE_DEFAULT),
+        help="Kaggle-layout folder: its validation_set is the cross-source check (never "
+        "trains), its training_set an extra source; 'none' to skip",
+    )
+    v2.add_argument(
+        "--no-extra-training",
+        dest="extra_training",
+        action="store_false",
+        help="do not train on the cross-source folder's training_set",
+    )
+    v2.add_argument(
+        "--compare-card",
+        default="models/artlens.json",
+        help="shipped card evaluated on the same pictures ('none' to skip)",
+    )
+    v2.add_argument(
+        "--tradeoff",
+        default="docs/model/tradeoff.json",
+        help="size/dimension measurement (python -m training.tradeoff) for the card",
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -65,11 +153,20 @@ def parse_args(argv=None):
         type=Path,
         default=None,
         help="a previous model card: its cross-validation results for configs not run now are "
-        "reused for the comparison (same data checksum, folds, epochs and seed required)",
+        "reused for the comparison (same data checksum, folds, epochs and seed required; "
+        "mobilenet_v2 defaults to models/artlens.json and needs the same folds only)",
     )
     p.add_argument("--version", default=None, help="model version (default: date + git short hash)")
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS and c not in BACKBONE_CONFIGS]
+    if unknown or not names:
+        p.error(f"unknown configs {unknown}; known: {[*BACKBONE_CONFIGS, *CONFIGS]}")
+    for name in ("cross_source", "compare_card", "tradeoff"):
+        value = getattr(args, name)
+        setattr(args, name, None if value in (None, "none", "") else Path(value))
+    return args
 
 
 def model_version() -> str:
@@ -141,12 +238,31 @@ def reused_cv(card_path: Path, checksum: str, args) -> dict:
 
 
 def main(argv=None) -> int:
+    args = parse_args(argv)
+    if any(c in BACKBONE_CONFIGS for c in args.configs.split(",")):
+        # checked before TensorFlow is even imported: a wrong file fails in a second, clearly
+        try:
+            weights = resolve_backbone_weights(args.backbone_weights)
+        except BackboneWeightsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        from training import v2
+
+        if args.baseline_cv is None and Path("models/artlens.json").exists():
+            args.baseline_cv = Path("models/artlens.json")
+        args.default_version = model_version()
+        args.machine = machine()
+        return v2.run(args, weights)
+    return train_cnn(args)
+
+
+def train_cnn(args) -> int:
+    """The seed's CNN configs (reference, improved) at 150 px, as in model v1."""
     import keras
     import tensorflow as tf
 
     from training.train import cross_validate, fit, metrics, predict
 
-    args = parse_args(argv)
     started = time.perf_counter()
     verbose = 0 if args.quiet else 2
     args.out.mkdir(parents=True, exist_ok=True)

