@@ -1,8 +1,10 @@
-"""python -m bench [--quick] [--out PATH] [--sections a,b] [--million] [--model-dir DIR]"""
+"""python -m bench [--quick] [--out PATH] [--sections a,b] [--million] [--model-dir DIR]
+[--ingest-images N]"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run kNN at 1,000,000 rows (long on 2 cores)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="folder with artlens.json + artlens.keras (default models/)")
+    parser.add_argument("--ingest-images", type=int, default=None, metavar="N",
+                        help="pictures of the ingest section (both its local and its S3-latency "
+                        "runs), for a short run of that section alone")
     parser.add_argument("--table-only", action="store_true",
                         help="print the table of an existing results file (--out) and refresh "
                         "docs/performance.md from it; measures nothing")
@@ -51,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--quick writes a smoke result; name it with --out (results.json is "
                      "the record of a full run)")
     return args
+
+
+def _input_size(model: common.ModelFiles) -> int:
+    from artlens.models.card import ModelCard
+
+    return ModelCard.load(model.card_path).input_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     sizes = common.Sizes.for_mode(args.quick, args.million)
+    if args.ingest_images:
+        sizes = dataclasses.replace(sizes, ingest_images=args.ingest_images,
+                                    s3_images=args.ingest_images)
     wanted = [s for s in SECTIONS if s in args.sections.split(",")]
     out_path = args.out or DEFAULT_OUT
     failed: list[str] = []
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bench = common.Bench(
                 sizes=sizes, workdir=workdir, model=model,
-                pool=common.load_pool(args.quick, sizes.pool_limit), pg=pg,
+                pool=common.load_pool(args.quick, sizes.pool_limit, _input_size(model)), pg=pg,
                 threads=common.cores(),
             )
             results: dict = {
@@ -112,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"bench: sections failed: {', '.join(failed)} (see results 'error')")
         return 1
-    full_record = not args.quick and out_path == DEFAULT_OUT and set(wanted) == set(SECTIONS)
+    full_record = (not args.quick and out_path == DEFAULT_OUT and set(wanted) == set(SECTIONS)
+                   and not args.ingest_images)
     if full_record and report.update_doc(common.rounded(results)):
         print(f"updated the table in {report.DOC.relative_to(_REPO)}")
     return 0

@@ -167,7 +167,7 @@ def handler_imports(runs: int) -> dict[str, Any]:
 
 def run(bench: Bench) -> dict[str, Any]:
     dsn = bench.pg.new_database("cold")
-    store = ready_store(dsn, bench.card.version)
+    store = ready_store(dsn, bench.card.version, bench.card.embedding_size)
     store.close()
     embedded = bench.embedded
     copy_rows(dsn, bench.card.version, embedded.embeddings, embedded.labels)

@@ -58,6 +58,9 @@ class Sizes:
     hnsw_builds: tuple[tuple[int, int], ...] = ((16, 64), (16, 128), (24, 128))
     ingest_images: int = 600
     ingest_batch: int = 16
+    # Per function on S3 (bench.slow_lake): the sequential baseline makes ~3 calls a picture.
+    s3_images: int = 160
+    s3_latency_ms: float = 30.0
     pool_limit: int | None = None
 
     @classmethod
@@ -71,7 +74,7 @@ class Sizes:
             nodraft_requests=5, keras_requests=3, profile_requests=5, cold_start_runs=1,
             knn_rows=(1_000,),
             knn_queries=20, ef_search_sweep=(20, 40), hnsw_builds=((16, 64),),
-            ingest_images=48, pool_limit=64,
+            ingest_images=48, s3_images=32, pool_limit=64,
         )
 
 
@@ -160,6 +163,20 @@ def library_versions() -> dict[str, str]:
 
 def cores() -> int:
     return machine()["cores"] or 1
+
+
+# -- the deployment ------------------------------------------------------------------------
+
+
+def deployed_setting(name: str, env: str = "prod") -> Any:
+    """A value of the CDK app's settings (cdk.json context: `env`'s override, else the
+    default); None when cdk.json or the name is missing."""
+    try:
+        context = json.loads((REPO / "cdk.json").read_text())["context"]["artlens"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return context.get("environments", {}).get(env, {}).get(
+        name, context.get("defaults", {}).get(name))
 
 
 # -- child processes ----------------------------------------------------------------------
@@ -287,15 +304,19 @@ def connect_with(dsn: str, **settings: str) -> Callable[[], Any]:
     return lambda: psycopg2.connect(dsn, options=options, application_name="artlens-bench")
 
 
-def ready_store(dsn: str, version: str, **settings: str):
-    """A migrated store whose current (ready) model version is `version`."""
+def ready_store(dsn: str, version: str, embedding_dim: int | None = None, **settings: str):
+    """A migrated store whose current (ready) model version is `version`, with embeddings of
+    `embedding_dim` values (default: the first model's; pass the card's `embedding_size`)."""
     from artlens.index.embeddings import EmbeddingStore
     from artlens.models.versions import versions_of
 
     store = EmbeddingStore(connect_with(dsn, **settings) if settings else dsn)
     store.migrate()
     states = versions_of(store)
-    states.register(version)
+    if embedding_dim is None:
+        states.register(version)
+    else:
+        states.register(version, embedding_dim)
     states.mark_ready(version)
     states.activate(version)
     return store
@@ -385,14 +406,35 @@ class Pool:
     source: str
 
 
-def load_pool(quick: bool, limit: int | None) -> Pool:
-    caches = sorted(POOL_CACHE_DIR.glob("*.npz"), key=lambda p: p.stat().st_mtime)
-    if caches and not quick:
-        with np.load(caches[-1], allow_pickle=False) as cached:
+def _pixels_shape(cached: Any) -> tuple[int, ...]:
+    """The shape of an .npz's `pixels` from its header alone (the array is not loaded)."""
+    with cached.zip.open("pixels.npy") as member:
+        major, _ = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, _ = read_header(member)
+    return tuple(shape)
+
+
+def load_pool(quick: bool, limit: int | None, size: int | None = None) -> Pool:
+    """The largest cached training pool (newest first on a tie), of `size` px pictures when
+    given (the model's input); generated pictures when there is none or in quick mode."""
+    candidates = []
+    for cache in POOL_CACHE_DIR.glob("*.npz") if not quick else []:
+        with np.load(cache, allow_pickle=False) as cached:
+            # The cache folder also holds other training artefacts and pools of other sizes.
+            if not {"pixels", "labels"} <= set(cached.files):
+                continue
+            shape = _pixels_shape(cached)
+        if size is None or shape[1:3] == (size, size):
+            candidates.append((shape[0], cache.stat().st_mtime, cache))
+    if candidates:
+        _, _, cache = max(candidates)
+        with np.load(cache, allow_pickle=False) as cached:
             pixels, labels = cached["pixels"], cached["labels"]
         if limit:
             pixels, labels = pixels[:limit], labels[:limit]
-        return Pool(pixels, labels, f"training data ({caches[-1].name}, {len(pixels)} pictures)")
+        return Pool(pixels, labels, f"training data ({cache.name}, {len(pixels)} pictures)")
     n = limit or 512
     from tests.imagegen import artwork
 
@@ -491,7 +533,8 @@ class Bench:
 
     @functools.cached_property
     def small_jpegs(self) -> list[bytes]:
-        count = min(len(self.pool.pixels), max(self.sizes.ingest_images, 64))
+        wanted = max(self.sizes.ingest_images, self.sizes.s3_images, 64)
+        count = min(len(self.pool.pixels), wanted)
         return [small_jpeg(self.pool.pixels[i]) for i in range(count)]
 
     @functools.cached_property

@@ -101,7 +101,7 @@ def _one_count(bench: Bench, n: int, queries, query_labels, sigma, rng, sweep_he
     version = bench.card.version
     rows, labels = tile(bench.embedded, n, sigma, rng)
     dsn = bench.pg.new_database(f"knn{n}")
-    ready_store(dsn, version).close()
+    ready_store(dsn, version, bench.card.embedding_size).close()
     load_s = copy_rows(dsn, version, rows, labels)
 
     exact_store = EmbeddingStore(connect_with(dsn, enable_indexscan="off"))

@@ -32,6 +32,14 @@ ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None]
      "Keras runtime", ("<=", 250)),
     ("ingest", "images_per_s", "ingest, 256 px JPEGs", "img/s", "batch1_images_per_s",
      "batch size 1", (">=", 300)),
+    ("ingest", "images_per_s", "ingest, 256 px JPEGs (vs no pool)", "img/s",
+     "sequential_images_per_s", "no thread pool", None),
+    ("ingest", "s3_images_per_s", "ingest per function, S3 latency", "img/s",
+     "s3_sequential_images_per_s", "sequential calls", None),
+    ("ingest", "s3_sqs_batch_images_per_s", "  same, SQS-sized calls", "img/s",
+     "s3_sequential_images_per_s", "sequential calls", None),
+    ("ingest", "backfill_1m_hours", "1 M-picture backfill, projected", "h",
+     "backfill_1m_sequential_hours", "sequential calls", None),
 )
 KNN_ROWS = (
     ("hnsw_p50_ms", "kNN p50", "ms", "exact_p50_ms", "exact scan", ("<=", 3)),
@@ -71,7 +79,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             continue
         value = data[key]
         base = data.get(base_key) if base_key else None
-        speed = f"{base / value:.1f}x" if base and value and unit in ("ms", "s", "MB") else (
+        speed = f"{base / value:.1f}x" if base and value and unit in ("ms", "s", "MB", "h") else (
             f"{value / base:.1f}x" if base and value else "")
         table.append([
             label, _fmt(value, unit), f"{base_label}: {_fmt(base, unit)}" if base_key else "",
@@ -116,6 +124,16 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"{results.get('model', {}).get('source')} ({results.get('model', {}).get('version')}).",
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
     ]
+    ingest = results.get("ingest") or {}
+    if "s3_latency_ms_per_call" in ingest:
+        out.append(
+            f"Ingest per function on S3: {ingest['s3_latency_ms_per_call']:g} ms added to every "
+            f"lake call (bench/slow_lake.py), {ingest.get('s3_workers')} lake threads, "
+            f"{ingest.get('s3_decoders')} decoders; SQS-sized calls = "
+            f"{ingest.get('s3_sqs_batch_size')} keys each; backfill projected at "
+            f"{ingest.get('backfill_concurrency')} concurrent functions "
+            f"({ingest.get('backfill_concurrency_source')})."
+        )
     if knn:
         out.append(
             f"HNSW parameters chosen by the bench: m = {knn.get('m')}, ef_construction = "

@@ -152,7 +152,7 @@ def run(bench: Bench) -> dict[str, Any]:
     base = bench.embedded
     rows, labels = tile(base, sizes.request_rows, noise_scale(base.embeddings, rng), rng)
     dsn = bench.pg.new_database("request")
-    make_ready_store(dsn, bench.card.version).close()
+    make_ready_store(dsn, bench.card.version, bench.card.embedding_size).close()
     copy_rows(dsn, bench.card.version, rows, labels)
     from artlens.index.embeddings import DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M
 

@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from artlens.ingest import IngestReport, Status, ingest_objects
+from artlens.ingest import Concurrency, IngestReport, Status, ingest_objects
 from artlens.logs import handler_logger
 from artlens.models.versions import CurrentModel, ensure_model_version
 from artlens.serving import Serving
@@ -42,13 +42,20 @@ class Deps:
     # New pictures are embedded with the model of the current version (as predict searches
     # it), so pictures ingested after a reindex switch or a rollback are found at once.
     model: CurrentModel
+    # Lake calls and decodes in flight per invocation (artlens.ingest.Concurrency): on S3 each
+    # picture's get, put and delete are tens of ms of waiting, overlapped on a thread pool.
+    concurrency: Concurrency
 
 
 def build() -> Deps:
     serving = Serving.from_env(os.environ)
     logger.setLevel(serving.settings.log_level)
     threads = serving.settings.ort_threads
-    return Deps(serving, CurrentModel(serving.registry, serving.store, threads=threads))
+    model = CurrentModel(serving.registry, serving.store, threads=threads)
+    return Deps(
+        serving, model,
+        Concurrency(serving.settings.ingest_workers, serving.settings.ingest_decoders),
+    )
 
 
 def build_ready() -> Deps:
@@ -97,7 +104,10 @@ def keys_in_message(body: str) -> list[str]:
 
 def _ingest(keys: list[str]) -> IngestReport:
     built = ready()
-    return ingest_objects(keys, built.serving.lake, built.model.classifier(), built.serving.store)
+    return ingest_objects(
+        keys, built.serving.lake, built.model.classifier(), built.serving.store,
+        concurrency=built.concurrency,
+    )
 
 
 @logger.inject_lambda_context

@@ -24,7 +24,9 @@ REQUIRED = {
                 "large_nodraft_p50_ms", "draft_ratio"),
     "cold_start": ("runtime_s", "tensorflow_s", "ratio", "runtime_install_mb",
                    "tensorflow_install_mb"),
-    "ingest": ("images_per_s", "batch1_images_per_s"),
+    "ingest": ("images_per_s", "batch1_images_per_s", "s3_images_per_s",
+               "s3_sequential_images_per_s", "s3_sqs_batch_images_per_s", "s3_latency_ms_per_call",
+               "backfill_concurrency", "backfill_1m_hours", "backfill_1m_sequential_hours"),
 }
 KNN_KEYS = ("exact_p50_ms", "hnsw_p50_ms", "hnsw_p99_ms", "recall_at_5", "build_s",
             "filtered_recall_at_5", "filtered_hnsw_p50_ms")
@@ -85,6 +87,41 @@ def test_recalls_are_fractions_and_ratios_match_their_parts(quick_run):
     assert cold["tensorflow_install_mb"] > cold["runtime_install_mb"]
 
 
+def test_s3_figures_compare_the_same_pictures_and_project_the_backfill(quick_run):
+    results, stdout, _ = quick_run
+    ingest = results["ingest"]
+    assert ingest["s3_speedup"] == pytest.approx(
+        ingest["s3_images_per_s"] / ingest["s3_sequential_images_per_s"], rel=0.01)
+    # The sequential baseline makes every picture's get, put and delete one after another.
+    assert ingest["s3_lake_calls_per_image"] >= 3
+    assert ingest["s3_workers"] > 1 and ingest["s3_decoders"] >= 1
+    rate, functions = ingest["s3_images_per_s"], ingest["backfill_concurrency"]
+    assert ingest["backfill_1m_hours"] == pytest.approx(
+        1_000_000 / (rate * functions) / 3600, rel=0.01)
+    assert "1 M-picture backfill, projected" in stdout
+
+
+def test_slow_lake_waits_on_every_object_call_and_delegates(tmp_path, monkeypatch):
+    import bench.slow_lake as slow_lake
+    from artlens.lake import LocalLake
+
+    waits = []
+    monkeypatch.setattr(slow_lake.time, "sleep", waits.append)
+    lake = slow_lake.SlowLake(LocalLake(tmp_path, b"k"), latency_s=0.025)
+    lake.put("incoming/a.png", b"abc")
+    read = lake.get_version("incoming/a.png")
+    assert read.data == b"abc" and lake.get("incoming/a.png") == b"abc"
+    assert lake.list("incoming/") == ["incoming/a.png"] and lake.exists("incoming/a.png")
+    lake.copy("incoming/a.png", "gallery/a.png")
+    assert lake.delete_version("incoming/a.png", read.version)
+    lake.delete("gallery/a.png")
+    assert lake.url_for("gallery/x.png").startswith("/lake/gallery/x.png")  # local, no wait
+    assert waits == [0.025] * 8 and lake.calls == 8
+    assert lake.list("") == [] and lake.calls == 9
+    with pytest.raises(ValueError):
+        slow_lake.SlowLake(LocalLake(tmp_path, b"k"), latency_s=-1)
+
+
 def test_machine_versions_and_table_are_reported(quick_run):
     results, stdout, record_untouched = quick_run
     assert results["mode"] == "quick"
@@ -134,7 +171,12 @@ def test_table_marks_missed_targets():
                            "exact_filtered_p50_ms": 30.0, "filtered_recall_at_5": 0.99,
                            "build_s": 20.0}},
     }
+    results["ingest"].update(s3_images_per_s=60.0, s3_sequential_images_per_s=10.0,
+                             backfill_1m_hours=0.9, backfill_1m_sequential_hours=5.4)
     table = {row[0]: row for row in report.rows(results)}
+    assert table["ingest per function, S3 latency"][3] == "6.0x"
+    assert table["1 M-picture backfill, projected"][1:4] == [
+        "0.900 h", "sequential calls: 5.400 h", "6.0x"]
     assert table["  speed-up, batch 1"][4].startswith("NO")
     assert table["ingest, 256 px JPEGs"][4].startswith("yes")
     assert table["ingest, 256 px JPEGs"][3] == "3.5x"

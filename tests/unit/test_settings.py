@@ -30,10 +30,12 @@ def test_local_defaults():
 
 
 def test_aws_settings():
-    settings = Settings.from_env({**AWS, "ORT_THREADS": "2", "LOG_LEVEL": "debug"})
+    settings = Settings.from_env({**AWS, "ORT_THREADS": "2", "LOG_LEVEL": "debug",
+                                  "INGEST_WORKERS": "16", "INGEST_DECODERS": "3"})
     assert not settings.is_local
     assert (settings.cors_origin, settings.ort_threads, settings.log_level) == (
         "https://art.example", 2, "DEBUG")
+    assert (settings.ingest_workers, settings.ingest_decoders) == (16, 3)
 
 
 def test_settings_are_frozen():
@@ -53,6 +55,8 @@ def test_settings_are_frozen():
         ({**LOCAL, "ORT_THREADS": "many"}, "ORT_THREADS"),
         ({**LOCAL, "ORT_THREADS": "0"}, "ORT_THREADS"),
         ({**LOCAL, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({**LOCAL, "INGEST_WORKERS": "0"}, "INGEST_WORKERS"),
+        ({**LOCAL, "INGEST_DECODERS": "a few"}, "INGEST_DECODERS"),
     ],
 )
 def test_invalid_environment_names_the_problem(env, mentions):

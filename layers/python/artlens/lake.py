@@ -413,7 +413,12 @@ def lake_from_settings(settings: Settings, *, s3_client: Any = None) -> ObjectLa
             import boto3
             from botocore.config import Config
 
-            s3_client = boto3.client("s3", config=Config(signature_version="s3v4"))
+            # One pooled connection per concurrent ingest call (artlens.ingest.Concurrency), or
+            # urllib3 drops the extra connections and each call pays a new TLS handshake.
+            pool = max(10, settings.ingest_workers)
+            s3_client = boto3.client(
+                "s3", config=Config(signature_version="s3v4", max_pool_connections=pool)
+            )
         return S3Lake(s3_client, settings.images_bucket)
     if settings.local_lake_dir and settings.local_url_key:
         return LocalLake(

@@ -55,6 +55,8 @@ class Settings:
     token_key_file: str | None = None
     cors_origin: str = "*"
     ort_threads: int = 1
+    ingest_workers: int = 10  # boto3 pools 10 connections by default; the lake widens it
+    ingest_decoders: int = 2
     log_level: str = "INFO"
     token_max_lifetime_s: int = 30 * 24 * 3600  # = artlens.auth.tokens.MAX_LIFETIME_S
 
@@ -97,6 +99,12 @@ class Settings:
         }
         values["db_port"] = _int_in_range(get(n.ENV_DB_PORT), n.ENV_DB_PORT, 5432, 1, 65535)
         values["ort_threads"] = _int_in_range(get(n.ENV_ORT_THREADS), n.ENV_ORT_THREADS, 1, 1, 64)
+        values["ingest_workers"] = _int_in_range(
+            get(n.ENV_INGEST_WORKERS), n.ENV_INGEST_WORKERS, 10, 1, 64
+        )
+        values["ingest_decoders"] = _int_in_range(
+            get(n.ENV_INGEST_DECODERS), n.ENV_INGEST_DECODERS, 2, 1, 16
+        )
         values["token_max_lifetime_s"] = _int_in_range(
             get(n.ENV_TOKEN_MAX_LIFETIME_S), n.ENV_TOKEN_MAX_LIFETIME_S, 30 * 24 * 3600, 60,
             30 * 24 * 3600,
