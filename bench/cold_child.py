@@ -63,7 +63,9 @@ def _tensorflow(picture: bytes) -> dict:
     card_dir = os.path.dirname(os.environ["MODEL_CARD_PATH"])
     model = keras.models.load_model(os.path.join(card_dir, "artlens.keras"), compile=False)
     store = EmbeddingStore(os.environ["DATABASE_URL"])
-    probabilities, embeddings = model.predict(image_to_input(picture)[np.newaxis], verbose=0)
+    size = int(model.input_shape[1])  # the model's own input size (v1 150, v2 160)
+    batch = image_to_input(picture, size=size)[np.newaxis]
+    probabilities, embeddings = model.predict(batch, verbose=0)
     neighbours = store.nearest(embeddings[0], k=5)
     return {"status": 200 if len(neighbours) == 5 else 500, "imports_s": imported - STARTED}
 

@@ -375,13 +375,7 @@ def train_cnn(args) -> int:
             "keras_file": "artlens.keras",
             "embedding_view": view,
             "training": {
-                "data": {
-                    "root": str(args.data),
-                    "checksum": pool.report["data_checksum"],
-                    "cleaning": pool.report["totals"],
-                    "per_class": pool.report["per_class"],
-                    **data_mod.manifest_summary(args.data),
-                },
+                "data": data_mod.card_data(args.data, pool.report),
                 "epochs": epochs,
                 "seed": args.seed,
                 "folds": args.folds,

@@ -301,6 +301,17 @@ def format_report(report: dict) -> str:
     return "\n".join(rows)
 
 
+def card_data(root: Path, report: dict) -> dict:
+    """The model card's `training.data`: which data, its checksum and what cleaning did."""
+    return {
+        "root": str(root),
+        "checksum": report["data_checksum"],
+        "cleaning": report["totals"],
+        "per_class": report["per_class"],
+        **manifest_summary(root),
+    }
+
+
 def manifest_summary(root: Path) -> dict:
     """Sources and licences from MANIFEST.csv, when the data ships one."""
     manifest = Path(root) / "MANIFEST.csv"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.digests import sha256_file
 from artlens.image import INPUT_SIZE, PREPROCESSING
 from training.models import EMBEDDING_SIZE
 
@@ -32,14 +33,6 @@ PARITY_MIN_IMAGES = 32
 
 class ExportParityError(RuntimeError):
     """ONNX Runtime disagrees with Keras beyond the tolerance: the export is not shipped."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(model, onnx_path: Path, parity_images: np.ndarray) -> dict:

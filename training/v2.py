@@ -286,28 +286,13 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
     extra_px = np.zeros((0, size, size, 3), np.uint8)
     extra_y = np.zeros(0, int)
     if args.cross_source is not None:
-        xv = data_mod.load_pool(
-            args.cross_source,
-            cache_dir=args.cache_dir,
-            progress=False,
-            size=size,
-            split="validation_set",
-        )
-        xt = data_mod.load_pool(
-            args.cross_source,
-            cache_dir=args.cache_dir,
-            progress=False,
-            size=size,
-            split="training_set",
-        )
+        xv, known_v, xs_y = cross_source_split(args, size, "validation_set", classes)
+        xt, known_t, _ = cross_source_split(args, size, "training_set", classes)
         xv_hash = data_mod.row_hashes(xv)
-        known_v = np.array([xv.classes[c] in classes for c in xv.labels], bool)
         xs_px = xv.pixels[known_v]
-        xs_y = np.array([classes.index(xv.classes[c]) for c in xv.labels[known_v]], int)
         # anything that is a near copy of a cross-source validation picture is kept out of
         # fitting (main data and the sample's training_set alike), so the check stays unseen
         excluded = data_mod.near_copies_of(hashes, xv_hash)
-        known_t = np.array([xt.classes[c] in classes for c in xt.labels], bool)
         keep_t = known_t & ~data_mod.near_copies_of(data_mod.row_hashes(xt), xv_hash)
         if args.extra_training:
             extra_px = xt.pixels[keep_t]
@@ -623,14 +608,8 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
             "embedding_view": view,
             **CARD_TEXT,
             "training": {
-                "data": {
-                    "root": str(args.data),
-                    "checksum": pool.report["data_checksum"],
-                    "cleaning": pool.report["totals"],
-                    "per_class": pool.report["per_class"],
-                    **data_mod.manifest_summary(args.data),
-                    "extra_source": EXTRA_SOURCE if len(extra_y) else None,
-                },
+                "data": data_mod.card_data(args.data, pool.report)
+                | {"extra_source": EXTRA_SOURCE if len(extra_y) else None},
                 "backbone_weights": {k: weights[k] for k in ("sha256", "source")}
                 | {"file": Path(str(weights["weights"])).name},
                 "views_per_picture": cfg.views,
@@ -658,6 +637,17 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
     return 0
 
 
+def cross_source_split(args, size: int, split: str, classes) -> tuple:
+    """One split of the cross-source folder at `size`: (pool, rows of known classes, labels
+    in this model's class order)."""
+    pool = data_mod.load_pool(
+        args.cross_source, cache_dir=args.cache_dir, progress=False, size=size, split=split
+    )
+    known = np.array([pool.classes[c] in classes for c in pool.labels], bool)
+    labels = np.array([classes.index(pool.classes[c]) for c in pool.labels[known]], int)
+    return pool, known, labels
+
+
 def compare_shipped(args, card_path, rows_main, train_idx, test_idx, paths, classes) -> dict:
     """The previously shipped model on exactly the same test pictures, copies, gallery and
     cross-source set (at its own input size), for the side-by-side table."""
@@ -669,16 +659,8 @@ def compare_shipped(args, card_path, rows_main, train_idx, test_idx, paths, clas
     px, y = pool.pixels[rows_main], pool.labels[rows_main]
     xs_px = xs_y = None
     if args.cross_source is not None:
-        xv = data_mod.load_pool(
-            args.cross_source,
-            cache_dir=args.cache_dir,
-            progress=False,
-            size=size,
-            split="validation_set",
-        )
-        known = np.array([xv.classes[c] in classes for c in xv.labels], bool)
+        xv, known, xs_y = cross_source_split(args, size, "validation_set", classes)
         xs_px = xv.pixels[known]
-        xs_y = np.array([classes.index(xv.classes[c]) for c in xv.labels[known]], int)
     copy_px = copies_of(args.data, paths, test_idx, size)
     res, _, _ = evaluate_artifact(
         card_path.with_name(card["onnx_file"]),

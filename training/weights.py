@@ -8,8 +8,9 @@ message instead of failing deep inside Keras (or, worse, training on wrong weigh
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+from artlens.digests import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS = (
@@ -22,14 +23,6 @@ WEIGHTS_LICENCE = "Apache-2.0 (TF-slim mobilenet_v2_1.0_224 checkpoint, tensorfl
 
 class BackboneWeightsError(ValueError):
     """The backbone weights file is missing or is not the file it claims to be."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_backbone_weights(value: str | Path | None, expected_sha256: str | None = None) -> dict:
@@ -54,7 +47,7 @@ def resolve_backbone_weights(value: str | Path | None, expected_sha256: str | No
         )
     is_shared = path.resolve() == SHARED_WEIGHTS.resolve()
     want = expected_sha256 or (SHARED_WEIGHTS_SHA256 if is_shared else None)
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if want is not None and digest != want:
         raise BackboneWeightsError(
             f"backbone weights {path} have SHA-256 {digest}, expected {want}: the file is "

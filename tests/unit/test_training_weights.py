@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
+from artlens.digests import sha256_file
 from training.__main__ import main
 from training.weights import (
     SHARED_WEIGHTS,
     SHARED_WEIGHTS_SHA256,
     BackboneWeightsError,
     resolve_backbone_weights,
-    sha256_of,
 )
 
 
@@ -48,7 +48,7 @@ def test_wrong_hash_is_refused(tmp_path):
     with pytest.raises(BackboneWeightsError, match="SHA-256"):
         resolve_backbone_weights(fake, expected_sha256=SHARED_WEIGHTS_SHA256)
     # without an expected hash a user's own file is accepted and its digest recorded
-    assert resolve_backbone_weights(fake)["sha256"] == sha256_of(fake)
+    assert resolve_backbone_weights(fake)["sha256"] == sha256_file(fake)
 
 
 def test_wrong_suffix_is_refused(tmp_path):

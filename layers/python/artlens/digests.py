@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """A file's SHA-256, read in 1 MiB chunks (model files and weights are megabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def hmac_sha256_hex(key: str | bytes, message: str | bytes) -> str:
