@@ -3,6 +3,8 @@
 #   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
 #                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
 #   make token / ingest DIR=… / reindex / rollback / redrive / key ARGS=…   (local stack)
+#   make backfill [PREFIX=incoming/] / backfill-reindex [VERSION=…]   (Distributed Map logic;
+#                with ENV=… on the deployed state machine, printing progress until done)
 #   make train DATA=… / bench / stress
 #   make synth / diff / layer / deploy ENV=… / bootstrap   (AWS: only .venv-infra + the CDK CLI)
 #   make lock    re-resolve requirements/*.lock (hashes, transitive pins) after editing a .txt
@@ -17,7 +19,8 @@ export PYTHONPATH := $(CURDIR)/layers/python:$(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
-        bench stress key synth diff layer deploy bootstrap preflight lock browser clean redrive
+        bench stress key synth diff layer deploy bootstrap preflight lock browser clean redrive \
+        backfill backfill-reindex
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -63,6 +66,20 @@ reindex: $(VENV)/.local-installed
 
 rollback: $(VENV)/.local-installed
 	$(PY) -m local_stack.reindex --rollback
+
+# The backfill / reindex state machine's map logic (docs/operations.md, "Backfill and reindex
+# at scale"): locally on the running stack, or with ENV=dev|prod on the deployed one.
+PREFIX ?=
+VERSION ?=
+ON_AWS = $(filter command line,$(origin ENV))
+backfill: $(if $(ON_AWS),,$(VENV)/.local-installed)
+	$(if $(ON_AWS),infra/run_backfill.sh "$(ENV)" backfill "$(or $(PREFIX),incoming/)",\
+	  $(PY) -m local_stack.backfill --mode backfill --prefix "$(or $(PREFIX),incoming/)" $(ARGS))
+
+backfill-reindex: $(if $(ON_AWS),,$(VENV)/.local-installed)
+	$(if $(ON_AWS),infra/run_backfill.sh "$(ENV)" reindex "$(or $(PREFIX),gallery/)" "$(VERSION)",\
+	  $(PY) -m local_stack.backfill --mode reindex --prefix "$(or $(PREFIX),gallery/)" \
+	  $(if $(VERSION),--version "$(VERSION)") $(ARGS))
 
 # Put dead-lettered ingestion messages back (docs/operations.md); ARGS="--list" shows them.
 redrive: $(VENV)/.local-installed

@@ -39,6 +39,12 @@ class DeploymentSettings:
     embed_max_concurrency: int
     dlq_max_receive_count: int
     reindex_timeout_s: int
+    # backfill / reindex state machine (Distributed Map): objects per child invocation, child
+    # invocations at once (each holds a database connection) and the share of failed items a
+    # run tolerates before it fails (a reindex switches only when none failed).
+    backfill_batch_size: int
+    backfill_max_concurrency: int
+    backfill_tolerated_failure_percent: int
     # API
     throttle_rate_limit: int
     throttle_burst_limit: int
@@ -124,6 +130,13 @@ class DeploymentSettings:
         # SQS event sources accept a maximum concurrency of 2..1000.
         need(2 <= self.embed_max_concurrency <= 1000, "embedMaxConcurrency must be 2..1000")
         need(1 <= self.dlq_max_receive_count <= 1000, "dlqMaxReceiveCount must be 1..1000")
+        need(1 <= self.backfill_batch_size <= 1000, "backfillBatchSize must be 1..1000")
+        # Each child holds a database connection; Distributed Map allows up to 10,000.
+        need(1 <= self.backfill_max_concurrency <= 1000, "backfillMaxConcurrency must be 1..1000")
+        need(
+            0 <= self.backfill_tolerated_failure_percent <= 100,
+            "backfillToleratedFailurePercent must be 0..100",
+        )
         need(self.throttle_rate_limit > 0 and self.throttle_burst_limit > 0, "throttle > 0")
         need(1 <= self.ort_threads <= 64, "ortThreads must be 1..64")
         need(

@@ -13,6 +13,7 @@ from aws_cdk import Acknowledgment, CfnOutput, Environment, Stack, Tags, Validat
 from constructs import Construct, IConstruct
 
 from infra.constructs.api import Api, AuthSecrets
+from infra.constructs.backfill import Backfill
 from infra.constructs.data_lake import DataLake
 from infra.constructs.database import Database
 from infra.constructs.frontend import Frontend
@@ -55,6 +56,14 @@ class ArtLensStack(Stack):
         self.ingestion = Ingestion(
             self, "Ingestion", settings=settings, images=self.lake.images, database=self.database
         )
+        self.backfill = Backfill(
+            self,
+            "Backfill",
+            settings=settings,
+            images=self.lake.images,
+            artifacts=self.lake.artifacts,
+            ingestion=self.ingestion,
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -63,8 +72,10 @@ class ArtLensStack(Stack):
             functions=[
                 *self.api.functions,
                 *self.ingestion.functions,
+                self.backfill.batch_function,
                 self.database.migrate_function,
             ],
+            state_machines=[self.backfill.state_machine],
             dead_letters=self.ingestion.dead_letters,
             database=self.database.instance,
         )
@@ -84,6 +95,10 @@ class ArtLensStack(Stack):
             "ReindexLogGroupName": (
                 self.ingestion.reindex_log_group.log_group_name,
                 "follow a reindex: aws logs tail <name> --follow",
+            ),
+            "BackfillStateMachineArn": (
+                self.backfill.state_machine.state_machine_arn,
+                "backfill / reindex at scale: make backfill ENV=... (docs/operations.md)",
             ),
             "DeadLetterQueueUrl": (self.ingestion.dead_letters.queue_url, "failed ingestions"),
             "DeadLetterQueueArn": (
@@ -112,6 +127,30 @@ def _logical(construct: IConstruct) -> str:
     return Stack.of(construct).get_logical_id(construct.node.default_child)  # type: ignore[arg-type]
 
 
+def _state_machine_wildcards(stack: ArtLensStack) -> dict[IConstruct, list[str]]:
+    """The resource wildcards CDK writes into the state machine's policies, as cdk-nag names
+    them: its role's default policy, and the DistributedMap's own policy."""
+    backfill = stack.backfill
+    machine = backfill.state_machine
+    machine_name = (
+        '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"'
+        f'{_logical(machine)}'
+        '"}]}]}'
+    )
+    states = "Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
+    return {
+        machine.role.node.find_child("DefaultPolicy"): [
+            f"Resource::<{_logical(backfill.batch_function)}.Arn>:*",
+            f"{states}:mapRun:{backfill.state_machine_name}/*",
+            f"Resource::arn:<AWS::Partition>:s3:::<{_logical(stack.lake.artifacts)}>/*",
+        ],
+        machine.node.find_child("DistributedMapPolicy"): [
+            f"{states}:execution:{machine_name}:*",
+            f"{states}:execution:{machine_name}/Batches:*",
+        ],
+    }
+
+
 def add_nag_suppressions(stack: ArtLensStack) -> None:
     """Every accepted finding, with its reason. Anything not listed here fails the synth."""
     settings = stack.settings
@@ -129,6 +168,7 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         stack.api.predict_function,
         stack.ingestion.embed_function,
         stack.ingestion.reindex_function,
+        stack.backfill.batch_function,
         stack.database.migrate_function,
     ]
     for function in functions:
@@ -153,6 +193,7 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         stack.api.predict_function: ["gallery", "uploads"],
         stack.ingestion.embed_function: ["incoming", "gallery", "rejected"],
         stack.ingestion.reindex_function: ["gallery"],
+        stack.backfill.batch_function: ["incoming", "gallery", "rejected"],
     }
     for function, prefixes in prefix_grants.items():
         policy = function.role.node.find_child("DefaultPolicy")  # type: ignore[union-attr]
@@ -168,6 +209,24 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         f"AwsSolutions-IAM5[Resource::<{_logical(stack.database.migrate_function)}.Arn>:*]",
         "The Provider framework invokes any version of the migrate function (CDK-generated).",
     )
+
+    # --- the backfill state machine --------------------------------------------------------
+    acknowledge(
+        stack.backfill.state_machine.role.node.find_child("DefaultPolicy"),
+        "AwsSolutions-IAM5[Resource::*]",
+        "Step Functions log delivery (logs:CreateLogDelivery and the other vended-log actions) "
+        "and X-Ray PutTraceSegments do not support resource-level permissions.",
+    )
+    for policy, findings in _state_machine_wildcards(stack).items():
+        for finding in findings:
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[{finding}]",
+                "Generated by CDK's DistributedMap and scoped to what it names: invoking any "
+                "version of the batch function, the map run's child executions and map runs "
+                "of this state machine, and the map results in the artifacts bucket (writes "
+                "outside backfill-results/ are denied by an explicit statement).",
+            )
 
     # --- CDK's own framework functions (custom resources we do not write) --------------------
     basic_execution = (

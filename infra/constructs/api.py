@@ -33,6 +33,7 @@ ROUTES = (
     ("POST", "preview"),
     ("GET", "whoami"),
     ("POST", "uploads"),
+    ("GET", "works/{key}"),  # one work's record (the collection-records issue)
 )
 # The same list the handlers answer with: the bearer token or signature, the body's type, and
 # the signed-request headers.
@@ -250,13 +251,21 @@ class Api(Construct):
         )
         integration = apigw.LambdaIntegration(self.predict_alias, proxy=True)
         for verb, path in ROUTES:
-            self.rest_api.root.add_resource(path).add_method(
+            # Path parameters ({key}) are required too, so a request without one never
+            # reaches the function.
+            path_parameters = {
+                f"method.request.path.{part[1:-1]}": True
+                for part in path.split("/") if part.startswith("{")
+            }
+            self.rest_api.root.resource_for_path(path).add_method(
                 verb,
                 integration,
                 authorization_type=apigw.AuthorizationType.CUSTOM,
                 authorizer=self.authorizer,
                 request_validator=validator,
-                request_parameters={"method.request.header.Authorization": True},
+                request_parameters={
+                    "method.request.header.Authorization": True, **path_parameters
+                },
             )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
@@ -22,6 +23,19 @@ from infra.settings import DeploymentSettings
 # AWS's guidance for SQS event sources: visibility timeout at least six times the function
 # timeout, so a message is not redelivered while a (retried, batched) invocation still runs.
 VISIBILITY_FACTOR = 6
+
+
+def grant_ingestion(images: s3.IBucket, grantee: iam.IGrantable) -> None:
+    """What indexing drops needs (embed, and the backfill batches): incoming/ read and removed
+    once handled; gallery/ and rejected/ written (a copy needs read on its source and write on
+    its target, nothing else). DeleteObjectVersion: ingestion deletes exactly the version it
+    read (artlens.lake delete_version), so a same-name drop racing the ingest is never deleted
+    unseen. ListBucket: a missing key must read as 404 (grant_list)."""
+    grant_objects(images, grantee, INCOMING_PREFIX,
+                  "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion")
+    grant_list(images, grantee)
+    grant_objects(images, grantee, GALLERY_PREFIX, "s3:PutObject")
+    grant_objects(images, grantee, REJECTED_PREFIX, "s3:PutObject")
 
 
 class Ingestion(Construct):
@@ -62,8 +76,9 @@ class Ingestion(Construct):
             s3.NotificationKeyFilter(prefix=INCOMING_PREFIX),
         )
 
-        # Embed and reindex: the same image, model, bucket and database access.
-        indexing_function: dict[str, Any] = {
+        # Embed, reindex and the backfill batches: the same image, model, bucket and database.
+        self._settings, self._database = settings, database
+        self._indexing_options: dict[str, Any] = {
             "environment": {
                 names.ENV_MODEL_CARD_PATH: IMAGE_MODEL_CARD_PATH,
                 names.ENV_IMAGES_BUCKET: images.bucket_name,
@@ -73,35 +88,11 @@ class Ingestion(Construct):
             "vpc": database.vpc,
             "security_groups": [database.client_security_group],
         }
-        self.embed_function = create_function(
-            self,
-            "EmbedFunction",
-            settings,
-            code=image_code("lambdas.embed.handler"),
-            service="artlens-embed",
-            memory_mb=settings.embed_memory_mb,
-            timeout=Duration.seconds(settings.embed_timeout_s),
-            **indexing_function,
-            description="ArtLens: index pictures dropped under incoming/",
+        self.embed_function = self.indexing_function(
+            self, "EmbedFunction", "lambdas.embed.handler", "artlens-embed",
+            settings.embed_timeout_s, "ArtLens: index pictures dropped under incoming/",
         )
-        # incoming/: read and remove once handled; gallery/ and rejected/: write (a copy needs
-        # read on its source and write on its target, nothing else).
-        # DeleteObjectVersion: ingestion deletes exactly the version it read (artlens.lake
-        # delete_version), so a same-name drop racing the ingest is never deleted unseen.
-        grant_objects(
-            images,
-            self.embed_function,
-            INCOMING_PREFIX,
-            "s3:GetObject",
-            "s3:DeleteObject",
-            "s3:DeleteObjectVersion",
-        )
-        grant_list(images, self.embed_function)
-        grant_objects(images, self.embed_function, GALLERY_PREFIX, "s3:PutObject")
-        grant_objects(images, self.embed_function, REJECTED_PREFIX, "s3:PutObject")
-        database.grant_connect(self.embed_function)
-        # Created after the schema exists: the first message must not meet an empty database.
-        self.embed_function.node.add_dependency(database.migration)
+        grant_ingestion(images, self.embed_function)
         self.embed_function.add_event_source(
             event_sources.SqsEventSource(
                 self.queue,
@@ -114,26 +105,33 @@ class Ingestion(Construct):
         )
 
         # Re-embedding the gallery with a newly deployed model: invoked by hand (docs/deploy.md).
-        self.reindex_function = create_function(
-            self,
-            "ReindexFunction",
-            settings,
-            code=image_code("lambdas.reindex.handler"),
-            service="artlens-reindex",
-            memory_mb=settings.embed_memory_mb,
-            timeout=Duration.seconds(settings.reindex_timeout_s),
-            **indexing_function,
-            # No reserved concurrency: reserving even 1 fails on accounts with the default low
-            # concurrency quota (unreserved must stay >= 10). Overlapping runs are safe without
-            # it: rows are idempotent upserts, keys already embedded are skipped, and the
-            # version switch is serialized by a PostgreSQL advisory lock (artlens.models).
-            description="ArtLens: re-embed the gallery with the deployed model",
+        # No reserved concurrency: reserving even 1 fails on accounts with the default low
+        # concurrency quota (unreserved must stay >= 10). Overlapping runs are safe without it:
+        # rows are idempotent upserts, keys already embedded are skipped, and the version
+        # switch is serialized by a PostgreSQL advisory lock (artlens.models).
+        self.reindex_function = self.indexing_function(
+            self, "ReindexFunction", "lambdas.reindex.handler", "artlens-reindex",
+            settings.reindex_timeout_s, "ArtLens: re-embed the gallery with the deployed model",
         )
         self.reindex_log_group = self.reindex_function.log_group
         grant_objects(images, self.reindex_function, GALLERY_PREFIX, "s3:GetObject")
         grant_list(images, self.reindex_function)
-        database.grant_connect(self.reindex_function)
-        self.reindex_function.node.add_dependency(database.migration)
+
+    def indexing_function(
+        self, scope: Construct, construct_id: str, command: str, service: str, timeout_s: int,
+        description: str,
+    ) -> lambda_.Function:
+        """A function of the serving image that writes index rows: the model, the images
+        bucket's name and the database (connect granted; created after the schema exists, so
+        its first call never meets an empty database). Object grants are the caller's."""
+        function = create_function(
+            scope, construct_id, self._settings, code=image_code(command), service=service,
+            memory_mb=self._settings.embed_memory_mb, timeout=Duration.seconds(timeout_s),
+            **self._indexing_options, description=description,
+        )
+        self._database.grant_connect(function)
+        function.node.add_dependency(self._database.migration)
+        return function
 
     @property
     def functions(self) -> list[lambda_.Function]:

@@ -15,6 +15,7 @@ from aws_cdk import aws_rds as rds
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.settings import DeploymentSettings
@@ -33,6 +34,7 @@ class Monitoring(Construct):
         functions: Sequence[lambda_.Function],
         dead_letters: sqs.IQueue,
         database: rds.DatabaseInstance,
+        state_machines: Sequence[sfn.StateMachine] = (),
     ):
         super().__init__(scope, construct_id)
         # CloudWatch may publish to an encrypted topic only with a customer managed key that
@@ -48,7 +50,8 @@ class Monitoring(Construct):
         action = cw_actions.SnsAction(self.topic)
         self.alarms: list[cloudwatch.Alarm] = []
 
-        def alarm(name: str, metric: cloudwatch.Metric, threshold: float, description: str,
+        def alarm(name: str, metric: cloudwatch.Metric | cloudwatch.MathExpression,
+                  threshold: float, description: str,
                   periods: int = 1) -> cloudwatch.Alarm:
             created = metric.create_alarm(
                 self,
@@ -91,6 +94,26 @@ class Monitoring(Construct):
         alarm("DbConnections", db_connections, settings.db_max_connections_alarm,
               f"database connections >= {settings.db_max_connections_alarm}")
 
+        # A backfill or reindex that failed (too many failed batches, a reindex not switched),
+        # timed out or was aborted: one execution is enough to call someone.
+        runs = []
+        for machine in state_machines:
+            name = machine.node.scope.node.id if machine.node.scope else machine.node.id
+            ended = cloudwatch.MathExpression(
+                expression="failed + timed_out + aborted",
+                using_metrics={
+                    "failed": machine.metric_failed(period=FIVE_MINUTES, statistic="Sum"),
+                    "timed_out": machine.metric_timed_out(period=FIVE_MINUTES, statistic="Sum"),
+                    "aborted": machine.metric_aborted(period=FIVE_MINUTES, statistic="Sum"),
+                },
+                label=f"{name} runs failed/timed out/aborted",
+                period=FIVE_MINUTES,
+            )
+            alarm(f"{name}RunsFailed", ended, 1,
+                  f"{name}: an execution failed, timed out or was aborted "
+                  "(docs/operations.md, Backfill and reindex at scale)")
+            runs.append(ended)
+
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=f"ArtLens-{settings.env_name}"
         )
@@ -108,3 +131,8 @@ class Monitoring(Construct):
             cloudwatch.GraphWidget(title="Database CPU %", left=[db_cpu], width=12),
             cloudwatch.GraphWidget(title="Database connections", left=[db_connections], width=12),
         )
+        if runs:
+            self.dashboard.add_widgets(
+                cloudwatch.GraphWidget(title="Backfill / reindex runs ended badly", left=runs,
+                                       width=24),
+            )

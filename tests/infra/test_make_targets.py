@@ -52,3 +52,66 @@ def test_cdk_json_app_does_not_depend_on_a_virtualenv_location():
 
 def test_audit_runs_on_the_lock():
     assert any("tests.audit requirements/runtime.lock" in line for line in dry_run("audit"))
+
+
+def test_backfill_runs_the_map_locally_and_the_state_machine_with_env():
+    local = subprocess.run(["make", "-n", "-B", "backfill", "PREFIX=incoming/2024/"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0, local.stderr
+    assert "-m local_stack.backfill --mode backfill --prefix \"incoming/2024/\"" in local.stdout
+    assert "run_backfill.sh" not in local.stdout
+    on_aws = "\n".join(dry_run("backfill"))
+    assert 'infra/run_backfill.sh "prod" backfill "incoming/"' in on_aws
+    assert "local_stack" not in on_aws and ".venv/" not in on_aws
+    reindex = subprocess.run(
+        ["make", "-n", "-B", "backfill-reindex", "ENV=dev", "VERSION=v2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert 'infra/run_backfill.sh "dev" reindex "gallery/" "v2"' in reindex.stdout
+    # `make reindex` stays the local stack's own reindex.
+    assert "-m local_stack.reindex" in subprocess.run(
+        ["make", "-n", "reindex"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+FAKE_AWS = """#!/bin/sh
+echo "$@" >> "$CALLS"
+arn=arn:aws:states:eu-west-1:1
+case "$1 $2" in
+  "cloudformation describe-stacks") echo "$arn:stateMachine:ArtLens-dev-backfill" ;;
+  "stepfunctions start-execution") echo "$arn:execution:ArtLens-dev-backfill:x" ;;
+  "stepfunctions list-map-runs") echo "$arn:mapRun:ArtLens-dev-backfill/Batches:y" ;;
+  "stepfunctions describe-map-run") echo "7	1	2	0	10" ;;
+  "stepfunctions describe-execution")
+    n=$(grep -c describe-execution "$CALLS")
+    if [ "$n" -ge 2 ]; then echo SUCCEEDED; else echo RUNNING; fi ;;
+esac
+"""
+
+
+def test_run_backfill_starts_the_execution_and_polls_until_it_ends(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "aws").write_text(FAKE_AWS)
+    (fake_bin / "aws").chmod(0o755)
+    calls = tmp_path / "calls.log"
+    completed = subprocess.run(
+        [str(REPO_ROOT / "infra" / "run_backfill.sh"), "dev", "reindex", "gallery/", "v2"],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "CALLS": str(calls), "POLL_S": "0"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    log = calls.read_text().splitlines()
+    start = next(line for line in log if line.startswith("stepfunctions start-execution"))
+    assert '{"mode":"reindex","prefix":"gallery/","version":"v2"}' in start
+    assert "--state-machine-arn arn:aws:states:eu-west-1:1:stateMachine:ArtLens-dev-backfill" \
+        in start
+    assert sum(line.startswith("stepfunctions describe-execution") for line in log) == 2
+    assert "RUNNING: 7 done, 1 failed, 2 running, 0 pending of 10 objects" in completed.stdout
+    assert completed.stdout.strip().endswith("artifacts bucket")
+    refused = subprocess.run(
+        [str(REPO_ROOT / "infra" / "run_backfill.sh"), "dev", "backfill", 'incoming/"x'],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "CALLS": str(calls)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 2 and "PREFIX" in refused.stderr

@@ -75,7 +75,7 @@ def pip_download(platform: packaging.LambdaPlatform, arch: str, dest: Path,
 
 def test_every_function_runs_on_a_platform_the_lock_has_wheels_for(dev, tmp_path):
     platforms = deployed_platforms(dev)
-    assert sum(len(ids) for ids in platforms.values()) == 5  # 3 image + 2 zip functions
+    assert sum(len(ids) for ids in platforms.values()) == 6  # 4 image + 2 zip functions
     for (platform, arch), function_ids in sorted(platforms.items(), key=str):
         dest = tmp_path / f"cp{platform.python}-{arch}"
         completed = pip_download(platform, arch, dest)

@@ -24,6 +24,9 @@ def test_each_environment_in_cdk_json_builds():
 def test_single_values_can_be_overridden_like_cli_context():
     settings = settings_for(env="dev", **{"artlens:predictMemoryMb": "3008"})
     assert settings.predict_memory_mb == 3008
+    tolerant = settings_for(env="prod", **{"artlens:backfillToleratedFailurePercent": "0"})
+    assert tolerant.backfill_tolerated_failure_percent == 0
+    assert tolerant.backfill_max_concurrency == 20  # prod's own value kept
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,10 @@ def test_single_values_can_be_overridden_like_cli_context():
         ({"env": "dev", "artlens:embedMaxConcurrency": "1"}, "embedMaxConcurrency"),
         ({"env": "dev", "artlens:dbMultiAz": "maybe"}, "dbMultiAz"),
         ({"env": "dev", "artlens:logLevel": "LOUD"}, "logLevel"),
+        ({"env": "dev", "artlens:backfillBatchSize": "0"}, "backfillBatchSize"),
+        ({"env": "dev", "artlens:backfillMaxConcurrency": "0"}, "backfillMaxConcurrency"),
+        ({"env": "dev", "artlens:backfillToleratedFailurePercent": "101"},
+         "backfillToleratedFailurePercent"),
     ],
 )
 def test_bad_context_fails_synth_with_a_clear_message(context, message):

@@ -37,9 +37,9 @@ def logical_id_of(synth, props: dict) -> str:
     return next(k for k, v in synth.resources.items() if v.get("Properties") is props)
 
 
-def role_statements(synth, function_props: dict) -> list[dict]:
-    """Every statement of every policy attached to the function's role."""
-    role_id = function_props["Role"]["Fn::GetAtt"][0]
+def role_statements(synth, function_props: dict, role_key: str = "Role") -> list[dict]:
+    """Every statement of every policy attached to the function's (or state machine's) role."""
+    role_id = function_props[role_key]["Fn::GetAtt"][0]
     statements = []
     for policy in synth.of_type("AWS::IAM::Policy").values():
         if {"Ref": role_id} in policy["Properties"]["Roles"]:
@@ -97,12 +97,18 @@ def test_every_route_the_predict_function_answers_is_reachable_through_api_gatew
 
     api = PredictApi(None, None, None, None, "https://art.example")  # type: ignore[arg-type]
     resources = dev.of_type("AWS::ApiGateway::Resource")
+
+    def full_path(resource_id: str) -> str:
+        props = resources[resource_id]["Properties"]
+        parent = props["ParentId"].get("Ref")
+        return (full_path(parent) if parent in resources else "") + "/" + props["PathPart"]
+
     deployed = set()
     for method in dev.of_type("AWS::ApiGateway::Method").values():
         props = method["Properties"]
         path_id = props["ResourceId"].get("Ref")
         if path_id in resources and props["HttpMethod"] != "OPTIONS":
-            deployed.add((props["HttpMethod"], "/" + resources[path_id]["Properties"]["PathPart"]))
+            deployed.add((props["HttpMethod"], full_path(path_id)))
     assert set(api.routes) <= deployed, set(api.routes) - deployed
 
 
@@ -183,7 +189,9 @@ def test_stage_is_throttled_traced_and_access_logged(dev):
 
 
 @pytest.mark.parametrize(
-    "command", ["lambdas.predict.handler", "lambdas.embed.handler", "lambdas.reindex.handler"]
+    "command",
+    ["lambdas.predict.handler", "lambdas.embed.handler", "lambdas.reindex.handler",
+     "lambdas.batch.handler"],
 )
 def test_image_functions_share_one_amd64_image(dev, command):
     props = function_with(dev, command=command)
@@ -242,6 +250,7 @@ def _dummy_env(environment: dict) -> dict[str, str]:
         ({"command": "lambdas.predict.handler"}, ("model", "database", "lake", "cors")),
         ({"command": "lambdas.embed.handler"}, ("model", "database", "lake")),
         ({"command": "lambdas.reindex.handler"}, ("model", "database", "lake")),
+        ({"command": "lambdas.batch.handler"}, ("model", "database", "lake")),
         ({"handler": "authorizer.handler"}, ("token",)),
         ({"handler": "migrate.handler"}, ("database",)),
     ],
@@ -478,7 +487,7 @@ def test_site_deployment_writes_config_json_with_the_api_url(dev):
 
 def test_alarms_cover_api_functions_queue_and_database(dev):
     alarms = [a["Properties"] for a in dev.of_type("AWS::CloudWatch::Alarm").values()]
-    metrics = {a["MetricName"] for a in alarms}
+    metrics = {a.get("MetricName") for a in alarms}
     assert {"5XXError", "Latency", "Errors", "Throttles", "ApproximateNumberOfMessagesVisible",
             "CPUUtilization", "DatabaseConnections"} <= metrics
     assert all(a["AlarmActions"] for a in alarms)
@@ -487,9 +496,10 @@ def test_alarms_cover_api_functions_queue_and_database(dev):
         if f["Properties"].get("Environment", {}).get("Variables", {})
         .get("POWERTOOLS_SERVICE_NAME", "").startswith("artlens-")
     }
-    assert len(ours) == 5
+    assert len(ours) == 6
     for metric in ("Errors", "Throttles"):
-        watched = {a["Dimensions"][0]["Value"]["Ref"] for a in alarms if a["MetricName"] == metric}
+        watched = {a["Dimensions"][0]["Value"]["Ref"] for a in alarms
+                   if a.get("MetricName") == metric}
         assert watched == ours
     assert len(dev.of_type("AWS::CloudWatch::Dashboard")) == 1
 
@@ -526,6 +536,176 @@ def test_no_secret_value_is_in_the_template(dev):
     assert literal == ["{}"]  # the empty client-key map (issue 6)
 
 
+# --- backfill / reindex state machine (issue 16) --------------------------------------------
+
+
+def definition(synth) -> tuple[dict, dict]:
+    """(the state machine's properties, its parsed ASL); deploy-time tokens become
+    "@{...}@" placeholders holding their JSON."""
+    (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
+    props = machine["Properties"]
+    text = props["DefinitionString"]
+    if isinstance(text, dict):
+        separator, parts = text["Fn::Join"]
+        text = separator.join(
+            part if isinstance(part, str)
+            else "@" + json.dumps(part, sort_keys=True).replace('"', "'") + "@"
+            for part in parts
+        )
+    return props, json.loads(text)
+
+
+def token_of(synth, logical_id: str, attribute: str | None = None) -> str:
+    ref = {"Fn::GetAtt": [logical_id, attribute]} if attribute else {"Ref": logical_id}
+    return "@" + json.dumps(ref, sort_keys=True).replace('"', "'") + "@"
+
+
+def bucket_id(synth, name_part: str) -> str:
+    (found,) = [k for k in synth.of_type("AWS::S3::Bucket") if name_part in k]
+    return found
+
+
+def batch_function_id(synth) -> str:
+    return logical_id_of(synth, function_with(synth, command="lambdas.batch.handler"))
+
+
+def artlens_context() -> dict:
+    return json.loads((REPO_ROOT / "cdk.json").read_text())["context"]["artlens"]
+
+
+def test_backfill_is_a_standard_traced_logged_state_machine_with_a_distributed_map(synthesized):
+    props, asl = definition(synthesized)
+    assert props["StateMachineType"] == "STANDARD"
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    assert props["LoggingConfiguration"]["Level"] == "ALL"
+    assert props["StateMachineName"] == f"ArtLens-{synthesized.env_name}-backfill"
+    states = asl["States"]
+    batches = states["Batches"]
+    assert batches["Type"] == "Map"
+    processor = batches["ItemProcessor"]
+    assert processor["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    # Items: an S3 listing (ListObjectsV2) of the images bucket, the prefix from the input.
+    reader = batches["ItemReader"]
+    assert reader["Resource"].endswith(":states:::s3:listObjectsV2")
+    assert reader["Parameters"] == {
+        "Bucket": token_of(synthesized, bucket_id(synthesized, "Images")),
+        "Prefix.$": "$.prefix",
+    }
+    assert batches["ItemSelector"] == {"Key.$": "$$.Map.Item.Value.Key"}
+    context = artlens_context()
+    settings = {**context["defaults"], **context["environments"][synthesized.env_name]}
+    assert batches["ItemBatcher"] == {
+        "MaxItemsPerBatch": settings["backfillBatchSize"],
+        "BatchInput": {"mode.$": "$.mode", "version.$": "$.version"},
+    }
+    assert batches["ToleratedFailurePercentage"] == settings["backfillToleratedFailurePercent"]
+    assert batches["MaxConcurrency"] == settings["backfillMaxConcurrency"]
+    # Results: the artifacts bucket, under backfill-results/.
+    writer = batches["ResultWriter"]
+    assert writer["Resource"].endswith(":states:::s3:putObject")
+    assert writer["Parameters"] == {
+        "Bucket": token_of(synthesized, bucket_id(synthesized, "Artifacts")),
+        "Prefix": "backfill-results/",
+    }
+    assert batches["ResultPath"] == "$.map"
+    # The child: the batch function, retried with backoff on Lambda errors and failed batches.
+    (child,) = processor["States"].values()
+    assert processor["States"][processor["StartAt"]] is child
+    # The batch function itself, given the batch ({"Items": [...], "BatchInput": {...}}).
+    assert child["Type"] == "Task"
+    assert child["Resource"] == token_of(synthesized, batch_function_id(synthesized), "Arn")
+    assert "Parameters" not in child and "InputPath" not in child
+    retried = {error: rule for rule in child["Retry"] for error in rule["ErrorEquals"]}
+    for error in ("Lambda.TooManyRequestsException", "Lambda.ServiceException",
+                  "BatchIncomplete", "Unavailable"):
+        assert retried[error]["BackoffRate"] > 1 and retried[error]["MaxAttempts"] >= 3, error
+    assert "States.ALL" not in retried  # a bad batch (BadRequest) is not retried
+
+
+def test_backfill_input_is_checked_and_reindex_switches_only_after_the_whole_map(dev):
+    _, asl = definition(dev)
+    states = asl["States"]
+    assert asl["StartAt"] == "CheckInput"
+    check = states["CheckInput"]
+    assert states[check["Default"]]["Type"] == "Fail"
+    text = json.dumps(check["Choices"])
+    assert '"StringMatches": "incoming/*"' in text and '"StringMatches": "gallery/*"' in text
+    assert {choice["Next"] for choice in check["Choices"]} == {"Batches"}
+    # After the map: a reindex asks the map run for failures; only with none does it switch.
+    assert states["Batches"]["Next"] == "IsReindex"
+    is_reindex = states["IsReindex"]
+    (reindex,) = is_reindex["Choices"]
+    assert reindex == {"Variable": "$.mode", "StringEquals": "reindex", "Next": "CountFailures"}
+    assert states[is_reindex["Default"]]["Type"] == "Succeed"
+    count = states["CountFailures"]
+    assert count["Resource"].endswith(":states:::aws-sdk:sfn:describeMapRun")
+    assert count["Parameters"] == {"MapRunArn.$": "$.map.MapRunArn"}
+    gate = states[count["Next"]]
+    (all_ok,) = gate["Choices"]
+    assert all_ok["Next"] == "SwitchVersion"
+    assert {c["Variable"] for c in all_ok["And"]} == {
+        "$.mapRun.failed", "$.mapRun.timedOut", "$.mapRun.aborted"}
+    assert all(c["NumericEquals"] == 0 for c in all_ok["And"])
+    assert states[gate["Default"]]["Type"] == "Fail"
+    switch = states["SwitchVersion"]
+    assert switch["Resource"] == token_of(dev, batch_function_id(dev), "Arn")
+    assert switch["Parameters"] == {"activate": {"version.$": "$.version"}}
+    # SwitchVersion is reached from the all-succeeded branch only.
+    targets = [json.dumps(state) for name, state in states.items() if name != "AllBatchesSucceeded"]
+    assert not any('"SwitchVersion"' in target for target in targets)
+
+
+def machine_statements(synth) -> list[dict]:
+    (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
+    return role_statements(synth, machine["Properties"], role_key="RoleArn")
+
+
+def test_state_machine_role_has_no_wildcard_action_and_names_its_resources(synthesized):
+    statements = machine_statements(synthesized)
+    actions: dict[str, list] = {}
+    denied = [s for s in statements if s["Effect"] == "Deny"]
+    for statement in statements:
+        if statement["Effect"] == "Deny":
+            continue
+        for action in as_list(statement["Action"]):
+            assert "*" not in action, statement
+            actions.setdefault(action, []).extend(as_list(statement["Resource"]))
+    function_id = batch_function_id(synthesized)
+    assert all(function_id in resource_text(r) for r in actions["lambda:InvokeFunction"])
+    images = bucket_id(synthesized, "Images")
+    assert actions["s3:ListBucket"] == [{"Fn::GetAtt": [images, "Arn"]}]
+    artifacts = bucket_id(synthesized, "Artifacts")
+    assert all(artifacts in resource_text(r) for r in actions["s3:PutObject"])
+    # CDK grants the ResultWriter the whole artifacts bucket; writes outside the results
+    # prefix (the model files) are denied.
+    (deny,) = denied
+    assert "s3:PutObject" in as_list(deny["Action"])
+    assert resource_text(deny["NotResource"]).endswith('"/backfill-results/*"]]}')
+    assert artifacts in resource_text(deny["NotResource"])
+    (map_runs,) = actions["states:DescribeMapRun"]
+    assert f":mapRun:ArtLens-{synthesized.env_name}-backfill/*" in resource_text(map_runs)
+    # The map starts its child executions on this state machine only.
+    (machine_id,) = synthesized.of_type("AWS::StepFunctions::StateMachine")
+    assert actions["states:StartExecution"] == [{"Ref": machine_id}]
+    star = {a for a, resources in actions.items() if "*" in resources}
+    assert star <= STAR_RESOURCE_ACTIONS
+
+
+def test_a_failed_or_timed_out_backfill_raises_an_alarm(dev):
+    (machine_id,) = dev.of_type("AWS::StepFunctions::StateMachine")
+    alarms = [a["Properties"] for a in dev.of_type("AWS::CloudWatch::Alarm").values()
+              if machine_id in resource_text(a["Properties"].get("Metrics", []))]
+    (alarm,) = alarms
+    metrics = {m["MetricStat"]["Metric"]["MetricName"]
+               for m in alarm["Metrics"] if "MetricStat" in m}
+    assert metrics == {"ExecutionsFailed", "ExecutionsTimedOut", "ExecutionsAborted"}
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    (topic_id,) = dev.of_type("AWS::SNS::Topic")
+    assert alarm["AlarmActions"] == [{"Ref": topic_id}]
+    assert "BackfillStateMachineArn" in dev.template["Outputs"]
+
+
 # --- IAM ------------------------------------------------------------------------------------
 
 # Actions AWS allows only on "*" (no resource-level permissions), each with who needs it.
@@ -537,6 +717,11 @@ STAR_RESOURCE_ACTIONS = {
     "cloudfront:CreateInvalidation", "cloudfront:GetInvalidation",  # BucketDeployment
     "logs:PutRetentionPolicy", "logs:DeleteRetentionPolicy",  # CDK LogRetention (RDS logs)
     "s3:PutBucketNotification",  # CDK's bucket-notifications handler
+    # Step Functions logging to CloudWatch Logs (vended log delivery)
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+    "xray:GetSamplingRules", "xray:GetSamplingTargets",  # Step Functions tracing
 }
 
 
@@ -590,6 +775,14 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
     assert grants["s3:PutObject"] == {"/gallery/*", "/rejected/*"}
     reindex = function_with(dev, command="lambdas.reindex.handler")
     assert s3_grants(dev, reindex)["s3:GetObject"] == {"/gallery/*"}
+    # The backfill / reindex batches: embed's rights plus reading gallery/.
+    assert s3_grants(dev, function_with(dev, command="lambdas.batch.handler")) == {
+        "s3:GetObject": {"/incoming/*", "/gallery/*"},
+        "s3:DeleteObject": {"/incoming/*"},
+        "s3:DeleteObjectVersion": {"/incoming/*"},
+        "s3:PutObject": {"/gallery/*", "/rejected/*"},
+        "s3:ListBucket": {"<bucket>"},
+    }
     assert s3_grants(dev, function_with(dev, handler="authorizer.handler")) == {}
 
 
@@ -598,7 +791,7 @@ def test_list_bucket_has_no_prefix_condition_so_a_moved_object_is_a_404(dev):
     and evaluates that without an s3:prefix; a prefix condition turned a duplicate
     notification for an already-moved drop into a 403 (retried into the DLQ)."""
     for command in ("lambdas.embed.handler", "lambdas.reindex.handler",
-                    "lambdas.predict.handler"):
+                    "lambdas.predict.handler", "lambdas.batch.handler"):
         statements = [
             s for s in role_statements(dev, function_with(dev, command=command))
             if "s3:ListBucket" in as_list(s["Action"])

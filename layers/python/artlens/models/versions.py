@@ -7,6 +7,8 @@ models of different embedding sizes are indexed side by side (artlens.index.embe
 The lifecycle, all here:
   ensure_model_version   at startup: make the deployed model's version known (current when new)
   reindex                embed the gallery with another model, then switch to it
+  reembed_keys           one batch of a fanned-out reindex (Step Functions, local backfill)
+  activate_reindexed     the fan-out's last step: catch up, then switch to the version
   rollback / switch_back make the previously active version current again
   CurrentModel           the classifier predict and embed serve: the current version's model
 """
@@ -229,6 +231,7 @@ class ReindexReport:
     duplicates: int = 0  # same picture under another gallery key
     missing: int = 0  # listed, then gone before it was read
     unreadable: int = 0
+    already: int = 0  # had a row for the version before (reembed_keys: a retried batch)
     activated: bool = False
     unusable_keys: list[str] = field(default_factory=list)
 
@@ -259,9 +262,7 @@ def reindex(
     states.register(version, classifier.embedding_size)
     report = ReindexReport(model_version=version, previous_version=states.current())
     if keys is not None:
-        outside = [k for k in keys if not k.startswith(GALLERY_PREFIX)]
-        if outside:
-            raise BadRequest(f"reindex takes gallery keys only; got {outside[:3]}")
+        _check_gallery_keys(keys)
     unusable: set[str] = set()
 
     for _ in range(REINDEX_PASSES if keys is None else 1):
@@ -271,40 +272,8 @@ def reindex(
         if not pending:
             break
         report.total += len(pending)
-        done = 0
-        for chunk in batches(pending, batch_size):
-            pictures = []
-            for key in chunk:
-                try:
-                    data = lake.get(key)
-                    image = load_image(data, size=classifier.input_size)
-                except NotFound:
-                    report.missing += 1
-                    unusable.add(key)
-                    continue
-                except ImageRejected as rejection:
-                    logger.warning("gallery object %s is unreadable: %s", key, rejection.code)
-                    report.unreadable += 1
-                    unusable.add(key)
-                    continue
-                pixels = preprocess(image.rgb, classifier.input_size)
-                pictures.append(Picture(key, data, image, sha256_hex(data), pixels))
-            if pictures:
-                rows = [
-                    image_row(picture, result, picture.key, version)
-                    for picture, result in zip(
-                        pictures, embed_pictures(classifier, pictures), strict=True
-                    )
-                ]
-                for picture, inserted in zip(pictures, store.upsert_many(rows), strict=True):
-                    if inserted:
-                        report.embedded += 1
-                    else:
-                        report.duplicates += 1
-                        unusable.add(picture.key)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(pending))
+        _embed_gallery_keys(store, lake, classifier, pending, batch_size, report, unusable,
+                            progress)
 
     report.unusable_keys = sorted(unusable)
     indexed = set(store.keys(version))
@@ -317,6 +286,105 @@ def reindex(
     report.activated = True
     logger.info("model version %s is now current (was %s)", version, report.previous_version)
     return report
+
+
+def _check_gallery_keys(keys: Sequence[str]) -> None:
+    outside = [k for k in keys if not k.startswith(GALLERY_PREFIX)]
+    if outside:
+        raise BadRequest(f"reindex takes gallery keys only; got {outside[:3]}")
+
+
+def _embed_gallery_keys(
+    store: EmbeddingStore,
+    lake: ObjectLake,
+    classifier: Classifier,
+    pending: Sequence[str],
+    batch_size: int,
+    report: ReindexReport,
+    unusable: set[str],
+    progress: ProgressCallback | None,
+    *,
+    skip_existing: bool = False,
+) -> None:
+    """Embed `pending` gallery keys in chunks, counting into `report`; keys that cannot get a
+    row (gone, unreadable, a duplicate picture) are added to `unusable`. `skip_existing`: a
+    picture that already has a row for the version is neither embedded nor written again
+    (one SHA-256 query per chunk), so a retried batch re-does only what is missing."""
+    version = classifier.version
+    done = 0
+    for chunk in batches(pending, batch_size):
+        pictures = []
+        for key in chunk:
+            try:
+                data = lake.get(key)
+                image = load_image(data, size=classifier.input_size)
+            except NotFound:
+                report.missing += 1
+                unusable.add(key)
+                continue
+            except ImageRejected as rejection:
+                logger.warning("gallery object %s is unreadable: %s", key, rejection.code)
+                report.unreadable += 1
+                unusable.add(key)
+                continue
+            pixels = preprocess(image.rgb, classifier.input_size)
+            pictures.append(Picture(key, data, image, sha256_hex(data), pixels))
+        if skip_existing and pictures:
+            existing = store.existing_sha256([p.sha256 for p in pictures], version)
+            report.already += sum(p.sha256 in existing for p in pictures)
+            pictures = [p for p in pictures if p.sha256 not in existing]
+        if pictures:
+            rows = [
+                image_row(picture, result, picture.key, version)
+                for picture, result in zip(
+                    pictures, embed_pictures(classifier, pictures), strict=True
+                )
+            ]
+            for picture, inserted in zip(pictures, store.upsert_many(rows), strict=True):
+                if inserted:
+                    report.embedded += 1
+                else:
+                    report.duplicates += 1
+                    unusable.add(picture.key)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(pending))
+
+
+def reembed_keys(
+    store: EmbeddingStore,
+    lake: ObjectLake,
+    classifier: Classifier,
+    keys: Sequence[str],
+    batch_size: int = DEFAULT_REINDEX_BATCH,
+) -> ReindexReport:
+    """One batch of a fanned-out reindex (a Distributed Map child, or the local equivalent):
+    embed these gallery keys with `classifier`'s model. Never lists the gallery and never
+    switches: the switch is `activate_reindexed`, run once after every batch succeeded.
+    Raises (the batch is retried) when the database or the lake fails; keys that are gone or
+    unreadable are reported, not raised, since a retry cannot change them."""
+    _check_gallery_keys(keys)
+    states = versions_of(store)
+    states.register(classifier.version, classifier.embedding_size)
+    report = ReindexReport(model_version=classifier.version, previous_version=states.current())
+    pending = list(dict.fromkeys(keys))
+    report.total = len(pending)
+    unusable: set[str] = set()
+    _embed_gallery_keys(store, lake, classifier, pending, batch_size, report, unusable, None,
+                        skip_existing=True)
+    report.unusable_keys = sorted(unusable)
+    return report
+
+
+def activate_reindexed(
+    store: EmbeddingStore, lake: ObjectLake, classifier: Classifier,
+    batch_size: int = DEFAULT_REINDEX_BATCH,
+) -> ReindexReport:
+    """The final step of a fanned-out reindex, run once every batch has succeeded: `reindex`
+    itself, which finds the gallery already embedded, embeds only the pictures ingested while
+    the batches ran, and switches queries to the version only if the whole gallery has rows
+    (`activated` says whether it did)."""
+    return reindex(store, lake, classifier, batch_size)
 
 
 class CurrentModel:

@@ -1,0 +1,230 @@
+"""Backfill and reindex at scale: a Step Functions state machine with a Distributed Map.
+
+    {"mode": "backfill", "prefix": "incoming/", "version": null}
+    {"mode": "reindex",  "prefix": "gallery/",  "version": null | "<registered version>"}
+
+CheckInput refuses anything else (a prefix outside the mode's root included), so an execution
+can only ever read incoming/ or gallery/. Batches lists the prefix (S3 ListObjectsV2 item
+reader), cuts it into batches of backfillBatchSize keys and runs the batch function (the
+serving image, CMD lambdas.batch.handler) on each, at most backfillMaxConcurrency at once (each
+holds a database connection), retrying failed batches with backoff and tolerating
+backfillToleratedFailurePercent failed items; per-batch results go to the artifacts bucket
+under backfill-results/. A reindex then asks the map run how many items failed: only with none
+does SwitchVersion run (the batch function's activate mode), which catches up with pictures
+ingested meanwhile and switches queries to the version; otherwise the run fails and the
+current version stays. Step Functions is the scheduler; nothing here polls or queues.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
+from infra.constructs.data_lake import grant_objects
+from infra.constructs.ingestion import Ingestion, grant_ingestion
+from infra.constructs.lambda_defaults import _retention_name
+from infra.settings import DeploymentSettings
+
+RESULTS_PREFIX = "backfill-results/"
+# A 10 M picture backfill at 10 batches of 50 at once, ~30 s per batch, takes about a week.
+EXECUTION_TIMEOUT = Duration.days(30)
+# Errors a retry can cure: the batch function's own "some pictures failed" and a database
+# that was briefly unreachable (artlens.errors.Unavailable), plus a child that timed out.
+RETRIED_BATCH_ERRORS = ["BatchIncomplete", "Unavailable", "States.Timeout"]
+# Lambda's own transient errors (throttling included).
+LAMBDA_SERVICE_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    "Lambda.ClientExecutionTimeoutException",
+]
+INPUT_SHAPE = (
+    'input must be {"mode": "backfill", "prefix": "incoming/...", "version": null} or '
+    '{"mode": "reindex", "prefix": "gallery/...", "version": null | "<version>"}'
+)
+
+
+def _retry(task: tasks.LambdaInvoke, errors: list[str], first_s: int, attempts: int,
+           rate: float) -> None:
+    """Exponential backoff with full jitter: batches that failed together (a throttle, the
+    database restarting) do not all come back at the same moment."""
+    task.add_retry(errors=errors, interval=Duration.seconds(first_s), max_attempts=attempts,
+                   backoff_rate=rate, jitter_strategy=sfn.JitterType.FULL)
+
+
+class Backfill(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        images: s3.IBucket,
+        artifacts: s3.IBucket,
+        ingestion: Ingestion,
+    ):
+        super().__init__(scope, construct_id)
+        self.batch_function = ingestion.indexing_function(
+            self, "BatchFunction", "lambdas.batch.handler", "artlens-batch",
+            # The activate mode may catch up with a gallery listing; a batch takes far less.
+            settings.reindex_timeout_s,
+            "ArtLens: backfill or reindex one batch (Step Functions Distributed Map)",
+        )
+        # Backfill does what embed does; reindex reads gallery/ too.
+        grant_ingestion(images, self.batch_function)
+        grant_objects(images, self.batch_function, GALLERY_PREFIX, "s3:GetObject")
+
+        self.state_machine_name = f"{settings.stack_prefix}-backfill"
+        self.log_group = logs.LogGroup(
+            self,
+            "StateMachineLogs",
+            # Step Functions' vended logs need the /aws/vendedlogs/ prefix to fit their policy.
+            log_group_name=f"/aws/vendedlogs/states/{self.state_machine_name}",
+            retention=getattr(logs.RetentionDays, _retention_name(settings.log_retention_days)),
+            removal_policy=RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY,
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=self.state_machine_name,
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_chainable(self._definition(settings, images,
+                                                                                artifacts)),
+            timeout=EXECUTION_TIMEOUT,
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL,
+                                include_execution_data=False),
+        )
+        # CDK's ResultWriter grant covers the whole artifacts bucket (object actions on
+        # <bucket>/*), where model files live too: writes anywhere but the results prefix are
+        # denied, so a run can never overwrite a model.
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(
+                effect=iam.Effect.DENY,
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                not_resources=[artifacts.arn_for_objects(f"{RESULTS_PREFIX}*")],
+            )
+        )
+
+    def _map_run_arn_pattern(self) -> str:
+        return Stack.of(self).format_arn(
+            service="states",
+            resource="mapRun",
+            resource_name=f"{self.state_machine_name}/*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+
+    def _definition(
+        self, settings: DeploymentSettings, images: s3.IBucket, artifacts: s3.IBucket
+    ) -> sfn.IChainable:
+        path = sfn.JsonPath
+        batch = tasks.LambdaInvoke(
+            self,
+            "EmbedBatch",
+            lambda_function=self.batch_function,
+            payload_response_only=True,
+            retry_on_service_exceptions=False,  # our own retries below, with jitter
+            task_timeout=sfn.Timeout.duration(Duration.seconds(settings.reindex_timeout_s)),
+        )
+        _retry(batch, LAMBDA_SERVICE_ERRORS, 2, 6, 2)
+        _retry(batch, RETRIED_BATCH_ERRORS, 10, 3, 3)
+        batches = sfn.DistributedMap(
+            self,
+            "Batches",
+            item_reader=sfn.S3ObjectsItemReader(bucket=images, prefix=path.string_at("$.prefix")),
+            # Only the key travels (the listing also carries ETag, size, dates).
+            item_selector={"Key": path.string_at("$$.Map.Item.Value.Key")},
+            item_batcher=sfn.ItemBatcher(
+                max_items_per_batch=settings.backfill_batch_size,
+                # CDK writes BatchInput as given (no JsonPath rendering): the ".$" keys are
+                # spelled out so that Step Functions reads the values from the input.
+                batch_input={"mode.$": "$.mode", "version.$": "$.version"},
+            ),
+            max_concurrency=settings.backfill_max_concurrency,
+            tolerated_failure_percentage=settings.backfill_tolerated_failure_percent,
+            result_writer_v2=sfn.ResultWriterV2(bucket=artifacts, prefix=RESULTS_PREFIX),
+            result_path="$.map",
+            label="Batches",
+        )
+        batches.item_processor(
+            batch,
+            mode=sfn.ProcessorMode.DISTRIBUTED,
+            execution_type=sfn.ProcessorType.STANDARD,
+        )
+
+        count_failures = tasks.CallAwsService(
+            self,
+            "CountFailures",
+            service="sfn",
+            action="describeMapRun",
+            iam_action="states:DescribeMapRun",
+            iam_resources=[self._map_run_arn_pattern()],
+            parameters={"MapRunArn": path.string_at("$.map.MapRunArn")},
+            result_selector={
+                "failed": path.number_at("$.ItemCounts.Failed"),
+                "timedOut": path.number_at("$.ItemCounts.TimedOut"),
+                "aborted": path.number_at("$.ItemCounts.Aborted"),
+            },
+            result_path="$.mapRun",
+        )
+        switch = tasks.LambdaInvoke(
+            self,
+            "SwitchVersion",
+            lambda_function=self.batch_function,
+            payload=sfn.TaskInput.from_object(
+                {"activate": {"version": path.string_at("$.version")}}
+            ),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path="$.activation",
+        )
+        _retry(switch, LAMBDA_SERVICE_ERRORS, 2, 6, 2)
+        incomplete = sfn.Fail(
+            self,
+            "ReindexIncomplete",
+            error="ReindexIncomplete",
+            cause="Some batches failed: the current model version stays. Start the reindex "
+            "again; it redoes only the pictures that still lack a row.",
+        )
+        all_succeeded = sfn.Condition.and_(
+            sfn.Condition.number_equals("$.mapRun.failed", 0),
+            sfn.Condition.number_equals("$.mapRun.timedOut", 0),
+            sfn.Condition.number_equals("$.mapRun.aborted", 0),
+        )
+        done = sfn.Succeed(self, "Done")
+        after_map = (
+            sfn.Choice(self, "IsReindex")
+            .when(
+                sfn.Condition.string_equals("$.mode", "reindex"),
+                count_failures.next(
+                    sfn.Choice(self, "AllBatchesSucceeded")
+                    .when(all_succeeded, switch.next(done))
+                    .otherwise(incomplete)
+                ),
+            )
+            .otherwise(done)
+        )
+        batches.next(after_map)
+
+        def valid(mode: str, root: str) -> sfn.Condition:
+            return sfn.Condition.and_(
+                sfn.Condition.is_string("$.mode"),
+                sfn.Condition.string_equals("$.mode", mode),
+                sfn.Condition.is_string("$.prefix"),
+                sfn.Condition.string_matches("$.prefix", f"{root}*"),
+                sfn.Condition.is_present("$.version"),
+            )
+
+        return (
+            sfn.Choice(self, "CheckInput")
+            .when(valid("backfill", INCOMING_PREFIX), batches)
+            .when(valid("reindex", GALLERY_PREFIX), batches)
+            .otherwise(sfn.Fail(self, "BadInput", error="BadInput", cause=INPUT_SHAPE))
+        )

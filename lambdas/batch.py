@@ -1,0 +1,154 @@
+"""Step Functions Distributed Map child: backfill or reindex one batch of listed objects.
+
+Events (the Map's ItemBatcher shape, and the state machine's last reindex step):
+  {"Items": [{"Key": "incoming/..."}, ...], "BatchInput": {"mode": "backfill", "version": null}}
+      index these drops (artlens.ingest.ingest_objects, the embed function's code)
+  {"Items": [{"Key": "gallery/..."}, ...], "BatchInput": {"mode": "reindex", "version": "<v>"}}
+      embed these gallery objects with that model version (default: the deployed model);
+      never switches (artlens.models.versions.reembed_keys)
+  {"activate": {"version": "<v>" | null}}
+      after every batch succeeded: catch up and switch queries to the version
+      (activate_reindexed); raises if the gallery is still incomplete, so nothing switches
+
+A batch in which some pictures failed for a transient reason raises BatchIncomplete: the Map
+counts the batch as failed and retries it (with backoff), and only what is missing is redone,
+as ingestion is idempotent on each picture's SHA-256 and reembed_keys skips pictures that
+already have a row. Unusable pictures (rejected, gone) are counted, not raised. The local
+stack runs this same handler per chunk (local_stack/backfill.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from artlens.errors import BadRequest
+from artlens.ingest import Concurrency, ingest_objects
+from artlens.logs import handler_logger
+from artlens.models.classifier import Classifier
+from artlens.models.versions import (
+    CurrentModel,
+    activate_reindexed,
+    ensure_model_version,
+    reembed_keys,
+)
+from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
+from artlens.serving import Serving
+from artlens.wiring import Lazy
+
+logger = handler_logger("artlens-batch")
+ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX}
+
+
+class BatchIncomplete(RuntimeError):
+    """Some pictures of the batch failed for a transient reason: retry the batch."""
+
+
+@dataclass(frozen=True)
+class Deps:
+    serving: Serving
+    model: CurrentModel  # backfill embeds with the current version, as the embed function does
+    concurrency: Concurrency
+
+
+def build() -> Deps:
+    serving = Serving.from_env(os.environ)
+    logger.setLevel(serving.settings.log_level)
+    settings = serving.settings
+    # Same start-up step as embed: the deployed model's version is known to the index.
+    ensure_model_version(serving.store, serving.registry.default_classifier(settings.ort_threads))
+    return Deps(
+        serving,
+        CurrentModel(serving.registry, serving.store, threads=settings.ort_threads),
+        Concurrency(settings.ingest_workers, settings.ingest_decoders),
+    )
+
+
+deps = Lazy(build)  # a failure (database down) fails this invocation; the Map retries it
+reset = deps.reset  # tests that change the environment
+
+
+def _version(value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and value):
+        raise BadRequest('"version" must be a model version name or null')
+    return value
+
+
+def _classifier(built: Deps, version: str | None) -> Classifier:
+    registry, threads = built.serving.registry, built.serving.settings.ort_threads
+    if version is None:
+        return registry.default_classifier(threads)
+    return registry.classifier_for(version, threads)
+
+
+def parse_batch(event: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+    """(mode, version, keys) of a Map batch; BadRequest names what is wrong."""
+    batch_input = event.get("BatchInput")
+    items = event.get("Items")
+    if not isinstance(batch_input, dict) or not isinstance(items, list):
+        raise BadRequest('a batch is {"Items": [{"Key": ...}], "BatchInput": {"mode": ...}}')
+    mode = batch_input.get("mode")
+    if mode not in ROOTS:
+        raise BadRequest(f'"mode" must be one of {sorted(ROOTS)}')
+    keys = []
+    for item in items:
+        key = item.get("Key") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not key.startswith(ROOTS[mode]):
+            raise BadRequest(f"every item needs a Key under {ROOTS[mode]}; got {item!r:.80}")
+        if not key.endswith("/"):  # "folder" markers are listed too
+            keys.append(key)
+    return mode, _version(batch_input.get("version")), keys
+
+
+def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> dict[str, Any]:
+    serving = built.serving
+    if mode == "reindex":
+        report = reembed_keys(serving.store, serving.lake, _classifier(built, version), keys)
+        counts = dataclasses.asdict(report)
+        counts.pop("unusable_keys")
+        return {"mode": mode, "items": len(keys), **counts}
+    ingested = ingest_objects(
+        keys, serving.lake, built.model.classifier(), serving.store,
+        concurrency=built.concurrency,
+    )
+    counts = {"mode": mode, "items": len(keys), "model_version": ingested.model_version,
+              "indexed": ingested.indexed, "duplicates": ingested.duplicates,
+              "rejected": ingested.rejected, "skipped": ingested.skipped,
+              "failed": ingested.failed}
+    if ingested.failed:
+        logger.warning("batch incomplete", extra=counts)
+        raise BatchIncomplete(
+            f"{ingested.failed} of {len(keys)} pictures failed (first: "
+            f"{ingested.failed_keys[0]}); retrying the batch redoes only those"
+        )
+    return counts
+
+
+def run_activate(built: Deps, request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        raise BadRequest('activate is {"activate": {"version": "<v>" | null}}')
+    serving = built.serving
+    classifier = _classifier(built, _version(request.get("version")))
+    report = activate_reindexed(serving.store, serving.lake, classifier)
+    if not report.activated:
+        raise BatchIncomplete(
+            f"the gallery still lacks rows for {report.model_version}; "
+            f"{report.previous_version} stays current (run the reindex again)"
+        )
+    return {"previous_version": report.previous_version, "model_version": report.model_version,
+            "caught_up": report.embedded}
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    built = deps()
+    if "activate" in event:
+        result = run_activate(built, event["activate"])
+        logger.info("reindex activated", extra=result)
+        return result
+    mode, version, keys = parse_batch(event)
+    result = run_batch(built, mode, version, keys)
+    logger.info("batch done", extra=result)
+    return result
