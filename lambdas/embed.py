@@ -4,7 +4,9 @@ Each SQS message carries one S3 event notification. All keys of the batch go thr
 `ingest_objects` call so inference runs batched; each key's outcome is mapped back to its
 message, and only messages with a transient failure are reported (partial batch response),
 so they alone are retried and, after maxReceiveCount, land in the DLQ. Unusable pictures are
-not failures: ingestion parks them under rejected/.
+not failures: ingestion parks them under rejected/. Sidecar records (`incoming/*.csv`,
+`incoming/<picture>.json`) come through the same notifications and the same call
+(artlens.ingest); a malformed row is logged and reported, never a failure.
 """
 
 from __future__ import annotations
@@ -135,8 +137,11 @@ def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
             extra={
                 "indexed": report.indexed, "duplicates": report.duplicates,
                 "rejected": report.rejected, "skipped": report.skipped, "failed": report.failed,
+                "sidecars": report.sidecars, "record_problems": len(report.problems),
             },
         )
+        for problem in report.problems:  # malformed sidecar rows: reported, never fatal
+            logger.warning("record problem", extra={"problem": problem})
 
     def record_handler(record: SQSRecord) -> None:
         keys = keys_by_message[record.message_id]

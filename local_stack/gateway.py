@@ -2,7 +2,7 @@
 
 Routes:
   GET  /health              stack status (local only)
-  POST /predict, GET /map, GET /whoami, POST /preview, POST /uploads
+  POST /predict, GET /map, GET /whoami, POST /preview, POST /uploads, GET /works/<key>
                             REQUEST authorizer, then the predict handler, as API Gateway would
   OPTIONS on those routes   CORS preflight, answered by the "gateway" like API Gateway's CORS
   GET  /lake/<key>?exp&sig  lake objects behind an HMAC-signed URL (the local presigned GET)
@@ -55,8 +55,10 @@ LOGGED_QUERY_PARAMETERS = frozenset({"neighbors", "scope", "limit", "exp", "m"})
 _QUERY_IN_TEXT = re.compile(r"\?([^\s\"]*)")
 API_ROUTES = {
     "/predict": ("POST",), "/map": ("GET",), "/whoami": ("GET",), "/preview": ("POST",),
-    "/uploads": ("POST",),
+    "/uploads": ("POST",), "/works/{key}": ("GET",),
 }
+# Routes with a path parameter: path prefix -> (API Gateway resource, parameter name).
+PARAMETER_ROUTES = {"/works/": ("/works/{key}", "key")}
 
 # Explicit types for what the page ships; mimetypes' platform tables vary (e.g. .js, .mjs, .wasm).
 CONTENT_TYPES = {
@@ -378,7 +380,8 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         path, query = self._split()
         method = self.command
-        if path in API_ROUTES:
+        parameter_route = any(path.startswith(p) and path != p for p in PARAMETER_ROUTES)
+        if path in API_ROUTES or parameter_route:
             self._api(method, path, query)
         elif path == "/health":
             self._only(("GET", "HEAD"), self._health)
@@ -475,7 +478,13 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     # -- API Gateway ----------------------------------------------------------------------
 
     def _api(self, method: str, path: str, query: str) -> None:
-        allowed = API_ROUTES[path]
+        resource, parameters = path, None
+        for prefix, (template, name) in PARAMETER_ROUTES.items():
+            if path.startswith(prefix):
+                # As API Gateway: the resource template, the rest of the path as the parameter
+                # (left URL-encoded; the handler decodes it).
+                resource, parameters = template, {name: path[len(prefix):]}
+        allowed = API_ROUTES[resource]
         if method == "OPTIONS":
             self._read_body_and_discard()
             self._send(204, b"", self._cors_headers())
@@ -509,6 +518,8 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self._send_error_json(403, "forbidden", "The token does not allow this request.")
             return
         event = events.proxy_event(request, request_id, authorizer=_authorizer_context(policy))
+        if parameters is not None:
+            event["resource"], event["pathParameters"] = resource, parameters
         event_bytes = len(json.dumps(event))
         if event_bytes > LAMBDA_EVENT_LIMIT_BYTES:
             self._send_error_json(

@@ -6,6 +6,15 @@ until each one is indexed, found to be a duplicate, rejected by the embed handle
 the dead-letter queue. Prints a progress bar (stderr) and a summary (stdout; `--json` for a
 machine-readable one).
 
+Records: a CSV in the folder (`file,title,maker,date,inventory_number,type,permalink,licence`;
+`file` relative to the CSV's folder; other columns kept) and per-picture `<name>.json` (or
+`<stem>.json`) files are read by artlens.index.works, the parser an S3 drop goes through too.
+Each picture is dropped with its record beside it as `incoming/<incoming name>.json` (at least
+its original path in DIR; a per-picture JSON wins over its CSV row field by field), which the
+embed handler stores with the picture. Sidecars are never copied as pictures nor counted as
+skipped. Malformed rows, records naming no picture and unknown types are listed in the summary
+(`record_problems`); the pictures are indexed regardless.
+
 Exit status: 0 when every file was settled (rejections included), 1 on DLQ or timeout,
 2 when the stack is not running or DIR is not a folder.
 """
@@ -20,10 +29,18 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from artlens.digests import sha256_hex
+from artlens.index.works import (
+    CSV_SUFFIX,
+    MAX_SIDECAR_BYTES,
+    RECORD_SUFFIX,
+    WorkRecord,
+    parse_csv,
+    record_from_json,
+)
 from artlens.names import IMAGE_SUFFIXES, INCOMING_PREFIX, REASON_SUFFIX, REJECTED_PREFIX
 from local_stack.state import RunningStack, StatePaths, running_stack_or_explain
 from local_stack.watcher import ignored_reason
@@ -53,6 +70,9 @@ class Summary:
     skipped: int
     seconds: float
     items: list[dict]
+    records: int = 0  # pictures dropped with a sidecar record (CSV row or JSON)
+    sidecars: int = 0  # CSV and JSON files read as records
+    record_problems: list[str] = field(default_factory=list)
 
 
 def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -70,6 +90,73 @@ def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
                 continue
             (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
     return images, others
+
+
+def is_sidecar(path: Path) -> bool:
+    return path.suffix.lower() in (CSV_SUFFIX, RECORD_SUFFIX)
+
+
+def collect_records(
+    directory: Path, images: list[Path], sidecars: list[Path]
+) -> tuple[dict[Path, WorkRecord], list[str]]:
+    """Each picture's record from the folder's CSVs and per-picture JSONs (a JSON wins over a
+    CSV row field by field), and every problem found, named by file and line."""
+    pictures = set(images)
+    by_stem: dict[Path, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.with_suffix(""), []).append(image)
+    records: dict[Path, WorkRecord] = {}
+    problems: list[str] = []
+
+    def read(path: Path) -> bytes | None:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            problems.append(f"{path.relative_to(directory)}: larger than {MAX_SIDECAR_BYTES:,} "
+                            "bytes; not read")
+            return None
+        return path.read_bytes()
+
+    for sheet in (p for p in sidecars if p.suffix.lower() == CSV_SUFFIX):
+        name = sheet.relative_to(directory).as_posix()
+        data = read(sheet)
+        if data is None:
+            continue
+        rows = parse_csv(data, name)
+        problems += rows.problems
+        for file_name, record in rows.records.items():
+            target = sheet.parent / file_name
+            if target not in pictures:
+                problems.append(f"{name}: a row names {file_name}, which is not a picture in "
+                                f"the folder: {record.to_json()}")
+            elif target in records:
+                problems.append(f"{name}: {file_name} has a row in another CSV too; the first "
+                                "is kept")
+            else:
+                records[target] = record
+    for sidecar in (p for p in sidecars if p.suffix.lower() == RECORD_SUFFIX):
+        name = sidecar.relative_to(directory).as_posix()
+        base = sidecar.with_suffix("")
+        targets = [base] if base in pictures else by_stem.get(base, [])
+        if len(targets) != 1:
+            problems.append(f"{name}: names no single picture in the folder ({base.name}"
+                            f"{'.*' if not base.suffix else ''}); not applied")
+            continue
+        data = read(sidecar)
+        if data is None:
+            continue
+        given, found = record_from_json(data, name)
+        problems += found
+        if given is not None:
+            target = targets[0]
+            records[target] = given.merged_over(records.get(target, WorkRecord()))
+    return records, problems
+
+
+def write_record(incoming: Path, name: str, record: WorkRecord) -> None:
+    """`incoming/<name>.json`, written whole (temp name, then rename) before its picture."""
+    path = incoming / f"{name}{RECORD_SUFFIX}"
+    tmp = incoming / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(record.to_json(), ensure_ascii=False))
+    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
@@ -146,7 +233,10 @@ class Ingestion:
         from artlens.models.versions import versions_of
 
         started = time.monotonic()
-        images, others = find_images(directory)
+        images, found_others = find_images(directory)
+        sidecars = [p for p in found_others if is_sidecar(p)]
+        others = [p for p in found_others if not is_sidecar(p)]
+        records, record_problems = collect_records(directory, images, sidecars)
         # The version the embed handler writes rows for: the current one (a reindex or a
         # rollback since the stack started changes it).
         version = versions_of(self.store).current() or self.stack.model_version
@@ -163,6 +253,9 @@ class Ingestion:
             new_shas.add(item.sha256)
             items.append(item)
         for item, source in zip(items, images, strict=True):
+            # The record first: the embed handler reads it when it takes the picture.
+            record = replace(records.get(source, WorkRecord()), original_name=item.source)
+            write_record(self.incoming, item.incoming_name, record)
             drop(source, self.incoming, item.incoming_name)
 
         with tqdm(total=len(items), unit="img", desc="ingesting", disable=not progress,
@@ -183,14 +276,36 @@ class Ingestion:
         for item in items:
             if item.outcome in ("pending", "duplicate?"):
                 item.outcome = "timed_out"
+        record_problems += self._unknown_types(items, records, images)
         count = {name: sum(item.outcome == name for item in items)
                  for name in ("indexed", "duplicate", "rejected", "failed", "timed_out")}
         return Summary(
             directory=str(directory), indexed=count["indexed"], duplicates=count["duplicate"],
             rejected=count["rejected"], failed=count["failed"], timed_out=count["timed_out"],
             skipped=len(others), seconds=round(time.monotonic() - started, 2),
-            items=[asdict(item) for item in items],
+            items=[asdict(item) for item in items], records=len(records),
+            sidecars=len(sidecars), record_problems=record_problems,
         )
+
+    def _unknown_types(
+        self, items: list[Item], records: dict[Path, WorkRecord], images: list[Path]
+    ) -> list[str]:
+        """Catalogued types the embed handler flagged: not one of the model's classes."""
+        from artlens.index.works import WorkStore
+
+        works = WorkStore(self.store.database)
+        flagged = []
+        for item, source in zip(items, images, strict=True):
+            record = records.get(source)
+            if record is None or record.catalogued_type is None or item.outcome not in (
+                "indexed", "duplicate"
+            ):
+                continue
+            stored = works.get(item.sha256)
+            if stored is not None and stored["catalogued_type_known"] is False:
+                flagged.append(f"{item.source}: catalogued type {stored['catalogued_type']!r} "
+                               "is not one of the model's classes; kept as catalogued, flagged")
+        return flagged
 
     def _settle(self, pending: list[Item], version: str) -> list[Item]:
         """Items whose fate is now known (their `outcome` is set)."""
@@ -202,6 +317,8 @@ class Ingestion:
                 item.outcome, item.reason = "failed", parked[key]
                 settled.append(item)
                 continue
+            if (self.incoming / f"{item.incoming_name}{RECORD_SUFFIX}").exists():
+                continue  # its record is removed last, once stored (or kept with a reject)
             in_incoming = (self.incoming / item.incoming_name).exists()
             rejection = _rejection(self.rejected_dir, key, item.sha256, not in_incoming)
             if rejection is not None:
@@ -232,6 +349,14 @@ def print_table(summary: Summary, dlq_dir: Path) -> None:
     for name, value, note in rows:
         if value or name in ("indexed", "duplicates", "rejected"):
             print(f"  {name:<11}{value:>6}  {note}".rstrip())
+    if summary.sidecars:
+        print(f"  records    {summary.records:>6}  pictures with a record from "
+              f"{summary.sidecars} sidecar file(s)")
+    if summary.record_problems:
+        print(f"Record problems ({len(summary.record_problems)}; the pictures are indexed "
+              "regardless):")
+        for problem in summary.record_problems:
+            print(f"  {problem}")
     problems = [item for item in summary.items if item["outcome"] in ("rejected", "failed")]
     if problems:
         width = max(len(item["source"]) for item in problems)

@@ -17,6 +17,7 @@ import {
 import { colorsFor, displayLabel } from "./palette.js";
 import { MAX_NEIGHBORS, download, resultCsv, writeShared } from "./share.js";
 import { prepareUpload, sha256Hex } from "./upload.js";
+import { safeLink, workAlt, workCaption } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -595,11 +596,19 @@ export class AnalyzeView {
     score.className = "neighbor-similarity";
     score.append(similarity, hiddenText(" similar"));
     caption.append(type, hiddenText(" "), score);
+    // The collection's record (title, maker, date) is on screen and so in the button's name.
     if (neighbor.title) {
       const title = document.createElement("span");
       title.className = "neighbor-title";
       title.textContent = neighbor.title;
       caption.append(hiddenText(", "), title);
+    }
+    const byline = [neighbor.maker, neighbor.date].filter(Boolean).join(", ");
+    if (byline) {
+      const maker = document.createElement("span");
+      maker.className = "neighbor-maker";
+      maker.textContent = byline;
+      caption.append(hiddenText(", "), maker);
     }
     button.append(image, caption, hiddenText(", show larger"));
     button.addEventListener("click", () =>
@@ -607,13 +616,10 @@ export class AnalyzeView {
         {
           url,
           title: neighbor.title || label,
-          caption: [
-            `${similarity} similar to your image`,
-            neighbor.maker,
-            neighbor.date,
-            neighbor.key,
-          ].filter(Boolean).join(" · "),
-          alt: `${neighbor.title || label} from the collection`,
+          caption: workCaption(neighbor, label, `${similarity} similar to your image`),
+          alt: workAlt(neighbor, label),
+          permalink: neighbor.permalink,
+          licence: neighbor.licence,
         },
         button,
       ),
@@ -627,6 +633,15 @@ export class AnalyzeView {
       this.analyze({ moveFocus: true });
     });
     item.append(button, more);
+    if (safeLink(neighbor.permalink)) {
+      const link = document.createElement("a");
+      link.className = "neighbor-permalink";
+      link.href = neighbor.permalink;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.append("Catalogue record", hiddenText(`: ${neighbor.title || label} (opens in a new tab)`));
+      item.append(link);
+    }
     return item;
   }
 

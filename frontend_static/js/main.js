@@ -86,6 +86,7 @@ async function main() {
     title: $("viewer-title"),
     caption: $("viewer-caption"),
     close: $("viewer-close"),
+    permalink: $("viewer-permalink"),
   });
   const announce = makeAnnouncer($("announcer"));
   const shared = { api, token, viewer, announce };

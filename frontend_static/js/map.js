@@ -5,6 +5,7 @@ import { ApiError } from "./api.js";
 import { clearProblem, describeApiError, missingTokenProblem, showProblem } from "./messages.js";
 import { colorsFor, displayLabel } from "./palette.js";
 import { Scatter3D } from "./scatter3d.js";
+import { safeLink, workAlt, workCaption } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
 const LIST_LIMIT = 60; // keyboard list of the works in view: enough to browse, short enough to tab
@@ -270,7 +271,9 @@ export class MapView {
         button.type = "button";
         button.className = "map-list-item";
         button.dataset.key = point.key;
-        const name = point.title || point.key.replace(/^gallery\//, "");
+        // The record's title and maker, when known, name the work (visible, so its name too).
+        const name = [point.title || point.original_name || point.key.replace(/^gallery\//, ""),
+          point.maker].filter(Boolean).join(", ");
         button.textContent = `${displayLabel(point.label)} · ${name}`;
         if (point.catalogued_type && point.catalogued_type !== point.label) {
           button.textContent += ` (catalogued: ${point.catalogued_type})`;
@@ -294,13 +297,29 @@ export class MapView {
     if (hadFocus) this.el.list.querySelector(`[data-key="${CSS.escape(hadFocus)}"]`)?.focus();
   }
 
+  /** Preview one work by its key as hovering its point does (the console and page tests). */
+  preview(key) {
+    const point = this.points?.find((p) => p.key === key);
+    const at = point && this.plot.screenPosition(point);
+    if (!at) return false;
+    this.plot.setHighlight(point);
+    this.#showTooltip(point, at.sx, at.sy);
+    return true;
+  }
+
   #showTooltip(point, x = 0, y = 0) {
     const { tooltip, tooltipImage, tooltipText } = this.el;
     if (!point) {
       tooltip.hidden = true;
       return;
     }
-    tooltipText.textContent = [displayLabel(point.label), point.title, point.maker, point.date]
+    tooltipText.textContent = [
+      displayLabel(point.label),
+      point.title || point.original_name,
+      [point.maker, point.date].filter(Boolean).join(", "),
+      // The tooltip cannot be clicked: it names where the record lives; the larger view links.
+      safeLink(point.permalink) ? `Record: ${new URL(point.permalink).host}` : "",
+    ]
       .filter(Boolean)
       .join(" · ");
     const thumb = point.thumbnail_url || point.url;
@@ -325,8 +344,10 @@ export class MapView {
       {
         url: this.api.resolve(point.url),
         title: point.title || displayLabel(point.label),
-        caption: [displayLabel(point.label), point.maker, point.date, point.key].filter(Boolean).join(" · "),
-        alt: `${displayLabel(point.label)} from the collection`,
+        caption: workCaption(point, displayLabel(point.label)),
+        alt: workAlt(point, displayLabel(point.label)),
+        permalink: point.permalink,
+        licence: point.licence,
       },
       opener,
     );

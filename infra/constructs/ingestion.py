@@ -31,8 +31,10 @@ def grant_ingestion(images: s3.IBucket, grantee: iam.IGrantable) -> None:
     its target, nothing else). DeleteObjectVersion: ingestion deletes exactly the version it
     read (artlens.lake delete_version), so a same-name drop racing the ingest is never deleted
     unseen. ListBucket: a missing key must read as 404 (grant_list)."""
+    # PutObject: a sidecar CSV dropped in incoming/ is split into one <picture>.json record
+    # per picture beside it (artlens.index.works); records never write back, so no loop.
     grant_objects(images, grantee, INCOMING_PREFIX,
-                  "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion")
+                  "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion")
     grant_list(images, grantee)
     grant_objects(images, grantee, GALLERY_PREFIX, "s3:PutObject")
     grant_objects(images, grantee, REJECTED_PREFIX, "s3:PutObject")

@@ -772,7 +772,8 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
     grants = s3_grants(dev, embed)
     for action in ("s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
         assert grants[action] == {"/incoming/*"}, action
-    assert grants["s3:PutObject"] == {"/gallery/*", "/rejected/*"}
+    # incoming/: a sidecar CSV is split into per-picture records beside the pictures
+    assert grants["s3:PutObject"] == {"/incoming/*", "/gallery/*", "/rejected/*"}
     reindex = function_with(dev, command="lambdas.reindex.handler")
     assert s3_grants(dev, reindex)["s3:GetObject"] == {"/gallery/*"}
     # The backfill / reindex batches: embed's rights plus reading gallery/.
@@ -780,7 +781,7 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
         "s3:GetObject": {"/incoming/*", "/gallery/*"},
         "s3:DeleteObject": {"/incoming/*"},
         "s3:DeleteObjectVersion": {"/incoming/*"},
-        "s3:PutObject": {"/gallery/*", "/rejected/*"},
+        "s3:PutObject": {"/incoming/*", "/gallery/*", "/rejected/*"},
         "s3:ListBucket": {"<bucket>"},
     }
     assert s3_grants(dev, function_with(dev, handler="authorizer.handler")) == {}

@@ -18,6 +18,17 @@ Throughput: on S3 every lake call costs tens of milliseconds of waiting, so `ing
 runs the reads, decodes, gallery writes and deletes on a bounded thread pool (the boto3 client
 is thread-safe) and overlaps them with inference; the database stays on the caller's thread.
 
+Records (artlens.index.works): a picture `incoming/<name>` may come with a sidecar record
+`incoming/<name>.json` (or `incoming/<stem>.json`); a CSV dropped as `incoming/<anything>.csv`
+is split, by the same parser the local `make ingest` uses, into one `<file>.json` per row
+beside it (a per-picture JSON already there wins field by field), before the pictures of the
+same call are read. Each picture's record (at least its original name) is stored in the `works`
+table after its row, and its JSON is deleted after the picture. A record arriving after its
+picture was indexed is applied to the work last dropped under that name; one whose picture has
+not come yet waits in incoming/. Sidecars are never pictures: they are neither embedded nor
+rejected. A malformed row or record is logged and reported (`IngestOutcome.problems`); a CSV
+with problems is parked under rejected/ with them listed; the pictures are indexed regardless.
+
 Rejected drops are parked as `rejected/<sha256>` (`rejected/<uuid>` when too large to read) with
 `rejected/<id>.reason.json` naming the original key: same-name rejects never overwrite each
 other, a drop named `<x>.reason.json` cannot overwrite a reason, and a name of any length works.
@@ -32,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -42,10 +53,22 @@ from artlens.digests import sha256_hex
 from artlens.errors import ImageRejected, NotFound
 from artlens.image import MAX_BYTES, LoadedImage, load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, ImageRow
+from artlens.index.works import (
+    CSV_SUFFIX,
+    MAX_SIDECAR_BYTES,
+    RECORD_SUFFIX,
+    WorkRecord,
+    WorkStore,
+    WorkUpdate,
+    checked_type,
+    parse_csv,
+    record_from_json,
+)
 from artlens.lake import ObjectLake, VersionedObject
 from artlens.names import (
     GALLERY_PREFIX,
     IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
     INCOMING_PREFIX,
     REASON_SUFFIX,
     REJECTED_PREFIX,
@@ -65,6 +88,8 @@ DEFAULT_REINDEX_BATCH = 32
 DEFAULT_INGEST_WORKERS = 10
 # Decodes at once: each may take the decode budget (artlens.image.MAX_DECODE_BYTES).
 DEFAULT_DECODE_WORKERS = 2
+# `incoming/<stem>.json` may be the record of `<stem>.<any picture suffix>`.
+IMAGE_SUFFIXES_FOR_RECORDS = tuple(sorted(IMAGE_SUFFIXES))
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -75,6 +100,7 @@ class Status(StrEnum):
     REJECTED = "rejected"
     SKIPPED = "skipped"
     FAILED = "failed"
+    SIDECAR = "sidecar"  # a record or CSV of records, consumed (never a picture)
 
 
 @dataclass
@@ -85,6 +111,7 @@ class IngestOutcome:
     gallery_key: str | None = None
     label: str | None = None
     reason: str | None = None  # rejection code, or why the key was skipped
+    problems: list[str] = field(default_factory=list)  # malformed sidecar rows / fields
     error: BaseException | None = field(default=None, repr=False)  # FAILED only: retry me
 
 
@@ -101,6 +128,12 @@ class IngestReport:
     rejected = property(lambda self: self.count(Status.REJECTED))
     skipped = property(lambda self: self.count(Status.SKIPPED))
     failed = property(lambda self: self.count(Status.FAILED))
+    sidecars = property(lambda self: self.count(Status.SIDECAR))
+
+    @property
+    def problems(self) -> list[str]:
+        """Every sidecar problem of the call (malformed rows and fields), in key order."""
+        return [p for o in self.outcomes.values() for p in o.problems]
 
     @property
     def failed_keys(self) -> list[str]:
@@ -117,6 +150,9 @@ class Picture:
     sha256: str
     pixels: np.ndarray  # float32 [size, size, 3], the classifier's input size
     version: str | None = None  # the lake version read (ingestion deletes exactly that one)
+    record: WorkRecord | None = None  # its sidecar's, with at least the original name
+    record_key: str | None = None  # the sidecar JSON read, deleted after the picture
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,7 +220,13 @@ def _reject(
         "name": key.removeprefix(INCOMING_PREFIX), "size_bytes": read.size,
         "sha256": sha256_hex(read.data) if read.data is not None else None,
     }
+    # The drop's record goes with it, kept in its reason (it would wait in incoming/ forever).
+    record_key, record_text = _sidecar_of(lake, key)
+    if record_text is not None:
+        reason["record"] = record_text
     lake.put(rejected_key + REASON_SUFFIX, json.dumps(reason).encode(), "application/json")
+    if record_key is not None:
+        lake.delete(record_key)
     lake.delete_version(key, read.version)
     logger.info("rejected %s as %s: %s", key, rejected_key, error.code)
     return IngestOutcome(key, Status.REJECTED, reason=error.code)
@@ -261,7 +303,13 @@ def ingest_objects(
     version = classifier.version
     report = IngestReport(model_version=version)
     unique_keys = list(dict.fromkeys(keys))
-    chunks = list(batches(unique_keys, batch_size))
+    csv_keys = [k for k in unique_keys if is_sidecar(k, CSV_SUFFIX)]
+    record_keys = [k for k in unique_keys if is_sidecar(k, RECORD_SUFFIX)]
+    sidecars = {*csv_keys, *record_keys}
+    # CSVs first: their per-picture records are then found by the pictures of this call.
+    for key in csv_keys:
+        report.outcomes[key] = split_csv(lake, key)
+    chunks = list(batches([k for k in unique_keys if k not in sidecars], batch_size))
     decoding = threading.BoundedSemaphore(concurrency.decoders)
     size = classifier.input_size
 
@@ -289,6 +337,9 @@ def ingest_objects(
             outcome = done.result()  # the finishing steps report, never raise
             report.outcomes[outcome.key] = outcome
 
+    # Records last: one whose picture was in this call has been consumed with it by now.
+    for key in record_keys:
+        report.outcomes[key] = apply_late_record(lake, key, store, classifier.classes)
     # Report in the caller's order.
     report.outcomes = {key: report.outcomes[key] for key in unique_keys}
     return report
@@ -318,7 +369,9 @@ def _read_incoming(
                 pixels = preprocess(image.rgb, size)
         except ImageRejected as rejection:
             return _reject(lake, key, read, rejection)
-        return Picture(key, read.data, image, sha256_hex(read.data), pixels, read.version)
+        record, record_key, problems = read_record(lake, key)
+        return Picture(key, read.data, image, sha256_hex(read.data), pixels, read.version,
+                       record, record_key, tuple(problems))
     except NotFound:
         # Already processed by an earlier delivery, or deleted by the user: nothing to do.
         logger.warning("skipping %s: the object no longer exists", key)
@@ -357,11 +410,14 @@ def _index_chunk(
             report.outcomes[p.key] = _failed(p.key, p.sha256, exc, "checking")
         return []
     # A redelivered message or the same picture dropped again: the row (and, written before
-    # it, the gallery copy) exist; only the drop is left to clean up.
+    # it, the gallery copy) exist; its record (a new one updates the work's) and the drop are
+    # left.
+    known = _store_records(store, [p for p in pictures if p.sha256 in indexed], classifier,
+                           report)
     finishing = [
-        pool.submit(_remove_drop, lake, p.key, p.version, p.sha256,
-                    gallery_key_for(p.sha256, p.image.format), None, False)
-        for p in pictures if p.sha256 in indexed
+        pool.submit(_remove_drop, lake, p, gallery_key_for(p.sha256, p.image.format), None,
+                    False)
+        for p in known
     ]
     new = [p for p in pictures if p.sha256 not in indexed]
     if not new:
@@ -392,11 +448,14 @@ def _index_chunk(
         for p, _, _ in staged:
             report.outcomes[p.key] = _failed(p.key, p.sha256, exc, "indexing")
         return finishing
-    # The rows are committed: the drops are deleted while the next chunk goes on (the tasks
-    # hold keys, not bytes).
+    # The rows are committed; then the records. A failed record write keeps the drop (and
+    # its sidecar): the retry finds the row and writes the record again.
+    recorded = {p.key: p for p in _store_records(store, [p for p, _, _ in staged], classifier,
+                                                 report)}
+    # The drops are deleted while the next chunk goes on (the tasks hold keys, not bytes).
     return finishing + [
-        pool.submit(_remove_drop, lake, p.key, p.version, p.sha256, g, r.label, added)
-        for (p, r, g), added in zip(staged, inserted, strict=True)
+        pool.submit(_remove_drop, lake, recorded[p.key], g, r.label, added)
+        for (p, r, g), added in zip(staged, inserted, strict=True) if p.key in recorded
     ]
 
 
@@ -411,21 +470,226 @@ def _write_gallery(lake: ObjectLake, picture: Picture) -> str:
 
 def _remove_drop(
     lake: ObjectLake,
-    key: str,
-    version: str | None,
-    sha256: str,
+    picture: Picture,
     gallery_key: str,
     label: str | None,
     new: bool,
 ) -> IngestOutcome:
-    """Delete the drop that was read (that version only): its picture is indexed."""
+    """Delete the drop that was read (that version only): its picture is indexed and its
+    record stored. Then its sidecar JSON (after the picture: a retry of a half-finished
+    delete still finds the record and stores it again, never a bare name over it)."""
+    key, version, sha256 = picture.key, picture.version, picture.sha256
     try:
         if version is None:
             lake.delete(key)
         elif not lake.delete_version(key, version):
             logger.info("%s was replaced while it was indexed; the new picture stays", key)
+        if picture.record_key is not None:
+            lake.delete(picture.record_key)
     except Exception as exc:
         # The row is committed: the retry finds the picture indexed and only deletes.
         return _failed(key, sha256, exc, "deleting")
     return IngestOutcome(key, Status.INDEXED if new else Status.DUPLICATE, sha256=sha256,
-                         gallery_key=gallery_key, label=label)
+                         gallery_key=gallery_key, label=label, problems=list(picture.problems))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def is_sidecar(key: str, suffix: str = "") -> bool:
+    """A record (`.json`) or a CSV of records under incoming/: never a picture. A drop named
+    like the lake's own reasons (`*.reason.json`) is not a record: it is judged as a picture
+    (and rejected), as before records existed."""
+    lower = key.lower()
+    if not key.startswith(INCOMING_PREFIX) or lower.endswith(REASON_SUFFIX):
+        return False
+    return lower.endswith(suffix) if suffix else lower.endswith((RECORD_SUFFIX, CSV_SUFFIX))
+
+
+# A record's name must fit where it is stored: a file name (NAME_MAX) on the folder lake, a
+# key on S3. A longer one cannot exist, so it is not looked for (the folder lake would answer
+# "file name too long", not "not found").
+MAX_NAME_BYTES = 255
+MAX_KEY_BYTES = 1024
+
+
+def record_keys_for(picture_key: str) -> list[str]:
+    """Where a picture's record may be: `<name>.json`, then `<stem>.json` (never the key
+    itself: a drop named `x.json` is not its own record)."""
+    folder, _, name = picture_key.rpartition("/")
+    names = [name + RECORD_SUFFIX]
+    stem = name.rsplit(".", 1)[0]
+    if stem and stem != name and not name.lower().endswith(RECORD_SUFFIX):
+        names.append(stem + RECORD_SUFFIX)
+    return [f"{folder}/{n}" for n in names
+            if len(n.encode()) <= MAX_NAME_BYTES
+            and len(f"{folder}/{n}".encode()) <= MAX_KEY_BYTES]
+
+
+def _sidecar(lake: ObjectLake, key: str) -> bytes | None:
+    """A record's bytes, None when there is none. Most pictures have none: asking whether it
+    exists first keeps the picture's own read the only read (S3: a HEAD instead of a GET)."""
+    if not lake.exists(key):
+        return None
+    try:
+        return lake.get(key, max_bytes=MAX_SIDECAR_BYTES)
+    except NotFound:
+        return None  # taken meanwhile (a concurrent delivery)
+
+
+def _sidecar_of(lake: ObjectLake, key: str) -> tuple[str | None, str | None]:
+    """A drop's sidecar record, as text (None, None: it has none, or one too large to read)."""
+    for record_key in record_keys_for(key):
+        try:
+            data = _sidecar(lake, record_key)
+        except ImageRejected:
+            continue
+        if data is not None:
+            return record_key, data.decode("utf-8", errors="replace")
+    return None, None
+
+
+def read_record(lake: ObjectLake, key: str) -> tuple[WorkRecord, str | None, list[str]]:
+    """A picture's record from its sidecar JSON (at least its original name: the drop's name),
+    the sidecar's key (None: none), and what was wrong with it. A malformed sidecar is
+    reported and left in incoming/ (nothing is lost); the picture is indexed by its name."""
+    name = key.removeprefix(INCOMING_PREFIX)
+    for record_key in record_keys_for(key):
+        try:
+            data = _sidecar(lake, record_key)
+        except ImageRejected:  # over MAX_SIDECAR_BYTES: reported, left in incoming/
+            problem = f"{record_key}: larger than {MAX_SIDECAR_BYTES:,} bytes; not read"
+            logger.warning("record problem: %s", problem)
+            return WorkRecord(original_name=name), None, [problem]
+        if data is None:
+            continue
+        record, problems = record_from_json(data, record_key)
+        for problem in problems:
+            logger.warning("record problem: %s", problem)
+        if record is None:
+            return WorkRecord(original_name=name), None, problems
+        if record.original_name is None:
+            record = replace(record, original_name=name)
+        return record, record_key, problems
+    return WorkRecord(original_name=name), None, []
+
+
+def _store_records(
+    store: EmbeddingStore, pictures: Sequence[Picture], classifier: Classifier,
+    report: IngestReport,
+) -> list[Picture]:
+    """Write the pictures' records in one transaction; returns the pictures whose record is
+    stored (the others are FAILED, their drops kept for the retry)."""
+    if not pictures:
+        return []
+    updates, checked = [], []
+    for p in pictures:
+        record, known = checked_type(
+            p.record or WorkRecord(original_name=p.key.removeprefix(INCOMING_PREFIX)),
+            classifier.classes,
+        )
+        if known is False:
+            flagged = (f"{p.key}: catalogued type {record.catalogued_type!r} is not one of the "
+                       "model's classes; kept as catalogued, flagged")
+            logger.warning("record problem: %s", flagged)
+            p = replace(p, problems=(*p.problems, flagged))
+        updates.append(WorkUpdate(p.sha256, record, known, p.key))
+        checked.append(p)
+    try:
+        WorkStore(store.database).upsert_many(updates)
+    except Exception as exc:
+        for p in pictures:
+            report.outcomes[p.key] = _failed(p.key, p.sha256, exc, "recording")
+        return []
+    return checked
+
+
+def split_csv(lake: ObjectLake, key: str) -> IngestOutcome:
+    """`incoming/<folder>/<x>.csv` -> one `incoming/<folder>/<file>.json` record per row (a
+    per-picture JSON already there wins field by field). The CSV is then deleted, or parked
+    under rejected/ with its problems listed when a row was malformed."""
+    folder = key.rpartition("/")[0] + "/"
+    try:
+        read = lake.get_version(key, max_bytes=MAX_SIDECAR_BYTES)
+        if read.data is None:
+            problem = f"{key}: {read.size:,} bytes; sidecars are limited to {MAX_SIDECAR_BYTES:,}"
+            _park_sidecar(lake, key, read, [problem])
+            return IngestOutcome(key, Status.SIDECAR, reason="too_large", problems=[problem])
+        rows = parse_csv(read.data, key.removeprefix(INCOMING_PREFIX))
+        for name, record in rows.records.items():
+            target = folder + name + RECORD_SUFFIX
+            if target not in record_keys_for(folder + name):
+                rows.problems.append(f"{key}: the name {name!r} is too long for a record")
+                continue
+            try:
+                given, _ = record_from_json(lake.get(target, max_bytes=MAX_SIDECAR_BYTES), target)
+            except NotFound:
+                given = None
+            if given is not None:
+                record = given.merged_over(record)
+            lake.put(target, json.dumps(record.to_json()).encode(), "application/json")
+        for problem in rows.problems:
+            logger.warning("record problem: %s", problem)
+        if rows.problems:
+            _park_sidecar(lake, key, read, rows.problems)
+        else:
+            lake.delete_version(key, read.version)
+    except NotFound:
+        return IngestOutcome(key, Status.SKIPPED, reason="not_found")
+    except Exception as exc:
+        return _failed(key, None, exc, "splitting")
+    logger.info("split %s into %d records", key, len(rows.records))
+    return IngestOutcome(key, Status.SIDECAR, reason=f"{len(rows.records)} records",
+                         problems=rows.problems)
+
+
+def _park_sidecar(lake: ObjectLake, key: str, read: VersionedObject, problems: list[str]) -> None:
+    """Keep a sidecar that had problems under rejected/, with them listed beside it."""
+    parked = rejected_key_for(read.data)
+    if read.data is not None:
+        lake.put(parked, read.data, "text/csv")
+    else:
+        lake.copy(key, parked)
+    reason = {"error": "sidecar_problems", "message": "; ".join(problems)[:4000],
+              "problems": problems, "source_key": key,
+              "name": key.removeprefix(INCOMING_PREFIX), "size_bytes": read.size}
+    lake.put(parked + REASON_SUFFIX, json.dumps(reason).encode(), "application/json")
+    lake.delete_version(key, read.version)
+
+
+def apply_late_record(
+    lake: ObjectLake, key: str, store: EmbeddingStore, classes: Sequence[str]
+) -> IngestOutcome:
+    """A record whose own event came: consumed with its picture already (not_found), waiting
+    for its picture (left in incoming/), or for a picture indexed before it came (applied to
+    the work last dropped under that name, then deleted)."""
+    base = key[: -len(RECORD_SUFFIX)]
+    candidates = [base] if "." in base.rpartition("/")[2] else [
+        base + suffix for suffix in IMAGE_SUFFIXES_FOR_RECORDS
+    ]
+    try:
+        data = lake.get(key, max_bytes=MAX_SIDECAR_BYTES)  # NotFound: consumed with its picture
+        if any(lake.exists(c) for c in candidates):
+            return IngestOutcome(key, Status.SKIPPED, reason="record_waits_for_its_picture")
+        works = WorkStore(store.database)
+        sha256 = works.sha256_of_drop(candidates)
+        if sha256 is None:
+            return IngestOutcome(key, Status.SKIPPED, reason="record_waits_for_its_picture")
+        record, problems = record_from_json(data, key)
+        if record is None:
+            for problem in problems:
+                logger.warning("record problem: %s", problem)
+            return IngestOutcome(key, Status.SKIPPED, reason="bad_record", problems=problems)
+        record, known = checked_type(record, classes)
+        works.upsert_many([WorkUpdate(sha256, record, known, None)])
+        lake.delete(key)
+    except NotFound:
+        return IngestOutcome(key, Status.SKIPPED, reason="not_found")
+    except ImageRejected:  # over MAX_SIDECAR_BYTES: reported, left where it is
+        problem = f"{key}: larger than {MAX_SIDECAR_BYTES:,} bytes; not read"
+        logger.warning("record problem: %s", problem)
+        return IngestOutcome(key, Status.SKIPPED, reason="too_large", problems=[problem])
+    except Exception as exc:
+        return _failed(key, None, exc, "recording")
+    return IngestOutcome(key, Status.SIDECAR, sha256=sha256, reason="late_record",
+                         problems=problems)

@@ -32,8 +32,10 @@ from PIL import Image
 
 from artlens.api.events import MAX_BODY_BYTES, UploadRequest
 from artlens.digests import sha256_hex
+from artlens.errors import NotFound
 from artlens.image import load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, Neighbor
+from artlens.index.works import WorkFields, WorkStore
 from artlens.lake import DEFAULT_URL_EXPIRES_S, ObjectLake, upload_headers
 from artlens.models.classifier import Classifier
 from artlens.models.versions import versions_of
@@ -54,7 +56,21 @@ PREVIEW_QUALITY = 85
 Status = Literal["confident", "uncertain", "not_artwork"]
 
 
-class NeighborAnswer(TypedDict):
+class RecordFields(TypedDict):
+    """A work's collection record as every neighbour and map point carries it (null: not
+    known; artlens.index.works)."""
+
+    original_name: str | None  # the file name it was dropped as
+    title: str | None
+    maker: str | None
+    date: str | None  # as catalogued, free text
+    inventory_number: str | None
+    catalogued_type: str | None  # as catalogued (a model class when it names one)
+    permalink: str | None  # http(s) URL of the work in the museum's own catalogue
+    licence: str | None
+
+
+class NeighborAnswer(RecordFields):
     key: str
     label: str
     similarity: float  # cosine similarity, 1 = the same direction
@@ -99,7 +115,7 @@ class PredictAnswer(TypedDict):
     nearest_by_type: dict[str, NeighborAnswer | None] | None
 
 
-class MapPoint(TypedDict):
+class MapPoint(RecordFields):
     key: str
     label: str
     x: float
@@ -143,6 +159,22 @@ class UploadAnswer(TypedDict):
     expires_at: int  # unix seconds
     max_bytes: int  # the largest picture the service takes
     exists: bool  # the service already holds this picture: no PUT needed
+
+
+class WorkAnswer(RecordFields):
+    """GET /works/{key} 200: one work's record, where it is and how the model sees it."""
+
+    sha256: str
+    key: str | None  # gallery/<sha256>.<ext> (null: recorded, not indexed yet)
+    url: str | None
+    label: str | None  # the serving model's type (null: not indexed by that version)
+    probability: float | None
+    model_version: str
+    catalogued_type_known: bool | None  # false: not one of the model's classes
+    extra: dict[str, Any]  # the sidecar's other columns (and values kept as invalid)
+    history: list[dict[str, Any]]  # replaced values, oldest first
+    created_at: str | None  # ISO 8601 (null: indexed, never recorded)
+    updated_at: str | None
 
 
 class WhoAmI(TypedDict):
@@ -230,13 +262,24 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
 
 
-def _neighbor(row: Neighbor, lake: ObjectLake) -> NeighborAnswer:
+def record_fields(work: WorkFields) -> RecordFields:
     return {
+        "original_name": work.original_name, "title": work.title, "maker": work.maker,
+        "date": work.date, "inventory_number": work.inventory_number,
+        "catalogued_type": work.catalogued_type, "permalink": work.permalink,
+        "licence": work.licence,
+    }
+
+
+def _neighbor(row: Neighbor, lake: ObjectLake) -> NeighborAnswer:
+    answer: NeighborAnswer = {
         "key": row.key,
         "label": row.label,
         "similarity": round(float(row.similarity), SIMILARITY_DIGITS),
         "url": lake.url_for(row.key),
+        **record_fields(row.work),
     }
+    return answer
 
 
 def predict_image(
@@ -386,6 +429,7 @@ def collection_map(
             "y": round(float(xyz[1]), COORDINATE_DIGITS),
             "z": round(float(xyz[2]), COORDINATE_DIGITS),
             "url": lake.url_for(row.key),
+            **record_fields(row.work),
         }
         for row, xyz in zip(rows, points, strict=True)
     ]
@@ -449,3 +493,36 @@ def who_am_i(authorizer: Mapping[str, Any] | None) -> WhoAmI:
         "scheme": text("scheme"),
         "expires_at": int(expires) if expires is not None and expires.isdigit() else None,
     }
+
+
+def work_record(
+    sha256: str, store: EmbeddingStore, lake: ObjectLake, model_version: str
+) -> WorkAnswer:
+    """GET /works/{key}: the record of one work by its SHA-256 (404 when the collection holds
+    no such work: neither a record nor an index row)."""
+    stored = WorkStore(store.database).get(sha256)
+    row = store.image_of(sha256, model_version)
+    key = row.key if row is not None else store.key_of(sha256, model_version)
+    if stored is None and key is None:
+        raise NotFound(f"The collection holds no work with SHA-256 {sha256}.")
+    stored = stored or {}
+    fields = WorkFields(*(stored.get(name) for name in (
+        "original_name", "title", "maker", "date", "inventory_number", "catalogued_type",
+        "permalink", "licence",
+    )))
+    created, updated = stored.get("created_at"), stored.get("updated_at")
+    answer: WorkAnswer = {
+        "sha256": sha256,
+        "key": key,
+        "url": lake.url_for(key) if key is not None else None,
+        "label": row.label if row is not None else None,
+        "probability": round(float(row.probability), PROBABILITY_DIGITS) if row else None,
+        "model_version": model_version,
+        **record_fields(fields),
+        "catalogued_type_known": stored.get("catalogued_type_known"),
+        "extra": dict(stored.get("extra") or {}),
+        "history": list(stored.get("history") or []),
+        "created_at": created.isoformat() if created is not None else None,
+        "updated_at": updated.isoformat() if updated is not None else None,
+    }
+    return answer

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any
+from urllib.parse import unquote
 
 from artlens.errors import BadRequest, ImageRejected
 
@@ -313,6 +314,29 @@ def parse_predict_query(event: Mapping[str, Any]) -> PredictQuery:
     if scope not in SCOPES:
         raise BadRequest("Query parameter 'scope' must be 'class' or 'all'.", code="bad_query")
     return PredictQuery(neighbors=neighbors, scope=scope)
+
+
+WORKS_PREFIX = "/works/"
+
+
+def parse_work_key(event: Mapping[str, Any]) -> str:
+    """GET /works/{key}: the work's SHA-256 (lower-case hex) from `gallery/<sha256>.<ext>`
+    (URL-encoded or not: API Gateway may pass `%2F` through undecoded) or the SHA-256 itself;
+    anything else is a 400 `bad_key`."""
+    query_parameters(event, ())
+    given = (event.get("pathParameters") or {}).get("key")
+    if given is None:
+        path = str(event.get("path") or "")
+        given = path[len(WORKS_PREFIX):] if path.startswith(WORKS_PREFIX) else ""
+    key = unquote(str(given)).strip()
+    if SHA256_HEX.match(key):
+        return key.lower()
+    if GALLERY_KEY.match(key):
+        return key.removeprefix("gallery/").split(".", 1)[0]
+    raise BadRequest(
+        "The work is named by its gallery key (gallery/<sha256>.<extension>, URL-encoded) or "
+        "by the SHA-256 of its picture (64 hexadecimal digits).", code="bad_key",
+    )
 
 
 def parse_map_query(event: Mapping[str, Any], default: int = 500, maximum: int = 5000) -> int:

@@ -1,5 +1,5 @@
-"""The predict function's API: POST /predict, GET /map, POST /preview, POST /uploads and
-GET /whoami, answered over its dependencies.
+"""The predict function's API: POST /predict, GET /map, POST /preview, POST /uploads,
+GET /works/{key} and GET /whoami, answered over its dependencies.
 
 Routing is one small table rather than Powertools' APIGatewayRestResolver: every answer,
 including 404/405 and errors, goes through artlens.api.responses so it carries our JSON error
@@ -29,11 +29,13 @@ from artlens.api.answers import (
     PreviewAnswer,
     UploadAnswer,
     WhoAmI,
+    WorkAnswer,
     collection_map,
     predict_image,
     preview_image,
     upload_ticket,
     who_am_i,
+    work_record,
 )
 from artlens.api.events import (
     Reference,
@@ -41,6 +43,7 @@ from artlens.api.events import (
     parse_map_query,
     parse_predict_query,
     parse_upload_request,
+    parse_work_key,
     query_parameters,
 )
 from artlens.api.responses import cors_headers, json_response, response_for_exception
@@ -102,6 +105,8 @@ class PredictApi:
             ("POST", "/preview"): self.preview,
             ("GET", "/whoami"): self.whoami,
             ("POST", "/uploads"): self.upload,
+            # API Gateway names the resource by its template, the key in pathParameters.
+            ("GET", "/works/{key}"): self.work,
         }
 
     def predict(self, event: Event) -> PredictAnswer:
@@ -160,6 +165,10 @@ class PredictApi:
     def whoami(self, event: Event) -> WhoAmI:
         query_parameters(event, ())
         return who_am_i((event.get("requestContext") or {}).get("authorizer"))
+
+    def work(self, event: Event) -> WorkAnswer:
+        sha256 = parse_work_key(event)
+        return work_record(sha256, self.store, self.lake, self.model.classifier().version)
 
     def collection_map(self, event: Event) -> MapAnswer:
         limit = parse_map_query(event)

@@ -25,6 +25,7 @@ from psycopg2.extras import execute_values
 from artlens.errors import NotFound
 from artlens.index.database import ConnectionFactory, Cursor, Database, fetch_value
 from artlens.index.migrations import migrate, schema_lock
+from artlens.index.works import NO_FIELDS, WORK_COLUMNS, WorkFields, work_fields
 
 EMBEDDING_DIM = 128  # the first models' dimension; each version records its own
 MAX_EMBEDDING_DIM = 2000  # pgvector's HNSW limit for `vector`
@@ -59,6 +60,14 @@ class Neighbor:
     label: str
     similarity: float  # 1 - cosine distance
     sha256: str
+    work: WorkFields = NO_FIELDS  # the work's record (artlens.index.works), joined
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    key: str
+    label: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class EmbeddingSample:
     key: str
     label: str
     embedding: np.ndarray
+    work: WorkFields = NO_FIELDS
 
 
 def version_index_name(version: str) -> str:
@@ -94,6 +104,11 @@ def checked_dimension(dim: int) -> int:
     return int(dim)
 
 
+WORKS_SELECT = sql.SQL(", ").join(
+    sql.SQL("w.{}").format(sql.Identifier(column)) for column in WORK_COLUMNS
+)
+
+
 def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
     """The k-NN statement over one version's rows at dimension `dim`, for `groups` searches at
     once (each with its own `label_<g>` filter and `k_<g>` limit; one round trip for all).
@@ -120,9 +135,13 @@ def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
         )
         for g in range(int(groups))
     ]
-    return sql.SQL("SELECT * FROM ({}) AS found ORDER BY grp, distance, key").format(
-        sql.SQL(" UNION ALL ").join(searches)
-    )
+    # The records are joined to the few rows found, outside the index scans, so each scan
+    # stays exactly the partial index's shape: one statement, no query per neighbour.
+    return sql.SQL(
+        "SELECT found.grp, found.key, found.label, found.sha256, found.distance, {works}"
+        " FROM ({searches}) AS found LEFT JOIN works w ON w.sha256 = found.sha256"
+        " ORDER BY found.grp, found.distance, found.key"
+    ).format(works=WORKS_SELECT, searches=sql.SQL(" UNION ALL ").join(searches))
 
 
 # The search settings, local to the search's own transaction (is_local = true): a session-level
@@ -312,13 +331,14 @@ class EmbeddingStore:
         # so the local settings hold for the search and are gone after it, in one round trip.
         statement = sql.SQL("{}; {}").format(SEARCH_SETTINGS, nearest_sql(dim, len(live)))
 
-        def work(cur: Cursor) -> list[tuple[int, str, str, str, float]]:
+        def work(cur: Cursor) -> list[tuple[Any, ...]]:
             cur.execute(statement, params)
             return cur.fetchall()
 
-        for g, key, lab, sha, distance in self.database.read(work):
+        for g, key, lab, sha, distance, *record in self.database.read(work):
             results[live[g][0]].append(
-                Neighbor(key=key, label=lab, similarity=1.0 - float(distance), sha256=sha)
+                Neighbor(key=key, label=lab, similarity=1.0 - float(distance), sha256=sha,
+                         work=work_fields(record))
             )
         return results
 
@@ -336,6 +356,20 @@ class EmbeddingStore:
             )
             row = cur.fetchone()
             return str(row[0]) if row else None
+
+        return self.database.read(work)
+
+    def image_of(self, sha256: str, model_version: str | None = None) -> IndexedImage | None:
+        """A picture's row of `model_version` (default: current): key, label, probability."""
+
+        def work(cur: Cursor) -> IndexedImage | None:
+            cur.execute(
+                sql.SQL("SELECT key, label, probability FROM images WHERE sha256 = %s AND {}")
+                .format(OF_VERSION),
+                (sha256, model_version),
+            )
+            row = cur.fetchone()
+            return IndexedImage(str(row[0]), str(row[1]), float(row[2])) if row else None
 
         return self.database.read(work)
 
@@ -400,14 +434,16 @@ class EmbeddingStore:
         def work(cur: Cursor) -> list[EmbeddingSample]:
             cur.execute(
                 sql.SQL(
-                    "SELECT key, label, embedding FROM images WHERE {}"
-                    " ORDER BY md5(sha256) LIMIT %s"
-                ).format(OF_VERSION),
+                    "SELECT i.key, i.label, i.embedding, {works} FROM images i"
+                    " LEFT JOIN works w ON w.sha256 = i.sha256 WHERE i.{of_version}"
+                    " ORDER BY md5(i.sha256) LIMIT %s"
+                ).format(works=WORKS_SELECT, of_version=OF_VERSION),
                 (model_version, max(0, int(limit))),
             )
             return [
-                EmbeddingSample(key=key, label=label, embedding=_to_numpy(emb))
-                for key, label, emb in cur.fetchall()
+                EmbeddingSample(key=key, label=label, embedding=_to_numpy(emb),
+                                work=work_fields(record))
+                for key, label, emb, *record in cur.fetchall()
             ]
 
         return self.database.transaction(work)
