@@ -256,6 +256,12 @@ def query_png() -> tuple[bytes, tuple[int, int, int]]:
     return encode(img, "PNG"), means
 
 
+def choose_query(page: Page) -> None:
+    """Choose the standard query picture and wait until Analyze can be pressed."""
+    choose_file(page, "query.png", "image/png", query_png()[0])
+    page.wait_for_selector("#analyze-button:enabled")
+
+
 def choose_file(page: Page, name: str, mime: str, data: bytes) -> None:
     page.set_input_files("#file-input", {"name": name, "mimeType": mime, "buffer": data})
 
@@ -857,9 +863,7 @@ def test_query_is_placed_in_the_map_live_after_analyze(browser, local_stack, gal
     loads = len(maps)
 
     page.click("a[href='#analyze']")
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     answers, _ = analyze_to_result(page)
     final = answers[-1]["body"]
     page.click("#show-on-map")
@@ -959,9 +963,7 @@ def test_sharing_link_count_copy_and_downloads(browser, local_stack, gallery):
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     page.select_option("#neighbor-count", "10")
     answers, _ = analyze_to_result(page)
     assert "neighbors=10" in answers[0]["url"]
@@ -1018,9 +1020,7 @@ def test_slow_answer_and_network_failure_are_explained(browser, local_stack, gal
     page.reload()
     page.wait_for_selector("html[data-ready=true]")
     page.wait_for_function("() => document.getElementById('token-state').dataset.check === 'ok'")
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     analyze_to_result(page)
 
     held = []
@@ -1079,9 +1079,7 @@ def test_server_stopped_names_the_api_hides_the_stale_result_and_offers_retry(
     after the empty-collection test because it stops the stack that test uses."""
     probe = open_page(browser, spare_stack, DESKTOP, token=spare_stack.token)
     page = probe.page
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     analyze_to_result(page)
     spare_stack.stop()
 
@@ -1108,9 +1106,7 @@ def test_map_places_the_query_by_the_servers_projection(browser, local_stack, ga
     the page places the query at components · (embedding − mean)."""
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     answers, _ = analyze_to_result(page)
     final = answers[-1]["body"]
     with page.expect_response(lambda r: "/map?" in r.url) as answer:
@@ -1133,9 +1129,7 @@ def test_servers_assessment_and_nearest_by_type_are_shown(browser, local_stack, 
     """Contract item 3: `assessment`, `nearest_by_type` and `sha256` in the answer."""
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     answers, _ = analyze_to_result(page)
     final = answers[-1]["body"]
     assessment = final["assessment"]
@@ -1156,9 +1150,7 @@ def test_more_like_this_and_a_shared_link_reproduce_the_view(browser, local_stac
     """Contract item 4: POST /predict with {"key": ...} (and {"sha256": ...})."""
     probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
     page = probe.page
-    data, _ = query_png()
-    choose_file(page, "query.png", "image/png", data)
-    page.wait_for_selector("#analyze-button:enabled")
+    choose_query(page)
     analyze_to_result(page)
     first_url = page.url
     target = page.get_attribute("#neighbors > li:nth-child(2)", "data-key")
