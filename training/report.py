@@ -1,14 +1,17 @@
-"""python -m training.report: docs/model/ from a finished run - the small figures and a README
-whose numbers are read from the model card (never typed by hand).
+"""python -m training.report: docs/model/README.md from a finished run, its numbers read from
+the model card (never typed by hand), and a list of the figures the run wrote.
 
     python -m training.report --card out/model-v2/artlens.json --figures out/train-v2
+
+The figures stay in the run's --out folder (git-ignored): the project commits no images outside
+the page (occlusion maps and the 3D map show dataset pictures), so the README names them and
+`make train` (or any run) draws them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 FIGURES = (
@@ -23,7 +26,6 @@ FIGURES = (
     ("embeddings_3d.png", "Test-split embeddings, PCA to 3D"),
     ("class_distribution.png", "Class balance before and after cleaning"),
 )
-MAX_FIGURE_BYTES = 200_000
 
 TARGETS = (  # (label, getter, target, higher is better)
     ("accuracy", lambda m: m["test"]["accuracy"], 0.97, True),
@@ -293,8 +295,13 @@ def render(card: dict, figures: list[tuple[str, str]], others=()) -> str:
         "## Figures",
         "",
     ]
-    for name, title in figures:
-        lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    lines += [
+        "Written by the training run into its `--out` folder (`out/training/` for `make train`;",
+        "git-ignored, since the project commits no images outside the page):",
+        "",
+        *[f"- `{name}`: {title}" for name, title in figures],
+        "",
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -317,20 +324,13 @@ def main(argv=None) -> int:
         others.append((label, json.loads(Path(path).read_text())))
     card = json.loads(args.card.read_text())
     args.docs.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name, title in FIGURES:
-        src = args.figures / name
-        if src.exists():
-            if src.stat().st_size > MAX_FIGURE_BYTES:
-                raise SystemExit(f"{src} is {src.stat().st_size} bytes; keep figures small")
-            shutil.copy2(src, args.docs / name)
-            copied.append((name, title))
+    drawn = [(name, title) for name, title in FIGURES if (args.figures / name).exists()]
     if card.get("design_tradeoff"):
         (args.docs / "tradeoff.json").write_text(
             json.dumps(card["design_tradeoff"], indent=2) + "\n"
         )
-    (args.docs / "README.md").write_text(render(card, copied, others))
-    print(f"wrote {args.docs / 'README.md'} and {len(copied)} figures")
+    (args.docs / "README.md").write_text(render(card, drawn, others))
+    print(f"wrote {args.docs / 'README.md'}, naming {len(drawn)} figures in {args.figures}")
     return 0
 
 

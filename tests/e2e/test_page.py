@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,6 @@ from tests.imagegen import artwork, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
-SCREENSHOTS = REPO_ROOT / "tests" / "e2e" / "screenshots"  # committed copies
 AXE_JS = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -229,25 +227,10 @@ def uploaded(page: Page, index: int = 0) -> bytes:
 
 
 def screenshot(page: Page, name: str) -> None:
-    """Full-page screenshot to test-artifacts/e2e/ every run. The committed copy in
-    tests/e2e/screenshots/ is written only when it is missing, or when it looks different and
-    ARTLENS_UPDATE_SCREENSHOTS=1 asks for it: a plain test run never edits tracked files (the
-    collection's neighbours differ from run to run). Run-dependent text (token expiry clock,
-    timings) is masked."""
+    """Full-page screenshot to test-artifacts/e2e/ (git-ignored: the project commits no images
+    outside the page); run-dependent text (token expiry clock, timings) is masked."""
     masks = [page.locator(s) for s in ("#token-state", "#result-meta")]
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True, mask=masks)
-    committed = SCREENSHOTS / name
-    if committed.exists():
-        new = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
-        old = np.asarray(Image.open(committed).convert("RGB"), dtype=np.int16)
-        if old.shape == new.shape and np.abs(old - new).mean() < 0.5:
-            return
-        if os.environ.get("ARTLENS_UPDATE_SCREENSHOTS") != "1":
-            print(f"screenshot {name} differs from the committed copy: see {path}")
-            return
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, committed)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True, mask=masks)
 
 
 def query_png() -> tuple[bytes, tuple[int, int, int]]:
