@@ -4,7 +4,6 @@ Proxy, and the migrate custom resource that applies the schema on every deploy t
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from aws_cdk import CfnResource, CustomResource, Duration, RemovalPolicy
@@ -16,6 +15,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from artlens import names
+from infra import packaging
 from infra.constructs.lambda_defaults import (
     REPO_ROOT,
     create_function,
@@ -50,11 +50,7 @@ def migrations_fingerprint(directory: Path = MIGRATIONS_DIR) -> str:
     if not files:
         # A fingerprint of nothing would never change again: fail the synth instead.
         raise FileNotFoundError(f"no migrations (*.sql) in {directory}")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return packaging.file_digest(files, directory)[:16]
 
 
 class Database(Construct):
