@@ -3,9 +3,11 @@
 #   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
 #                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
 #   make token / ingest DIR=… / reindex / rollback / redrive / key ARGS=…   (local stack)
+#   make duplicates / export-labels [OUT=…] / renditions   (curators; thumbnails backfill)
 #   make backfill [PREFIX=incoming/] / backfill-reindex [VERSION=…]   (Distributed Map logic;
 #                with ENV=… on the deployed state machine, printing progress until done)
-#   make train DATA=… / bench / stress
+#   make train DATA=… / bench / stress / bench-million [ARGS="--rows N"]
+#   make register-model [ENV=…] [CARD=…]   (the model registry: artifacts bucket or local)
 #   make synth / diff / layer / deploy ENV=… / bootstrap   (AWS: only .venv-infra + the CDK CLI)
 #   make lock    re-resolve requirements/*.lock (hashes, transitive pins) after editing a .txt
 SHELL := /bin/bash
@@ -20,7 +22,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
         bench stress key synth diff layer deploy bootstrap preflight lock browser clean redrive \
-        backfill backfill-reindex
+        backfill backfill-reindex duplicates export-labels renditions register-model \
+        bench-million
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -55,7 +58,7 @@ run: $(VENV)/.local-installed
 	$(PY) -m local_stack --port $(PORT)
 
 token: $(VENV)/.local-installed
-	@$(PY) -m local_stack.token
+	@$(PY) -m local_stack.token $(ARGS)
 
 ingest: $(VENV)/.local-installed
 	@test -n "$(DIR)" || { echo "usage: make ingest DIR=<folder of images>"; exit 2; }
@@ -81,9 +84,33 @@ backfill-reindex: $(if $(ON_AWS),,$(VENV)/.local-installed)
 	  $(PY) -m local_stack.backfill --mode reindex --prefix "$(or $(PREFIX),gallery/)" \
 	  $(if $(VERSION),--version "$(VERSION)") $(ARGS))
 
+# Curators (local stack): near-duplicate groups, and the reviewed labels for `make train
+# TRAIN_ARGS="--labels FILE"` (docs/operations.md, "Curator review").
+OUT ?= reviewed-labels.csv
+# Renditions (256 / 1,024 px, no metadata) for works indexed before ingest wrote them.
+renditions: $(VENV)/.local-installed
+	$(PY) -m local_stack.renditions $(ARGS)
+
+duplicates: $(VENV)/.local-installed
+	$(PY) -m local_stack.curation duplicates $(ARGS)
+
+export-labels: $(VENV)/.local-installed
+	$(PY) -m local_stack.curation export-labels --out "$(OUT)"
+
 # Put dead-lettered ingestion messages back (docs/operations.md); ARGS="--list" shows them.
 redrive: $(VENV)/.local-installed
 	$(PY) -m local_stack.redrive $(ARGS)
+
+# The model registry (docs/operations.md, "Roll back a model"): publish CARD's card + ONNX file
+# as models/<version>/ of the stack's artifacts bucket with ENV=…, else in the local stack's
+# registry (.artlens/models/). Idempotent; another model under a registered version is refused.
+CARD ?= models/artlens.json
+ARTIFACTS_BUCKET_OF = $$(aws cloudformation describe-stacks --stack-name "ArtLens-$(ENV)" \
+  --query "Stacks[0].Outputs[?OutputKey=='ArtifactsBucketName'].OutputValue" --output text)
+register-model: $(VENV)/.local-installed
+	$(PY) -m artlens.models.registry \
+	  $(if $(ON_AWS),--bucket "$(ARTIFACTS_BUCKET_OF)",--folder "$${ARTLENS_STATE_DIR:-.artlens}/models") \
+	  register "$(CARD)"
 
 # --- training -------------------------------------------------------------------------------
 train: $(VENV)/.dev-installed
@@ -111,6 +138,10 @@ audit: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
+
+# k-NN at 1,000,000 rows with the bulk-load path (tens of minutes on 2 cores): bench/million.json
+bench-million: $(VENV)/.dev-installed
+	$(PY) -m bench.million $(ARGS)
 
 stress: $(VENV)/.dev-installed
 	$(PY) -m bench.stress

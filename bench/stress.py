@@ -1,19 +1,26 @@
 """make stress: a bounded load test of the local stack, on loopback only.
 
 `python -m bench.stress` starts its own local stack (`python -m local_stack`, fresh state in a
-temporary folder, port picked by the OS), then runs N concurrent clients (default 32) for D
-seconds (default 60), each posting generated JPEG paintings to POST /predict with a bearer
-token over a keep-alive connection. Printed: requests, throughput, p50/p95/p99 latency, errors
-(any non-200 or transport failure; must be 0), the server's resident memory at start, middle
-and end (it must not keep growing), and whether /health answers normally afterwards.
+temporary folder, port picked by the OS), warms it up for a few seconds (not counted), then runs
+N concurrent clients (default 32) for D seconds (default 60), each posting generated JPEG
+paintings to POST /predict over a keep-alive connection with its own bearer token (its own
+caller, as N users would be). Printed: requests, throughput, p50/p95/p99 latency, errors (any
+non-200 or transport failure; must be 0), the server's resident memory at start, middle and
+end (it must not keep growing), and whether /health answers normally afterwards.
 
-A second table runs the same load with one HOSTILE client beside the normal ones (`--no-hostile`
-skips it): it posts, back to back, the pictures of issue 13 that are tiny files but huge
-rasters (tests/hostile.py: a 40 MP 16-bit PNG, WebP canvases, a 40 MP RGBA PNG); each must get
-200 or 413, never an error. Reported: the NORMAL clients' p99 against the run without the
-hostile client (target: within 2x) and the server's peak resident memory (VmHWM) against its
-peak before (bound: + MAX_DECODE_BYTES + 64 MB, since the local stack runs one predict at a
-time).
+A second run, in the same stack right after, adds ONE HOSTILE client beside the same N normal
+ones (`--no-hostile` skips it). With its own token, it posts back to back the pictures of issue
+13 that are tiny files but costly rasters within the limits (tests/hostile.py: a 40 MP 16-bit
+PNG, a lossless WebP canvas, a 40 MP palette PNG, a 40 MP progressive JPEG; and those refused
+from their header, 413); each must get 200, 413 or 429 (the gateway's fair share), never an
+error. `--hostile-connections K` lets it use K connections at once under its one token. The
+two runs are printed side by side: the NORMAL clients' p50 and p99 without and with the
+hostile client (target: p99 within 2x, `--hostile-p99-limit`), their statuses, the hostile
+client's answers (200/413/429), and the server's memory: its resident memory sampled every
+0.1 s, and its peak (VmHWM, which sees spikes between samples too), against the stated bound
+PEAK_RSS_BOUND: the peak of the run without the hostile client + MAX_DECODE_BYTES (256,000,000
+bytes = 244 MiB, what one decode may cost; the local stack runs one predict at a time) + 64 MiB
+(all memory figures are MiB, as /proc reports them).
 
 `--db-down` adds another table: the same load while the stack's PostgreSQL is stopped for a
 few seconds and started again. Requests during the outage must get 503 (never a 5xx other than
@@ -54,6 +61,10 @@ STARTUP_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 30.0
 MAX_CLIENTS = 64
 MAX_DURATION_S = 600.0
+WARMUP_S = 3.0
+RSS_SAMPLE_S = 0.1
+# The hostile run's peak memory may exceed the run without it by one decode budget plus this.
+PEAK_RSS_SLACK_MB = 64.0
 # Memory "keeps growing" when it rises by more than this between the middle and the end.
 RSS_GROWTH_LIMIT = 0.15
 RSS_GROWTH_FLOOR_MB = 48.0
@@ -135,6 +146,15 @@ class LocalStackProcess:
         self.token = minted.stdout.strip()
         return self
 
+    def mint(self, sub: str, ttl_s: int = 3600) -> str:
+        """A bearer token for another user of this stack (what `local_stack.token --sub`
+        prints), minted here: one per stress client without 33 subprocesses."""
+        from artlens.auth.tokens import mint_token
+        from local_stack.state import StatePaths, load_or_create_secret
+
+        return mint_token(load_or_create_secret(StatePaths(self.state_dir).token_key), sub,
+                          ttl_s)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -146,13 +166,7 @@ class LocalStackProcess:
             self.process.wait(timeout=10)
 
     def rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        except (OSError, AttributeError):
-            pass
-        return float("nan")
+        return _proc_status_mb(self.process.pid if self.process else None, "VmRSS:")
 
     def postgres(self, action: str) -> None:
         """Stop or start the stack's embedded PostgreSQL behind its back (fault injection).
@@ -238,7 +252,10 @@ class LoadResult:
 def _client(base_url: str, token: str, images: list[bytes], offset: int, deadline: float,
             result: LoadResult, lock: threading.Lock,
             content_type: str = "application/octet-stream") -> None:
-    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+    """Back to back until the deadline. After a 429 it waits the Retry-After it was given
+    (as a well-behaved client should), so a throttled client measures the fair share, not a
+    flood."""
+    host, port = urlsplit(base_url).hostname or "127.0.0.1", urlsplit(base_url).port
     connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     index = offset
@@ -252,8 +269,9 @@ def _client(base_url: str, token: str, images: list[bytes], offset: int, deadlin
             answer.read()
             status = answer.status
             error = None
+            retry_after = answer.getheader("Retry-After") if status == 429 else None
         except (OSError, http.client.HTTPException) as exc:
-            status, error = None, type(exc).__name__
+            status, error, retry_after = None, type(exc).__name__, None
             connection.close()
             connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
         elapsed = time.perf_counter() - started
@@ -263,29 +281,43 @@ def _client(base_url: str, token: str, images: list[bytes], offset: int, deadlin
             else:
                 result.statuses[status] += 1
                 result.latencies_s.append(elapsed)
+        if retry_after:
+            wait = float(retry_after) if retry_after.isdigit() else 1.0
+            time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
     connection.close()
+
+
+def client_tokens(stack: LocalStackProcess, clients: int) -> list[str]:
+    """One token (one caller) per normal client: stress-0, stress-1, ..."""
+    return [stack.mint(f"stress-{i}") for i in range(clients)]
 
 
 def run_load(stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes],
              during: Any = None, hostile: list[bytes] | None = None,
-             hostile_result: LoadResult | None = None) -> LoadResult:
-    """`clients` threads for `duration_s`; `during(result)` runs alongside (fault injection);
-    with `hostile`, one more client posts those pictures into `hostile_result`."""
+             hostile_result: LoadResult | None = None, hostile_connections: int = 1,
+             tokens: list[str] | None = None) -> LoadResult:
+    """`clients` threads for `duration_s`, client i with `tokens[i]` (default: all the stack's
+    one token); `during(result)` runs alongside (fault injection); with `hostile`, one more
+    client (its own token, `hostile_connections` connections) posts those pictures into
+    `hostile_result`. The server's RSS is sampled every RSS_SAMPLE_S."""
     result = LoadResult()
     lock = threading.Lock()
     started = time.monotonic()
     deadline = started + duration_s
+    tokens = tokens or [stack.token] * clients
     threads = [
-        threading.Thread(target=_client, args=(stack.base_url, stack.token, images, i, deadline,
+        threading.Thread(target=_client, args=(stack.base_url, tokens[i], images, i, deadline,
                                                result, lock, "image/jpeg"), daemon=True)
         for i in range(clients)
     ]
     if hostile:
-        threads.append(threading.Thread(
-            target=_client, daemon=True,
-            args=(stack.base_url, stack.token, hostile, 0, deadline,
-                  hostile_result if hostile_result is not None else LoadResult(), lock),
-        ))
+        hostile_token = stack.mint("stress-hostile")
+        for connection in range(hostile_connections):
+            threads.append(threading.Thread(
+                target=_client, daemon=True,
+                args=(stack.base_url, hostile_token, hostile, connection, deadline,
+                      hostile_result if hostile_result is not None else LoadResult(), lock),
+            ))
     result.rss_mb.append((0.0, stack.rss_mb()))
     for thread in threads:
         thread.start()
@@ -293,7 +325,7 @@ def run_load(stack: LocalStackProcess, clients: int, duration_s: float, images: 
     if helper:
         helper.start()
     while any(t.is_alive() for t in threads):
-        time.sleep(min(0.5, max(0.05, duration_s / 20)))
+        time.sleep(RSS_SAMPLE_S)
         result.rss_mb.append((time.monotonic() - started, stack.rss_mb()))
         if time.monotonic() > deadline + REQUEST_TIMEOUT_S + 5:
             result.transport_errors["hang"] += sum(t.is_alive() for t in threads)
@@ -350,9 +382,11 @@ def table(title: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def stress(stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes]) -> dict:
-    result = run_load(stack, clients, duration_s, images)
+def stress(stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes],
+           tokens: list[str] | None = None) -> dict:
+    result = run_load(stack, clients, duration_s, images, tokens=tokens)
     summary = summarize(result, clients)
+    summary["peak_rss_mb"] = round(peak_rss_mb(stack.process.pid if stack.process else None), 1)
     status, body = health(stack.base_url)
     summary["health_after"] = f"{status} {body.get('status', '')}".strip()
     summary["memory_stable"] = memory_stable(summary)
@@ -361,80 +395,117 @@ def stress(stack: LocalStackProcess, clients: int, duration_s: float, images: li
     return summary
 
 
-def peak_rss_mb(pid: int | None) -> float:
-    """The process's peak resident memory so far (VmHWM): sees every spike, between samples
-    too."""
+def _proc_status_mb(pid: int | None, field_name: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field_name):
                 return int(line.split()[1]) / 1024.0
     except (OSError, TypeError):
         pass
     return float("nan")
 
 
+def peak_rss_mb(pid: int | None) -> float:
+    """The process's peak resident memory so far (VmHWM): sees every spike, between samples
+    too."""
+    return _proc_status_mb(pid, "VmHWM:")
+
+
 def hostile_pictures() -> list[bytes]:
+    """The corpus's pictures, the accepted (costly) ones first in each round."""
     from tests import hostile
 
-    return [data for data, _ in hostile.corpus().values()]
+    corpus = hostile.corpus().values()
+    return [data for data, answer in corpus if answer == 200] + [
+        data for data, answer in corpus if answer != 200]
 
 
 def stress_hostile(
     stack: LocalStackProcess, clients: int, duration_s: float, images: list[bytes],
-    baseline: dict, p99_limit: float = 2.0,
+    baseline: dict, p99_limit: float = 2.0, tokens: list[str] | None = None,
+    hostile_connections: int = 1,
 ) -> dict:
     """The same load plus one hostile client. The normal clients must all get 200 with a p99
-    within 2x of `baseline`'s; the hostile one only 200 or 413; the server's peak memory must
-    stay within the decode budget of its peak before."""
+    within `p99_limit` x `baseline`'s (0: report only); the hostile one only 200, 413 or 429;
+    the server's peak memory must stay under PEAK_RSS_BOUND (module docstring)."""
     from artlens.image import MAX_DECODE_BYTES
 
-    peak_before = peak_rss_mb(stack.process.pid if stack.process else None)
+    pid = stack.process.pid if stack.process else None
+    peak_before = peak_rss_mb(pid)
     attacker = LoadResult()
     result = run_load(stack, clients, duration_s, images, hostile=hostile_pictures(),
-                      hostile_result=attacker)
+                      hostile_result=attacker, hostile_connections=hostile_connections,
+                      tokens=tokens)
     summary = summarize(result, clients)
     status, body = health(stack.base_url)
     summary["health_after"] = f"{status} {body.get('status', '')}".strip()
     summary["memory_stable"] = memory_stable(summary)
-    peak_after = peak_rss_mb(stack.process.pid if stack.process else None)
-    bound_mb = MAX_DECODE_BYTES / (1024 * 1024) + 64.0
-    base_p99 = baseline.get("p99_ms") or 0.0
+    peak_after = peak_rss_mb(pid)
+    summary["peak_rss_mb"] = round(peak_after, 1)
+    bound_mb = MAX_DECODE_BYTES / (1024 * 1024) + PEAK_RSS_SLACK_MB
+
+    def ratio(q: str) -> float | None:
+        return round(summary[q] / baseline[q], 2) if baseline.get(q) and summary[q] else None
+
+    hostile_ms = np.array(attacker.latencies_s) * 1000.0
     summary["hostile"] = {
+        "connections": hostile_connections,
         "requests": attacker.requests,
         "statuses": {str(k): v for k, v in sorted(attacker.statuses.items())},
-        "errors": attacker.errors(allowed=(200, 413)),
-        "p99_ratio": round(summary["p99_ms"] / base_p99, 2) if base_p99 and summary["p99_ms"]
-        else None,
+        "throttled_429": attacker.statuses.get(429, 0),
+        "p50_ms": round(float(np.percentile(hostile_ms, 50)), 1) if hostile_ms.size else None,
+        "errors": attacker.errors(allowed=(200, 413, 429)),
+        "p50_ratio": ratio("p50_ms"),
+        "p99_ratio": ratio("p99_ms"),
         "peak_rss_mb_before": round(peak_before, 1),
         "peak_rss_mb": round(peak_after, 1),
+        "sampled_rss_max_mb": summary["rss_mb"]["max"],
         "peak_growth_bound_mb": round(bound_mb, 1),
+        "peak_rss_bound_mb": round(peak_before + bound_mb, 1),
     }
     hostile = summary["hostile"]
     hostile["p99_limit"] = p99_limit
     hostile["p99_within_2x"] = hostile["p99_ratio"] is not None and hostile["p99_ratio"] <= 2.0
     latency_ok = p99_limit <= 0 or (hostile["p99_ratio"] is not None
                                     and hostile["p99_ratio"] <= p99_limit)
-    hostile["memory_bounded"] = peak_after - peak_before <= bound_mb
+    hostile["memory_bounded"] = (peak_after <= hostile["peak_rss_bound_mb"]
+                                 and summary["rss_mb"]["max"] <= hostile["peak_rss_bound_mb"])
     summary["ok"] = (summary["errors"] == 0 and summary["requests"] > 0 and status == 200
                      and hostile["errors"] == 0 and hostile["requests"] > 0
                      and hostile["memory_bounded"] and latency_ok)
     return summary
 
 
-def hostile_table(summary: dict) -> str:
-    hostile = summary["hostile"]
-    extra = [
-        ("hostile client requests", f"{hostile['requests']} {json.dumps(hostile['statuses'])}"),
-        ("hostile client errors", hostile["errors"]),
-        ("normal p99 vs without (x)",
-         f"{hostile['p99_ratio']} ({'within 2x' if hostile['p99_within_2x'] else 'OVER 2x'})"),
-        ("server peak RSS before / after (MB)",
-         f"{hostile['peak_rss_mb_before']} / {hostile['peak_rss_mb']} (growth bound "
-         f"{hostile['peak_growth_bound_mb']}: {'ok' if hostile['memory_bounded'] else 'OVER'})"),
+def side_by_side(load: dict, beside: dict) -> str:
+    """The normal clients without and with the hostile client, in two columns."""
+    hostile = beside["hostile"]
+    rows = [
+        ("normal clients x seconds", f"{load['clients']} x {load['seconds']}",
+         f"{beside['clients']} x {beside['seconds']}"),
+        ("normal requests", load["requests"], beside["requests"]),
+        ("normal throughput (req/s)", load["throughput_rps"], beside["throughput_rps"]),
+        ("normal p50 (ms)", load["p50_ms"], f"{beside['p50_ms']}  ({hostile['p50_ratio']}x)"),
+        ("normal p95 (ms)", load["p95_ms"], beside["p95_ms"]),
+        ("normal p99 (ms)", load["p99_ms"], f"{beside['p99_ms']}  ({hostile['p99_ratio']}x, "
+         f"{'within' if hostile['p99_within_2x'] else 'OVER'} 2x)"),
+        ("normal statuses", json.dumps(load["statuses"]), json.dumps(beside["statuses"])),
+        ("normal errors", load["errors"], beside["errors"]),
+        ("hostile client", "-", f"{hostile['connections']} connection(s), "
+         f"{hostile['requests']} requests {json.dumps(hostile['statuses'])}, "
+         f"p50 {hostile['p50_ms']} ms"),
+        ("hostile 429s / errors", "-", f"{hostile['throttled_429']} / {hostile['errors']}"),
+        ("server RSS sampled max (MB)", load["rss_mb"]["max"], beside["rss_mb"]["max"]),
+        ("server peak RSS, VmHWM (MB)", load.get("peak_rss_mb"),
+         f"{hostile['peak_rss_mb']}  (bound {hostile['peak_rss_bound_mb']}: "
+         f"{'ok' if hostile['memory_bounded'] else 'OVER'})"),
+        ("/health afterwards", load["health_after"], beside["health_after"]),
     ]
-    width = max(len(name) for name, _ in extra)
-    return table("Load with one hostile client beside them", summary) + "\n" + "\n".join(
-        f"{name:<{width}}  {value}" for name, value in extra)
+    title = "Normal clients without / with one hostile client beside them"
+    left = max(len(str(r[0])) for r in rows)
+    middle = max(len("without"), *(len(str(r[1])) for r in rows))
+    lines = [title, "-" * len(title), f"{'':<{left}}  {'without':<{middle}}  with"]
+    lines += [f"{name:<{left}}  {str(a):<{middle}}  {b}" for name, a, b in rows]
+    return "\n".join(lines)
 
 
 def stress_db_down(
@@ -477,26 +548,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile-p99-limit", type=float, default=2.0,
                         help="fail when the normal clients' p99 grows more than this factor "
                         "beside the hostile client (0: report only)")
+    parser.add_argument("--hostile-connections", type=int, default=1,
+                        help="connections the one hostile client uses at once (default 1)")
+    parser.add_argument("--warmup", type=float, default=WARMUP_S,
+                        help=f"seconds of uncounted load first (default {WARMUP_S:g})")
     parser.add_argument("--json", type=Path, help="also write the summaries to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION_S:
         parser.error(f"--clients 1..{MAX_CLIENTS}, --duration up to {MAX_DURATION_S:.0f} s")
+    if not 1 <= args.hostile_connections <= MAX_CLIENTS or not 0 <= args.warmup <= 60:
+        parser.error(f"--hostile-connections 1..{MAX_CLIENTS}, --warmup 0..60 s")
     card = args.model_card.resolve()
     if not card.is_file():
         parser.error(f"model card {card} not found (make train, or pass --model-card)")
 
+    # The layer is on PYTHONPATH under make; a bare `python -m bench.stress` needs it too
+    # (tokens are minted here).
+    if str(REPO_ROOT / "layers" / "python") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "layers" / "python"))
     images = pictures(args.images)
     summaries: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="artlens-stress-") as tmp, \
             local_stack(Path(tmp) / "state", card) as stack:
         print(f"stack {stack.base_url}: {args.clients} clients x {args.duration:.0f} s",
               file=sys.stderr, flush=True)
-        summaries["load"] = stress(stack, args.clients, args.duration, images)
+        tokens = client_tokens(stack, args.clients)
+        if args.warmup:
+            run_load(stack, args.clients, args.warmup, images, tokens=tokens)
+        summaries["load"] = stress(stack, args.clients, args.duration, images, tokens)
         print(table("Load", summaries["load"]), flush=True)
         if not args.no_hostile:
-            summaries["hostile"] = stress_hostile(stack, args.clients, args.duration, images,
-                                                  summaries["load"], args.hostile_p99_limit)
-            print("\n" + hostile_table(summaries["hostile"]), flush=True)
+            summaries["hostile"] = stress_hostile(
+                stack, args.clients, args.duration, images, summaries["load"],
+                args.hostile_p99_limit, tokens, args.hostile_connections)
+            print("\n" + side_by_side(summaries["load"], summaries["hostile"]), flush=True)
         if args.db_down:
             summaries["db_down"] = stress_db_down(stack, args.clients, args.duration, images)
             print("\n" + table("Load with the database stopped mid-run", summaries["db_down"]))

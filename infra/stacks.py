@@ -40,21 +40,26 @@ class ArtLensStack(Stack):
         self.lake = DataLake(self, "DataLake", settings=settings)
         self.database = Database(self, "Database", settings=settings)
         self.secrets = AuthSecrets(self, "Secrets", settings=settings)
+        # The distribution serves the page and, from the images bucket, renditions/ only.
         self.frontend = Frontend(
-            self, "Frontend", settings=settings, access_logs=self.lake.access_logs
+            self, "Frontend", settings=settings, access_logs=self.lake.access_logs,
+            images=self.lake.images,
         )
         self.api = Api(
             self,
             "Api",
             settings=settings,
             images=self.lake.images,
+            artifacts=self.lake.artifacts,
             database=self.database,
             secrets=self.secrets,
             frontend_origin=self.frontend.origin,
+            renditions_base_url=self.frontend.renditions_base_url,
         )
         self.frontend.deploy_site(self.api.url)
         self.ingestion = Ingestion(
-            self, "Ingestion", settings=settings, images=self.lake.images, database=self.database
+            self, "Ingestion", settings=settings, images=self.lake.images,
+            artifacts=self.lake.artifacts, database=self.database,
         )
         self.backfill = Backfill(
             self,
@@ -76,6 +81,8 @@ class ArtLensStack(Stack):
                 self.database.migrate_function,
             ],
             state_machines=[self.backfill.state_machine],
+            backfill_stalled=self.backfill.stalled_expression(),
+            backfill_progress=self.backfill.items_done(),
             dead_letters=self.ingestion.dead_letters,
             database=self.database.instance,
         )
@@ -190,10 +197,12 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
         )
     images = _logical(stack.lake.images)
     prefix_grants = {
-        stack.api.predict_function: ["gallery", "uploads"],
-        stack.ingestion.embed_function: ["incoming", "gallery", "rejected"],
+        stack.api.predict_function: ["gallery", "uploads", "reports"],
+        stack.ingestion.embed_function: ["incoming", "gallery", "rejected", "renditions",
+                                         "reports"],
         stack.ingestion.reindex_function: ["gallery"],
-        stack.backfill.batch_function: ["incoming", "gallery", "rejected"],
+        stack.backfill.batch_function: ["incoming", "gallery", "rejected", "renditions",
+                                        "reports"],
     }
     for function, prefixes in prefix_grants.items():
         policy = function.role.node.find_child("DefaultPolicy")  # type: ignore[union-attr]
@@ -204,6 +213,13 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
                 f"Object keys under {prefix}/ are content hashes or upload names/ids; the grant "
                 "is limited to that prefix and to the actions the function performs there.",
             )
+        acknowledge(
+            policy,
+            f"AwsSolutions-IAM5[Resource::<{_logical(stack.lake.artifacts)}.Arn>/models/*]",
+            "The model registry: models/<version>/ holds one card and its ONNX file per "
+            "version, named by operators; read-only (GetObject), and every file is checked "
+            "against the SHA-256 its card names before it is served.",
+        )
     acknowledge(
         stack.database.node.find_child("MigrateProvider"),
         f"AwsSolutions-IAM5[Resource::<{_logical(stack.database.migrate_function)}.Arn>:*]",

@@ -8,9 +8,12 @@ a client is told the reason of is a signed request outside the time window (`sta
 docs/signing.md): an explicit Deny carrying that code, which the ACCESS_DENIED gateway response
 turns into 401 {"error": "stale_request"}.
 
-Its Allow is cached by API Gateway on the Authorization header; nothing relies on that cache
-being short: the predict handler verifies every signed request in full again
-(artlens.auth.signing.verify_signed_body).
+Its Allow carries the principal's context (artlens.auth.policy.Principal.context): sub, scheme,
+a token's exp, and `scopes` ("predict review": what the token or key grants), which routes read
+through artlens.auth.policy.require_scope. It is cached by API Gateway on the Authorization
+header; nothing relies on that cache being short: a token's scopes are sealed in the token, and
+the predict handler verifies every signed request in full again, taking the key's scopes from
+that verification (artlens.auth.signing.verified_event).
 
 Start-up (artlens.wiring): settings (only the token part: TOKEN_SECRET_ARN or
 ARTLENS_TOKEN_KEY[_FILE]) and the authenticator are built on the first invocation of a container

@@ -15,6 +15,10 @@ counts the batch as failed and retries it (with backoff), and only what is missi
 as ingestion is idempotent on each picture's SHA-256 and reembed_keys skips pictures that
 already have a row. Unusable pictures (rejected, gone) are counted, not raised. The local
 stack runs this same handler per chunk (local_stack/backfill.py).
+
+Metrics (artlens.metrics): PicturesIndexed / PicturesRejected / Duplicates / IndexedByType of
+every batch, and BatchItemsDone once a batch succeeded, which the stalled-backfill alarm
+watches (infra/constructs/monitoring.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from typing import Any
 from artlens.errors import BadRequest
 from artlens.ingest import Concurrency, ingest_objects
 from artlens.logs import handler_logger
+from artlens.metrics import (
+    flush,
+    handler_metrics,
+    publish_batch_done,
+    publish_ingest,
+    publish_reembedded,
+)
 from artlens.models.classifier import Classifier
 from artlens.models.versions import (
     CurrentModel,
@@ -39,6 +50,7 @@ from artlens.serving import Serving
 from artlens.wiring import Lazy
 
 logger = handler_logger("artlens-batch")
+metrics = handler_metrics()
 ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX}
 
 
@@ -106,6 +118,8 @@ def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> d
     serving = built.serving
     if mode == "reindex":
         report = reembed_keys(serving.store, serving.lake, _classifier(built, version), keys)
+        publish_reembedded(metrics, report.embedded, report.duplicates)
+        publish_batch_done(metrics, len(keys))
         counts = dataclasses.asdict(report)
         counts.pop("unusable_keys")
         return {"mode": mode, "items": len(keys), **counts}
@@ -113,6 +127,7 @@ def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> d
         keys, serving.lake, built.model.classifier(), serving.store,
         concurrency=built.concurrency,
     )
+    publish_ingest(metrics, ingested)  # what was done counts, even in a batch that is retried
     counts = {"mode": mode, "items": len(keys), "model_version": ingested.model_version,
               "indexed": ingested.indexed, "duplicates": ingested.duplicates,
               "rejected": ingested.rejected, "skipped": ingested.skipped,
@@ -123,6 +138,7 @@ def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> d
             f"{ingested.failed} of {len(keys)} pictures failed (first: "
             f"{ingested.failed_keys[0]}); retrying the batch redoes only those"
         )
+    publish_batch_done(metrics, len(keys))
     return counts
 
 
@@ -149,6 +165,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("reindex activated", extra=result)
         return result
     mode, version, keys = parse_batch(event)
-    result = run_batch(built, mode, version, keys)
+    try:
+        result = run_batch(built, mode, version, keys)
+    finally:
+        flush(metrics)  # a failed batch's partial counts too
     logger.info("batch done", extra=result)
     return result

@@ -28,11 +28,14 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from artlens.ingest import Concurrency, IngestReport, Status, ingest_objects
 from artlens.logs import handler_logger
+from artlens.metrics import flush, handler_metrics, publish_ingest
 from artlens.models.versions import CurrentModel, ensure_model_version
 from artlens.serving import Serving
+from artlens.triage import new_part_name, report_ingest
 from artlens.wiring import Lazy
 
 logger = handler_logger("artlens-embed")
+metrics = handler_metrics()  # PicturesIndexed, PicturesRejected, Duplicates, IndexedByType
 # Every record of a batch is judged on the outcome of the shared ingest call, so an all-failed
 # batch is still a partial response (every message listed) rather than an exception.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -112,6 +115,22 @@ def _ingest(keys: list[str]) -> IngestReport:
     )
 
 
+def _triage(report: IngestReport, request_id: str | None) -> None:
+    """The invocation's part of its batches' intake reports (artlens.triage). A failure to
+    write it is logged, never the batch's failure: the pictures are indexed all the same."""
+    built = ready()
+    try:
+        written = report_ingest(
+            built.serving.lake, built.serving.store, report,
+            new_part_name(unique=(request_id or "").replace("-", "") or None),
+        )
+    except Exception as exc:
+        logger.warning("intake report not written: %s", type(exc).__name__)
+        return
+    for part in written:
+        logger.info("intake report", extra={"batch": part.batch, **part.counts()})
+
+
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     keys_by_message: dict[str, list[str] | Exception] = {}
@@ -132,6 +151,8 @@ def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
             logger.warning("ingest call failed: %s", type(exc).__name__)
             batch_error = exc
     if report is not None:
+        publish_ingest(metrics, report)
+        flush(metrics)
         logger.info(
             "ingested batch",
             extra={
@@ -142,6 +163,7 @@ def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
         )
         for problem in report.problems:  # malformed sidecar rows: reported, never fatal
             logger.warning("record problem", extra={"problem": problem})
+        _triage(report, getattr(context, "aws_request_id", None))
 
     def record_handler(record: SQSRecord) -> None:
         keys = keys_by_message[record.message_id]

@@ -8,8 +8,9 @@ Events:
 
 The switch to the new model version happens inside `reindex` only once the whole gallery has
 rows for it; a re-invocation resumes where an interrupted one stopped. Models come from the
-registry (MODEL_REGISTRY_DIR, default the image's models/): a version, or a rollback target,
-whose files are not in the image cannot be used (see artlens.models.registry).
+registry (artlens.models.registry): on AWS `models/<version>/` of the artifacts bucket
+(ARTIFACTS_BUCKET, fetched once into /tmp and checked against the card's SHA-256), besides the
+image's own model; a version, or a rollback target, found in neither is refused.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # glibc mallopt parameters: big blocks always mmapped (returned to the system when freed), and
-# few arenas. The gateway serves every connection on its own thread; by default glibc gives
+# few arenas. The gateway serves requests on up to 64 worker threads; by default glibc gives
 # threads their own arenas and, after the first large free, raises its mmap threshold to 32 MB,
 # so a 200 MB decode on one thread stayed resident while the next ran on another (measured:
 # +430 MB of peak instead of +230 MB beside the hostile client of bench.stress).
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         n.ENV_LOCAL_URL_BASE: "",
         n.ENV_TOKEN_KEY_FILE: str(paths.token_key),
         n.ENV_CORS_ORIGIN: cors_origin,
+        # Embedded-metric-format lines are for CloudWatch; locally they would flood stdout.
+        "POWERTOOLS_METRICS_DISABLED": "true",
     })
 
     from local_stack.runtime import LocalRuntime
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from artlens.auth.tokens import mint_token
 
-    token = mint_token(token_key, DEV_USER, DEV_TOKEN_TTL_S)
+    # The local operator is the collection's curator: the dev token may predict and review.
+    token = mint_token(token_key, DEV_USER, DEV_TOKEN_TTL_S, scopes=n.SCOPES)
     print(f"ArtLens local stack on {gateway.url}  (model {runtime.model_version})")
     notice = runtime.upgrade_notice()
     if notice:

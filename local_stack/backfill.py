@@ -219,6 +219,8 @@ def _load_handler(stack: Any, paths: Any, card_path: Path) -> tuple[Handler, Obj
         n.ENV_LOCAL_LAKE_DIR: stack.lake_dir,
         n.ENV_LOCAL_URL_KEY: url_key,
         n.ENV_LOCAL_URL_BASE: "",
+        # Embedded-metric-format lines are for CloudWatch; locally they would bury the progress.
+        "POWERTOOLS_METRICS_DISABLED": "true",
     })
     # The handler's per-batch INFO lines would bury the progress line; warnings still show.
     os.environ.setdefault(n.ENV_LOG_LEVEL, "WARNING")

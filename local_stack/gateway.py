@@ -12,22 +12,66 @@ Routes:
                             artlens.image.MAX_BYTES, the bytes checked against the checksum
   GET  /config.json         generated page configuration
   GET  /…                   frontend_static/
+
+Lake objects are answered with `Cache-Control: private, max-age=<seconds until the URL's exp>`
+and a strong ETag (the bytes' SHA-256): the API hands out hour-rounded signed URLs, so a browser
+keeps a rendition for as long as its URL stays valid, and revalidates with If-None-Match (304).
+
+Connections (slowloris, half-open clients). One selector thread holds every connection until its
+request head (request line and headers) is complete; only then does one of at most `workers`
+threads (default 64) take it, and after the answer a kept-alive connection goes back to the
+selector. So connections that never finish their headers hold a socket, never a thread, and a
+normal request is served beside hundreds of them. Limits, as Apache's mod_reqtimeout sets them:
+  read_timeout_s    15 s of silence ends a connection (idle keep-alive, stalled head or body)
+  header_timeout_s  20 s for the whole head from its first byte: a client dripping one byte at a
+                    time resets the silence timer but not this one (408 JSON, then closed)
+  body deadline     read_timeout_s + Content-Length / MIN_BODY_RATE (32 KB/s), in total
+  max_connections   1,024 open at once; beyond that new connections are closed unanswered
+
+Fair share per caller (default on; `Backend(fair_share=None)` turns it off). The local stack runs
+one predict at a time, like one warm container; on AWS each request gets its own Lambda
+instance, so one caller's costly pictures never take CPU from another's, and API Gateway's usage
+plans throttle each API key with 429 and Retry-After. Locally `FairShare` stands in for both:
+  - each caller (the authorizer's scheme and principalId: a token's sub, a signing key's id) has
+    at most `in_flight_per_caller` (1) request in the handler and `queued_per_caller` (4) more
+    waiting; one more is answered 429 `too_many_requests` with Retry-After, as a usage plan's
+    burst limit would, and so is a request still waiting after `max_wait_s` (25 s, under API
+    Gateway's 29 s integration timeout);
+  - the next turn goes to the waiting caller that has used the least handler CPU time
+    (start-time fair queuing on the CPU seconds the handler's thread used), so a caller whose
+    pictures cost 0.4 s each to decode gets about the same CPU seconds as a caller whose
+    pictures cost 10 ms, not the same number of turns; a free turn waits up to 50 ms for a
+    caller who is behind and between two requests (`FairShare`).
+A turn is not pre-empted: a normal request that arrives while a costly one runs still waits for
+it. Settings: GatewayServer(read_timeout_s=, header_timeout_s=, workers=, max_connections=) and
+Backend(fair_share=FairShare(in_flight_per_caller=, queued_per_caller=, max_wait_s=, lead_s=,
+anticipate_s=)). What `make stress` measured with them: docs/security.md.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
+import itertools
 import json
 import logging
+import math
 import mimetypes
+import queue
 import re
+import selectors
+import socket
 import threading
+import time
 import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -49,16 +93,31 @@ LAMBDA_EVENT_LIMIT_BYTES = 6 * 1024 * 1024
 # Seconds a connection may stay silent while we read its request (line, headers, body): a
 # half-open or stalled connection gives its thread back instead of holding it forever.
 READ_TIMEOUT_S = 15.0
+# Seconds for a whole request head from its first byte: each byte resets READ_TIMEOUT_S, so
+# without a total a client sending one header byte every 14 s would never be cut off.
+HEADER_TIMEOUT_S = 20.0
+# A body must arrive at this rate on average (plus READ_TIMEOUT_S): a 4.5 MB picture gets 2.5 min.
+MIN_BODY_RATE = 32 * 1024
+WORKERS = 64
+MAX_CONNECTIONS = 1024
+# A head still incomplete past the standard library's line limit goes to a worker anyway, which
+# answers 414/431 (or reads the rest within the head's deadline).
+MAX_HEAD_STAGE_BYTES = 65_536
 # Query parameters whose values may appear in the access log; every other value (tokens passed
 # as ?access_token=, the lake's ?sig=) is written as "***".
 LOGGED_QUERY_PARAMETERS = frozenset({"neighbors", "scope", "limit", "exp", "m"})
 _QUERY_IN_TEXT = re.compile(r"\?([^\s\"]*)")
 API_ROUTES = {
     "/predict": ("POST",), "/map": ("GET",), "/whoami": ("GET",), "/preview": ("POST",),
-    "/uploads": ("POST",), "/works/{key}": ("GET",),
+    "/uploads": ("POST",), "/works/{key}": ("GET",), "/duplicates": ("GET",),
+    "/review": ("GET",), "/review/{key}": ("POST",), "/reports": ("GET",),
+    "/reports/{batch}": ("GET",),
 }
 # Routes with a path parameter: path prefix -> (API Gateway resource, parameter name).
-PARAMETER_ROUTES = {"/works/": ("/works/{key}", "key")}
+PARAMETER_ROUTES = {
+    "/works/": ("/works/{key}", "key"), "/review/": ("/review/{key}", "key"),
+    "/reports/": ("/reports/{batch}", "batch"),
+}
 
 # Explicit types for what the page ships; mimetypes' platform tables vary (e.g. .js, .mjs, .wasm).
 CONTENT_TYPES = {
@@ -92,6 +151,194 @@ class Unauthorized(Exception):
     """The authorizer raised "Unauthorized": API Gateway answers 401."""
 
 
+class Throttled(Exception):
+    """The caller has its share in use and its queue full, or waited too long: 429."""
+
+    def __init__(self, retry_after_s: int, message: str):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class _Ticket:
+    order: int
+    granted: threading.Event = field(default_factory=threading.Event)
+    start: float = 0.0  # the virtual time at which it was let in
+
+
+@dataclass(eq=False)
+class _Caller:
+    waiting: deque[_Ticket] = field(default_factory=deque)
+    in_flight: int = 0
+    finish: float = 0.0  # virtual time its last request ended: start + seconds it took
+    left_at: float = -math.inf  # clock when its last request ended
+
+
+class FairShare:
+    """Per-caller admission to `slots` handler slots (see the module docstring).
+
+    Start-time fair queuing: a request's start tag is max(virtual time, its caller's last
+    finish tag); the waiting request with the smallest tag goes next, and the caller's finish
+    tag becomes that tag plus the CPU seconds the handler's thread used (`cost_clock`, the
+    thread's CPU time: decoding runs there). CPU time, not wall time: on a shared machine a
+    normal request that waited for a core would otherwise be charged as if it were costly,
+    and its caller sent to the back for many rounds. Idle callers keep no credit (a finish
+    tag behind the virtual time counts as the virtual time) and are forgotten.
+
+    Anticipation: a client sends its next request only after reading the last answer, so at
+    the moment a slot frees, the callers who are behind are often between two requests while
+    a caller who is ahead always has one queued; giving it the slot then would hand it turns
+    by count again. So when the best waiting request's tag is more than `lead_s` ahead of a
+    caller whose request ended under `anticipate_s` ago, the slot waits for that caller up to
+    `anticipate_s` (as Linux's anticipatory I/O scheduler waited for a process's next read).
+    """
+
+    def __init__(
+        self, *, slots: int = 1, in_flight_per_caller: int = 1, queued_per_caller: int = 4,
+        max_wait_s: float = 25.0, lead_s: float = 0.1, anticipate_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        cost_clock: Callable[[], float] = time.thread_time,
+    ):
+        if slots < 1 or in_flight_per_caller < 1 or queued_per_caller < 0 or max_wait_s <= 0 \
+                or lead_s < 0 or anticipate_s < 0:
+            raise ValueError("FairShare needs slots >= 1, in_flight_per_caller >= 1, "
+                             "queued_per_caller >= 0, max_wait_s > 0, lead_s and anticipate_s "
+                             ">= 0")
+        self.in_flight_per_caller = in_flight_per_caller
+        self.queued_per_caller = queued_per_caller
+        self.max_wait_s = max_wait_s
+        self.lead_s = lead_s
+        self.anticipate_s = anticipate_s
+        self._clock = clock
+        self._cost_clock = cost_clock
+        self._lock = threading.Lock()
+        self._callers: dict[str, _Caller] = {}
+        self._free = slots
+        self._virtual = 0.0
+        self._arrivals = itertools.count()
+        self._seconds_per_turn = 0.05  # running mean, for Retry-After
+        self._timer: threading.Timer | None = None
+        self.throttled: Counter[str] = Counter()
+        """429s answered, per caller (for `make stress` and the tests)."""
+        self.anticipated = 0
+        """Times a free slot waited for a caller that was behind (for the tests)."""
+
+    @contextmanager
+    def turn(self, caller: str) -> Iterator[None]:
+        """Wait for this caller's turn (or raise Throttled), hold a slot while inside."""
+        ticket = self._enter(caller)
+        started, cost_started = self._clock(), self._cost_clock()
+        try:
+            yield
+        finally:
+            self._leave(caller, ticket, self._cost_clock() - cost_started,
+                        self._clock() - started)
+
+    def check(self, caller: str) -> None:
+        """Raise Throttled now if this caller's share is already taken (before the gateway
+        builds an event for a request it would refuse anyway); turn() checks again."""
+        with self._lock:
+            state = self._callers.get(caller)
+            outstanding = state.in_flight + len(state.waiting) if state else 0
+            if outstanding >= self.in_flight_per_caller + self.queued_per_caller:
+                self.throttled[caller] += 1
+                retry = self._retry_after()
+                raise Throttled(retry, (
+                    f"This caller already has {outstanding} request(s) running or waiting; "
+                    f"retry after {retry} s."))
+
+    def waiting(self, caller: str) -> int:
+        with self._lock:
+            state = self._callers.get(caller)
+            return len(state.waiting) if state else 0
+
+    def _retry_after(self) -> int:
+        # About one round of everyone's outstanding requests; whole seconds, 1 to 60.
+        busy = sum(len(c.waiting) + c.in_flight for c in self._callers.values())
+        return min(60, max(1, math.ceil(busy * self._seconds_per_turn)))
+
+    def _enter(self, caller: str) -> _Ticket:
+        with self._lock:
+            state = self._callers.setdefault(caller, _Caller())
+            outstanding = state.in_flight + len(state.waiting)
+            if outstanding >= self.in_flight_per_caller + self.queued_per_caller:
+                self.throttled[caller] += 1
+                retry = self._retry_after()
+                raise Throttled(retry, (
+                    f"This caller already has {outstanding} request(s) running or waiting; "
+                    f"retry after {retry} s."))
+            ticket = _Ticket(order=next(self._arrivals))
+            state.waiting.append(ticket)
+            self._dispatch()
+        if ticket.granted.wait(self.max_wait_s):
+            return ticket
+        with self._lock:
+            if ticket.granted.is_set():  # let in just as the wait ended
+                return ticket
+            state.waiting.remove(ticket)
+            self.throttled[caller] += 1
+            retry = self._retry_after()
+            self._dispatch()  # its place may have been what a free slot anticipated
+        raise Throttled(retry, f"The local stack is busy; waited {self.max_wait_s:g} s. "
+                               f"Retry after {retry} s.")
+
+    def _dispatch(self) -> None:
+        """Let in the waiting requests with the smallest start tags while slots are free
+        (lock held)."""
+        while self._free > 0:
+            now = self._clock()
+            best: tuple[tuple[float, int], _Caller] | None = None
+            returning = math.inf  # the soonest end of a wait for a caller who is behind
+            behind = math.inf  # the smallest tag among those callers
+            for name, state in list(self._callers.items()):
+                tag = max(self._virtual, state.finish)
+                if state.waiting and state.in_flight < self.in_flight_per_caller:
+                    key = (tag, state.waiting[0].order)
+                    if best is None or key < best[0]:
+                        best = (key, state)
+                elif not state.waiting and not state.in_flight:
+                    if state.left_at + self.anticipate_s > now:
+                        returning = min(returning, state.left_at + self.anticipate_s)
+                        behind = min(behind, tag)
+                    elif state.finish <= self._virtual:
+                        del self._callers[name]  # idle, no credit left: as good as new
+            if best is None:
+                return
+            (start, _), state = best
+            if start - behind > self.lead_s:
+                self.anticipated += 1
+                self._wake_at(returning - now)
+                return
+            ticket = state.waiting.popleft()
+            self._virtual = ticket.start = start
+            state.in_flight += 1
+            self._free -= 1
+            ticket.granted.set()
+
+    def _wake_at(self, delay: float) -> None:
+        """Dispatch again once an anticipated caller's time is up (one timer at a time)."""
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._timer = threading.Timer(max(delay, 0.005), self._redispatch)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _redispatch(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._dispatch()
+
+    def _leave(self, caller: str, ticket: _Ticket, cost: float, seconds: float) -> None:
+        with self._lock:
+            state = self._callers[caller]
+            state.in_flight -= 1
+            state.finish = max(state.finish, ticket.start + cost)
+            state.left_at = self._clock()
+            self._seconds_per_turn += 0.05 * (seconds - self._seconds_per_turn)
+            self._free += 1
+            self._dispatch()
+
+
 @dataclass
 class GatewayConfig:
     static_dir: Path
@@ -101,7 +348,9 @@ class GatewayConfig:
 
 @dataclass
 class Backend:
-    """What the gateway calls. Handlers run one at a time per function, like one warm container."""
+    """What the gateway calls. Handlers run one at a time per function, like one warm container;
+    predict's turns are shared fairly between callers (`fair_share`; None: one lock, first come
+    whoever wins it)."""
 
     authorizer: Handler
     predict: Handler
@@ -110,6 +359,7 @@ class Backend:
     """(key, exp, sig) -> (bytes, content type), or None when the signature is not valid."""
     lake: LocalLake | None = None
     """The lake that takes presigned PUTs (POST /uploads); None: the gateway refuses them."""
+    fair_share: FairShare | None = field(default_factory=FairShare)
 
     def __post_init__(self) -> None:
         self._authorizer_lock = threading.Lock()
@@ -124,8 +374,12 @@ class Backend:
                     raise Unauthorized from None
                 raise
 
-    def call_predict(self, event: dict) -> dict:
-        with self._predict_lock:
+    def call_predict(self, event: dict, caller: str = "") -> dict:
+        """Run predict in this caller's turn; raises Throttled (429) past its share."""
+        if self.fair_share is None:
+            with self._predict_lock:
+                return self.predict(event, events.LambdaContext("artlens-predict"))
+        with self.fair_share.turn(caller), self._predict_lock:
             return self.predict(event, events.LambdaContext("artlens-predict"))
 
 
@@ -154,6 +408,12 @@ def policy_allows(policy: dict, arn: str) -> bool:
 def _arn_matches(pattern: str, value: str) -> bool:
     regex = "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
     return re.match(regex, value) is not None
+
+
+def caller_of(policy: dict) -> str:
+    """Who a request is charged to: the authorizer's scheme and principalId."""
+    scheme = (policy.get("context") or {}).get("scheme") or ""
+    return f"{scheme}:{policy.get('principalId') or ''}"
 
 
 def _authorizer_context(policy: dict) -> dict:
@@ -198,25 +458,313 @@ def redact(text: str) -> str:
     return _QUERY_IN_TEXT.sub(one_query, text)
 
 
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match as RFC 9110 compares it for GET: weakly, any listed tag or `*`."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+
+
 def content_type_for(path: str) -> str:
     suffix = Path(path).suffix.lower()
     return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
-class GatewayServer(ThreadingHTTPServer):
+def _head_complete(buffer: bytes | bytearray) -> bool:
+    """The request line and headers have all arrived (an empty line ends them), or the head is
+    past what the selector holds (the worker answers 414/431 or reads the rest in time)."""
+    return (b"\n\n" in buffer or b"\n\r\n" in buffer or buffer[:1] == b"\n"
+            or buffer[:2] == b"\r\n" or len(buffer) > MAX_HEAD_STAGE_BYTES)
+
+
+def _error_bytes(status: int, code: str, message: str) -> bytes:
+    """A whole JSON error answer, for the selector thread (which has no handler to send it)."""
+    body = json.dumps({"error": code, "message": message}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            "Content-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n")
+    return head.encode() + body
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One client connection between requests: its socket and what it has sent so far."""
+
+    sock: socket.socket
+    address: Any
+    buffer: bytearray
+    idle_deadline: float
+    head_deadline: float | None = None  # set by the head's first byte
+
+
+class _Reader(io.RawIOBase):
+    """The handler's rfile: the bytes the selector already read, then the socket, with a total
+    deadline for the current phase (head, then body) on top of the per-recv timeout."""
+
+    def __init__(self, sock: socket.socket, initial: bytes, read_timeout_s: float,
+                 deadline: float | None):
+        super().__init__()
+        self._sock = sock
+        self._buffer = bytearray(initial)
+        self._read_timeout_s = read_timeout_s
+        self.deadline = deadline
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        timeout = self._read_timeout_s
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            timeout = min(timeout, left)
+        self._sock.settimeout(timeout)
+        chunk = self._sock.recv(1 << 16)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = size if size is not None and size >= 0 else None
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 and (limit is None or end < limit):
+                return self._take(end + 1)
+            if limit is not None and len(self._buffer) >= limit:
+                return self._take(limit)
+            if not self._fill():
+                return self._take(len(self._buffer))
+
+    def read(self, size: int | None = -1) -> bytes:
+        while size is None or size < 0 or len(self._buffer) < size:
+            if not self._fill():
+                break
+        return self._take(len(self._buffer) if size is None or size < 0 else size)
+
+    def readinto(self, buffer: Any) -> int:  # what io's helpers fall back on
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _take(self, count: int) -> bytes:
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+    def leftover(self) -> bytes:
+        """Bytes read past this request (a pipelined next one): they go back to the selector."""
+        return bytes(self._buffer)
+
+
+class _Writer(io.BufferedIOBase):
+    """The handler's wfile: every write goes out whole (socket.sendall)."""
+
+    def __init__(self, sock: socket.socket):
+        super().__init__()
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
+class _HeadStage:
+    """One thread with a selector: holds connections until their request head is complete,
+    answers 408 to a head that takes too long in total, closes silent connections; complete
+    heads go to the workers."""
+
+    def __init__(self, server: GatewayServer):
+        self._server = server
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._incoming: deque[_Connection] = deque()
+        self._lock = threading.Lock()
+        self._held: set[_Connection] = set()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="gateway-heads", daemon=True)
+        self._thread.start()
+
+    def add(self, connection: _Connection) -> None:
+        with self._lock:
+            self._incoming.append(connection)
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake()
+        self._thread.join(timeout=5)
+
+    def _wake(self) -> None:
+        # OSError: already woken (its buffer is full), or stopping.
+        with suppress(OSError):
+            self._wake_write.send(b"x")
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                self._take_incoming()
+                for key, _ in self._selector.select(self._next_timeout()):
+                    if key.data is None:
+                        try:
+                            while self._wake_read.recv(4096):
+                                pass
+                        except (BlockingIOError, OSError):
+                            pass
+                    else:
+                        self._read(key.data)
+                self._expire()
+        except Exception:
+            log.error("the gateway's connection thread failed\n%s", traceback.format_exc())
+        finally:
+            for connection in list(self._held):
+                self._drop(connection)
+            with self._lock:
+                while self._incoming:
+                    self._server.close_connection(self._incoming.popleft())
+            self._selector.close()
+            self._wake_read.close()
+            self._wake_write.close()
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            arrived = list(self._incoming)
+            self._incoming.clear()
+        for connection in arrived:
+            if connection.buffer and _head_complete(connection.buffer):
+                self._server.submit(connection)  # a pipelined request, already whole
+                continue
+            try:
+                self._selector.register(connection.sock, selectors.EVENT_READ, connection)
+            except (ValueError, OSError):
+                self._server.close_connection(connection)
+                continue
+            self._held.add(connection)
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        soonest = min((min(c.idle_deadline, c.head_deadline or math.inf) for c in self._held),
+                      default=now + 1.0)
+        return min(1.0, max(0.0, soonest - now))
+
+    def _read(self, connection: _Connection) -> None:
+        try:
+            chunk = connection.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(connection)
+            return
+        now = time.monotonic()
+        if connection.head_deadline is None:
+            connection.head_deadline = now + self._server.header_timeout_s
+        connection.idle_deadline = now + self._server.read_timeout_s
+        connection.buffer += chunk
+        if _head_complete(connection.buffer):
+            self._release(connection)
+            self._server.submit(connection)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for connection in [c for c in self._held
+                           if min(c.idle_deadline, c.head_deadline or math.inf) <= now]:
+            if connection.buffer:
+                # A request was begun and not finished in time: say so, as mod_reqtimeout does.
+                log.info("%s: request head incomplete after %g s; closed", connection.address[0],
+                         self._server.header_timeout_s if connection.head_deadline
+                         and connection.head_deadline <= now else self._server.read_timeout_s)
+                with suppress(OSError):
+                    connection.sock.send(_error_bytes(
+                        408, "request_timeout", "The request headers did not arrive in time."))
+            self._drop(connection)
+
+    def _release(self, connection: _Connection) -> None:
+        self._held.discard(connection)
+        with suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(connection.sock)
+
+    def _drop(self, connection: _Connection) -> None:
+        self._release(connection)
+        self._server.close_connection(connection)
+
+
+class _Workers:
+    """At most `limit` daemon threads, started as work arrives; the rest waits in order."""
+
+    def __init__(self, limit: int, work: Callable[[_Connection], None]):
+        self._limit = limit
+        self._work = work
+        self._queue: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._queued = 0
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def submit(self, connection: _Connection) -> None:
+        with self._lock:
+            self._queued += 1
+            start = self._queued > self._idle and self._threads < self._limit
+            if start:
+                self._threads += 1
+        if start:
+            threading.Thread(target=self._run, name=f"gateway-{self._threads}",
+                             daemon=True).start()
+        self._queue.put(connection)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            connection = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            try:
+                self._work(connection)
+            except Exception:
+                log.error("gateway worker failed\n%s", traceback.format_exc())
+
+
+class GatewayServer(HTTPServer):
     # Python's default listen backlog (5) resets connections when 32 clients connect at once.
     request_queue_size = 128
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(
         self, address: tuple[str, int], config: GatewayConfig, backend: Backend | None,
-        *, read_timeout_s: float = READ_TIMEOUT_S,
+        *, read_timeout_s: float = READ_TIMEOUT_S, header_timeout_s: float = HEADER_TIMEOUT_S,
+        workers: int = WORKERS, max_connections: int = MAX_CONNECTIONS,
     ):
         super().__init__(address, GatewayRequestHandler)
         self.config = config
         self.backend = backend
         self.read_timeout_s = read_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+        self._count_lock = threading.Lock()
+        self._open = 0
+        self._closing = False
+        self.workers = _Workers(workers, self._serve_connection)
+        self._heads = _HeadStage(self)
 
     @property
     def ready_backend(self) -> Backend:
@@ -230,6 +778,58 @@ class GatewayServer(ThreadingHTTPServer):
         host, port = cast(tuple[str, int], self.server_address)[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    # socketserver calls this for each accepted connection (in serve_forever's thread).
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            full = self._closing or self._open >= self.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            log.warning("%s: %d connections open; refused", client_address[0], self._open)
+            self.shutdown_request(request)
+            return
+        request.setblocking(False)
+        self._heads.add(_Connection(request, client_address, bytearray(),
+                                    time.monotonic() + self.read_timeout_s))
+
+    def submit(self, connection: _Connection) -> None:
+        self.workers.submit(connection)
+
+    def _serve_connection(self, connection: _Connection) -> None:
+        """One request on a worker; a kept-alive connection then goes back to the selector."""
+        connection.sock.setblocking(True)
+        try:
+            # socketserver's request is a socket; ours carries the bytes read before it too.
+            handler = GatewayRequestHandler(
+                cast(Any, connection), connection.address, self)
+        except Exception:
+            log.error("request failed on %s\n%s", connection.address[0], traceback.format_exc())
+            self.close_connection(connection)
+            return
+        if handler.close_connection or self._closing:
+            self.close_connection(connection)
+            return
+        connection.sock.setblocking(False)
+        connection.buffer = bytearray(handler.rfile.leftover())
+        connection.head_deadline = time.monotonic() + self.header_timeout_s \
+            if connection.buffer else None
+        connection.idle_deadline = time.monotonic() + self.read_timeout_s
+        self._heads.add(connection)
+
+    def close_connection(self, connection: _Connection) -> None:
+        with self._count_lock:
+            self._open -= 1
+        self.shutdown_request(connection.sock)
+
+    def server_close(self) -> None:
+        self._closing = True
+        super().server_close()
+        self._heads.stop()
+
 
 class GatewayRequestHandler(BaseHTTPRequestHandler):
     server: GatewayServer
@@ -239,11 +839,28 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------
 
+    rfile: _Reader  # type: ignore[assignment]
+    request: _Connection
+
     def setup(self) -> None:
-        super().setup()
-        # Every read of the request line, the headers and the body gives up after this long
-        # without a byte (StreamRequestHandler's class-wide `timeout`, but per server).
-        self.connection.settimeout(self.server.read_timeout_s)
+        # The selector already read the head (or its start); the reader continues from there.
+        # Every read gives up after read_timeout_s without a byte, and the head as a whole at
+        # its deadline (the body's is set once its length is known).
+        connection = self.request
+        self.connection = connection.sock
+        self.rfile = _Reader(
+            connection.sock, bytes(connection.buffer), self.server.read_timeout_s,
+            connection.head_deadline or time.monotonic() + self.server.header_timeout_s)
+        self.wfile = _Writer(connection.sock)
+
+    def handle(self) -> None:
+        # One request per turn on a worker: a kept-alive connection waits for its next request
+        # in the selector, not in a thread (GatewayServer._serve_connection).
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        pass  # the socket outlives the handler (keep-alive); the server closes it
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         # The request line carries the query string: no token or lake signature in the log.
@@ -323,6 +940,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error_json(400, "bad_request", "Content-Length is not a valid number.")
             return None
+        self._body_deadline(length)
         if length > limit:
             # Clients that send the whole body before reading (urllib, requests) see a broken
             # pipe if we answer early, so a moderately large body is drained first; beyond
@@ -340,7 +958,8 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error_json(
                 408, "request_timeout",
-                f"The body did not arrive within {self.server.read_timeout_s:g} s.",
+                f"The body did not arrive in time ({self.server.read_timeout_s:g} s without a "
+                f"byte, or slower than {MIN_BODY_RATE // 1024} KB/s).",
             )
             return None
         if len(body) < length:
@@ -352,6 +971,12 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             return None
         return body
 
+    def _body_deadline(self, length: int) -> None:
+        """A body's reads end together at read_timeout_s + length / MIN_BODY_RATE: dripping a
+        byte at a time keeps no thread for longer than an honest slow upload would."""
+        self.rfile.deadline = (time.monotonic() + self.server.read_timeout_s
+                               + length / MIN_BODY_RATE)
+
     def _drain(self, length: int) -> None:
         remaining = length
         while remaining > 0:
@@ -361,6 +986,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
 
     def _dispatch(self) -> None:
+        self.rfile.deadline = None  # the head is in; a body gets its own deadline
         try:
             self._route()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -406,6 +1032,7 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def _read_body_and_discard(self) -> None:
         length = self.headers.get("Content-Length")
         if length and length.isdigit() and int(length) <= MAX_DRAIN_BYTES:
+            self._body_deadline(int(length))
             self._drain(int(length))
         elif length:
             self.close_connection = True
@@ -443,11 +1070,21 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self._send_error_json(403, "forbidden", "The link is not valid or has expired.")
             return
         data, content_type = found
-        self._send(
-            200, data,
-            {"Content-Type": content_type, "Cache-Control": "private, max-age=300",
-             **self._cors_headers()},
-        )
+        # The URL is valid until exp (verified above): a browser may keep the object that long
+        # and no longer; the ETag (its bytes' SHA-256) lets it revalidate without the bytes.
+        try:
+            max_age = max(0, int(exp) - int(time.time()))
+        except ValueError:  # a lake_object that took another form of exp: do not cache
+            max_age = 0
+        headers = {"Cache-Control": f"private, max-age={max_age}",
+                   "ETag": f'"{hashlib.sha256(data).hexdigest()}"', **self._cors_headers()}
+        if _etag_matches(self.headers.get("If-None-Match"), headers["ETag"]):
+            self.send_response(304)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            return
+        self._send(200, data, {"Content-Type": content_type, **headers})
 
     def _lake_put(self, path: str, query: str) -> None:
         """A presigned PUT, refused as S3 would: 403 unless signed for exactly these headers,
@@ -517,6 +1154,13 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
                 return
             self._send_error_json(403, "forbidden", "The token does not allow this request.")
             return
+        caller = caller_of(policy)
+        try:
+            if backend.fair_share is not None:
+                backend.fair_share.check(caller)
+        except Throttled as throttled:
+            self._send_throttled(throttled)
+            return
         event = events.proxy_event(request, request_id, authorizer=_authorizer_context(policy))
         if parameters is not None:
             event["resource"], event["pathParameters"] = resource, parameters
@@ -529,7 +1173,19 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
                 "pictures under about 4.5 MB.",
             )
             return
-        self._write_proxy_response(backend.call_predict(event))
+        try:
+            response = backend.call_predict(event, caller)
+        except Throttled as throttled:
+            self._send_throttled(throttled)
+            return
+        self._write_proxy_response(response)
+
+    def _send_throttled(self, throttled: Throttled) -> None:
+        # As API Gateway's usage-plan throttling answers: 429 with when to come back.
+        self._send(429, json.dumps({"error": "too_many_requests",
+                                    "message": str(throttled)}).encode(), {
+            "Content-Type": "application/json", "Cache-Control": "no-store",
+            "Retry-After": str(throttled.retry_after_s), **self._cors_headers()})
 
     def _write_proxy_response(self, response: Any) -> None:
         if not isinstance(response, dict) or not isinstance(response.get("statusCode"), int):

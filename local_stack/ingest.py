@@ -15,6 +15,11 @@ embed handler stores with the picture. Sidecars are never copied as pictures nor
 skipped. Malformed rows, records naming no picture and unknown types are listed in the summary
 (`record_problems`); the pictures are indexed regardless.
 
+Intake triage (artlens.triage): the embed handler writes its rows of this run's batch (the run id
+names the drops) to `reports/<run id>/` in the lake; this command adds the files it saw fail or
+time out, then prints the merged report's summary table (`--json`: the whole report under
+`report`). The page lists the same report (GET /reports).
+
 Exit status: 0 when every file was settled (rejections included), 1 on DLQ or timeout,
 2 when the stack is not running or DIR is not a folder.
 """
@@ -42,10 +47,12 @@ from artlens.index.works import (
     record_from_json,
 )
 from artlens.names import IMAGE_SUFFIXES, INCOMING_PREFIX, REASON_SUFFIX, REJECTED_PREFIX
+from artlens.triage import TriageReport, summary_table
 from local_stack.state import RunningStack, StatePaths, running_stack_or_explain
 from local_stack.watcher import ignored_reason
 
 POLL_S = 0.25
+PARTS_WAIT_S = 10.0  # for the embed handler's report parts, after the last file settled
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -73,6 +80,7 @@ class Summary:
     records: int = 0  # pictures dropped with a sidecar record (CSV row or JSON)
     sidecars: int = 0  # CSV and JSON files read as records
     record_problems: list[str] = field(default_factory=list)
+    report: dict = field(default_factory=dict)  # the batch's triage report (artlens.triage)
 
 
 def find_images(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -226,6 +234,7 @@ class Ingestion:
         self.incoming = Path(stack.lake_dir) / INCOMING_PREFIX
         self.rejected_dir = Path(stack.lake_dir) / REJECTED_PREFIX
         self.store = EmbeddingStore(stack.dsn)
+        self.report: TriageReport | None = None  # the last run's
 
     def run(self, directory: Path, timeout_s: float, progress: bool) -> Summary:
         from tqdm import tqdm
@@ -276,7 +285,9 @@ class Ingestion:
         for item in items:
             if item.outcome in ("pending", "duplicate?"):
                 item.outcome = "timed_out"
+        sheet_problems = _problems_by_sidecar(directory, sidecars, record_problems)
         record_problems += self._unknown_types(items, records, images)
+        report = self.report = self._triage(run_id, items, version, sheet_problems)
         count = {name: sum(item.outcome == name for item in items)
                  for name in ("indexed", "duplicate", "rejected", "failed", "timed_out")}
         return Summary(
@@ -285,7 +296,42 @@ class Ingestion:
             skipped=len(others), seconds=round(time.monotonic() - started, 2),
             items=[asdict(item) for item in items], records=len(records),
             sidecars=len(sidecars), record_problems=record_problems,
+            report=report.to_json() if report is not None else {},
         )
+
+    def _triage(self, batch: str, items: list[Item], version: str,
+                sheet_problems: dict[str, list[str]] | None = None) -> TriageReport | None:
+        """The run's report: the embed handler's parts (waited for briefly: a part is written
+        just after its rows) plus one part for the files only this command saw settle (dead
+        letters, time-outs) and for the folder's sidecars that had problems (malformed rows:
+        the pictures are indexed regardless, the report says what was wrong)."""
+        if not items:
+            return None
+        from artlens import triage
+        from artlens.lake import LocalLake
+
+        # Only written and read here, never signed: any URL key will do.
+        lake = LocalLake(self.stack.lake_dir, url_key=os.urandom(32))
+        handled = {item.incoming_name for item in items
+                   if item.outcome in ("indexed", "duplicate", "rejected")}
+        deadline = time.monotonic() + PARTS_WAIT_S
+        while True:
+            merged = triage.read_batch(lake, batch)
+            seen = {row.file for row in merged.rows} if merged else set()
+            if handled <= seen or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        rest = [triage.Entry(file=item.incoming_name, status=item.outcome, sha256=item.sha256,
+                             reason=item.reason or None, message=item.message or None,
+                             original_name=item.source)
+                for item in items if item.incoming_name not in seen]
+        rest += [triage.Entry(file=name, status="sidecar", problems=tuple(problems),
+                              original_name=name)
+                 for name, problems in (sheet_problems or {}).items() if name not in seen]
+        if rest:
+            triage.write_part(lake, triage.build_report(self.store, version, rest, batch),
+                              triage.new_part_name())
+        return triage.read_batch(lake, batch)
 
     def _unknown_types(
         self, items: list[Item], records: dict[Path, WorkRecord], images: list[Path]
@@ -335,7 +381,21 @@ class Ingestion:
         return settled
 
 
-def print_table(summary: Summary, dlq_dir: Path) -> None:
+def _problems_by_sidecar(
+    directory: Path, sidecars: list[Path], problems: list[str]
+) -> dict[str, list[str]]:
+    """The folder's sidecars that had problems, each with its own (artlens.index.works names
+    the file first: `<name>: ...` or `<name> line <n>: ...`)."""
+    found: dict[str, list[str]] = {}
+    for sidecar in sidecars:
+        name = sidecar.relative_to(directory).as_posix()
+        own = [p for p in problems if p.startswith((f"{name}: ", f"{name} line "))]
+        if own:
+            found[name] = own
+    return found
+
+
+def print_table(summary: Summary, dlq_dir: Path, report: TriageReport | None) -> None:
     print(f"Ingested {len(summary.items)} image file(s) from {summary.directory} "
           f"in {summary.seconds:.1f} s")
     rows = [
@@ -357,12 +417,17 @@ def print_table(summary: Summary, dlq_dir: Path) -> None:
               "regardless):")
         for problem in summary.record_problems:
             print(f"  {problem}")
+    # Every rejected or failed file, whatever their number (the intake table below shows at
+    # most 20 notable rows).
     problems = [item for item in summary.items if item["outcome"] in ("rejected", "failed")]
     if problems:
         width = max(len(item["source"]) for item in problems)
         print("Rejected or failed:")
         for item in problems:
             print(f"  {item['source']:<{width}}  {item['reason']:<20} {item['message']}".rstrip())
+    if report is not None:
+        print(f"Intake report (reports/{report.batch}/ in the lake; the page lists it):")
+        print(summary_table(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,11 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     if stack is None:
         return 2
 
-    summary = Ingestion(stack, paths).run(directory, args.timeout, progress=not args.no_progress)
+    ingestion = Ingestion(stack, paths)
+    summary = ingestion.run(directory, args.timeout, progress=not args.no_progress)
     if args.json:
         print(json.dumps(asdict(summary), indent=2))
     else:
-        print_table(summary, paths.dlq)
+        print_table(summary, paths.dlq, ingestion.report)
     if summary.timed_out:
         print(f"ingest: {summary.timed_out} file(s) were not settled after {args.timeout:.0f} s "
               "without progress; is the stack's watcher running? see its log", file=sys.stderr)

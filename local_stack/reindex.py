@@ -26,7 +26,10 @@ DEFAULT_THREADS = 2
 
 
 def registry_dir(paths: StatePaths) -> Path:
-    """The local model registry; the stack registers its model here at start."""
+    """The local model registry, `<state>/models/<version>/`; the stack registers its model
+    here at start. It is the AWS registry's code path (artlens.models.registry.ModelRegistry)
+    over a FolderSource instead of the artifacts bucket: same layout, same SHA-256 check on
+    every load, same refusal of another model under a registered version."""
     return paths.root / "models"
 
 

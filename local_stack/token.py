@@ -1,5 +1,8 @@
 """`python -m local_stack.token` (make token): print one bearer token for the local stack.
 
+It grants `predict` unless told otherwise: `--scope predict --scope review` for a curator's
+token (the review routes need `review`).
+
 Only the token goes to stdout, so `TOKEN=$(make -s token)` works. The signing key is the stack's
 `<state>/token.key`, created here if the stack has never run.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from artlens.names import SCOPE_PREDICT, SCOPES
 from local_stack.state import StatePaths, load_or_create_secret, resolve_state_dir
 
 DEFAULT_SUB = "dev"
@@ -21,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sub", default=DEFAULT_SUB, help="the token's subject (default dev)")
     parser.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL_HOURS,
                         help="lifetime in hours (default 12)")
+    parser.add_argument("--scope", dest="scopes", action="append", choices=SCOPES,
+                        metavar="SCOPE", help=f"what the token grants, repeatable "
+                        f"({', '.join(SCOPES)}; default {SCOPE_PREDICT})")
     args = parser.parse_args(argv)
     if args.ttl_hours <= 0 or not args.sub:
         parser.error("--ttl-hours must be positive and --sub not empty")
@@ -29,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = StatePaths(resolve_state_dir(args.state_dir))
     key = load_or_create_secret(paths.token_key)
-    print(mint_token(key, args.sub, int(args.ttl_hours * 3600)))
+    print(mint_token(key, args.sub, int(args.ttl_hours * 3600),
+                     scopes=args.scopes or (SCOPE_PREDICT,)))
     return 0
 
 

@@ -45,6 +45,16 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="dataset root (any accepted layout)")
+    p.add_argument(
+        "--labels",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="curator labels (the CSV of make export-labels; repeatable): a listed picture that "
+        "is in the data takes the curator's type, any other is added under it; rows with a "
+        "missing file or a type the data has no folder for are reported and skipped",
+    )
     p.add_argument("--out", type=Path, default=Path("out/training"), help="reports and figures")
     p.add_argument(
         "--model-dir", type=Path, default=Path("models"), help="where the ONNX + card go"
@@ -239,6 +249,13 @@ def reused_cv(card_path: Path, checksum: str, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for path in args.labels:
+        # an unusable labels file fails now, not after minutes of decoding and TensorFlow
+        try:
+            data_mod.read_label_rows(path)
+        except data_mod.LabelsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if any(c in BACKBONE_CONFIGS for c in args.configs.split(",")):
         # checked before TensorFlow is even imported: a wrong file fails in a second, clearly
         try:
@@ -270,7 +287,9 @@ def train_cnn(args) -> int:
     keras.utils.set_random_seed(args.seed)
 
     print(f"== loading and cleaning {args.data}", flush=True)
-    pool = data_mod.load_pool(args.data, cache_dir=args.cache_dir, progress=not args.quiet)
+    pool = data_mod.load_pool(
+        args.data, cache_dir=args.cache_dir, progress=not args.quiet, labels=args.labels
+    )
     (args.out / "cleaning_report.json").write_text(json.dumps(pool.report, indent=2))
     print(data_mod.format_report(pool.report), flush=True)
     classes = pool.classes

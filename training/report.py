@@ -75,6 +75,34 @@ def experiments_section(card: dict, others: list[tuple[str, dict]]) -> list[str]
     return lines
 
 
+def duplicates_section(card: dict) -> list[str]:
+    """serving.duplicates (training.duplicates): the thresholds, why, and the trade-off."""
+    dup = card.get("serving", {}).get("duplicates")
+    if not dup:
+        return []
+    lines = [
+        "",
+        "## Near duplicates and relatives",
+        "",
+        f"Serving calls a neighbour a near duplicate when the cosine similarity is at least "
+        f"{dup['min_similarity']:.2f} and the perceptual hashes (dHash) differ in at most "
+        f"{dup['max_hamming']} bits, related when the similarity is at least "
+        f"{dup['related_min_similarity']:.2f} otherwise (`serving.duplicates`, measured by "
+        "`python -m training.duplicates`).",
+        "",
+        dup["basis"],
+        "",
+        "| originals falsely flagged, at most | copies flagged | min_similarity | max_hamming |",
+        "|---|---|---|---|",
+    ]
+    for row in dup["measured"].get("tradeoff", []):
+        lines.append(
+            f"| {row['max_false_flag_rate']:.1%} | {row['copy_flag_rate']:.2%} | "
+            f"{row['min_similarity']:.3f} | {row['max_hamming']} |"
+        )
+    return lines
+
+
 def render(card: dict, figures: list[tuple[str, str]], others=()) -> str:
     m = card["metrics"]
     base = m.get("shipped_baseline") or {}
@@ -214,6 +242,7 @@ def render(card: dict, figures: list[tuple[str, str]], others=()) -> str:
             )
 
     lines += experiments_section(card, list(others))
+    lines += duplicates_section(card)
     lines += [
         "",
         "## Design decisions",
@@ -266,6 +295,17 @@ def render(card: dict, figures: list[tuple[str, str]], others=()) -> str:
         "with other jobs during the run.",
         f"- data checksum `{tr['data']['checksum']}`; {tr['data']['cleaning']['kept']} distinct "
         f"pictures of {tr['data']['cleaning']['seen']} files.",
+        *(
+            [
+                f"- curator labels ({', '.join(tr['data']['labels']['files'])}): "
+                f"{tr['data']['labels']['replaced']} replaced, "
+                f"{tr['data']['labels']['confirmed']} confirmed, "
+                f"{tr['data']['labels']['added']} added, "
+                f"{tr['data']['labels']['skipped']} skipped."
+            ]
+            if tr["data"].get("labels")
+            else []
+        ),
         f"- backbone weights SHA-256 `{tr['backbone_weights']['sha256']}`.",
         f"- export parity (ONNX vs Keras, {card['export_parity']['parity_images']} pictures): "
         f"probabilities {card['export_parity']['max_abs_diff_probabilities']:.1e}, embedding "

@@ -112,14 +112,36 @@ def onnx_run(onnx_path: Path, pixels_u8: np.ndarray, threads: int = 2, batch: in
     return np.concatenate(probs), np.concatenate(embs)
 
 
-def copies_of(root: Path, paths: list[str], rows: np.ndarray, size: int) -> np.ndarray:
+# seeds of further copies of one picture (training.duplicates): row + r * stride, r = 1, 2, ...
+COPY_SEED_STRIDE = 1_000_003
+
+
+def copies_of(
+    root: Path, paths: list[str], rows: np.ndarray, size: int, seed_offset: int = 0
+) -> np.ndarray:
     """The user-style copy (evaluate.user_copy) of each row's original file, decoded as an
-    upload is (artlens.image) at the model's input size."""
+    upload is (artlens.image) at the model's input size. Seed = row (+ seed_offset for another
+    copy): offset 0 is the copy the card's copy recall@1 is measured on."""
     out = []
     for i in rows:
-        data = ev.user_copy((Path(root) / paths[i]).read_bytes(), seed=int(i))
+        data = ev.user_copy((Path(root) / paths[i]).read_bytes(), seed=int(i) + seed_offset)
         out.append(data_mod.resize_to(load_image(data, size=size).rgb, size))
     return np.stack(out)
+
+
+def main_rows(labels: np.ndarray, n_classes: int, per_class_limit: int | None, seed: int):
+    """The pool rows a run uses: all, or at most per_class_limit per class (seeded), sorted."""
+    if not per_class_limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    return np.sort(
+        np.concatenate(
+            [
+                rng.permutation(np.nonzero(labels == c)[0])[:per_class_limit]
+                for c in range(n_classes)
+            ]
+        )
+    )
 
 
 def per_type_accuracy(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
@@ -145,14 +167,18 @@ def evaluate_artifact(
     xs_y,
     classes,
     temperature=None,
+    keep: dict | None = None,
 ) -> dict:
     """Every test-side number from the ONNX file: classification, calibration, retrieval and the
-    cross-source check. Gallery for copies = test + training pictures."""
+    cross-source check. Gallery for copies = test + training pictures. `keep` (a dict) receives
+    the gallery and copy embeddings, for the near-duplicate calibration."""
     from training.train import metrics
 
     probs, emb = onnx_run(onnx_path, test_px)
     _, g_emb = onnx_run(onnx_path, gallery_px)
     _, c_emb = onnx_run(onnx_path, copy_px)
+    if keep is not None:
+        keep |= {"gallery_embedding": g_emb, "copy_embedding": c_emb}
     out = {"test": metrics(test_y, probs, classes)}
     out["calibration"] = {"ece_15_bins": ev.ece(probs, test_y)}
     if temperature is not None:
@@ -243,6 +269,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         seed=args.seed,
     )
     size = cfg.input_size
+    previous_serving: dict = {}
     if args.compare_card is not None and args.compare_card.exists():
         # copy the shipped model aside first: --model-dir may be where it lives
         import shutil
@@ -250,26 +277,21 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         keep = args.out / "shipped_before"
         keep.mkdir(parents=True, exist_ok=True)
         old = json.loads(args.compare_card.read_text())
+        # serving settings set by hand on the shipped card (e.g. uncertainty) carry over;
+        # duplicates is measured again below, for this model
+        previous_serving = {k: v for k, v in old.get("serving", {}).items() if k != "duplicates"}
         shutil.copy2(args.compare_card.with_name(old["onnx_file"]), keep / old["onnx_file"])
         shutil.copy2(args.compare_card, keep / "artlens.json")
         args.compare_card = keep / "artlens.json"
 
     log(f"loading and cleaning {args.data} at {size} px", started)
-    pool = data_mod.load_pool(args.data, cache_dir=args.cache_dir, progress=False, size=size)
+    pool = data_mod.load_pool(
+        args.data, cache_dir=args.cache_dir, progress=False, size=size, labels=args.labels
+    )
     (args.out / "cleaning_report.json").write_text(json.dumps(pool.report, indent=2))
     print(data_mod.format_report(pool.report), flush=True)
     classes = pool.classes
-    rows_main = np.arange(len(pool.labels))
-    if args.per_class_limit:
-        rng = np.random.default_rng(args.seed)
-        rows_main = np.sort(
-            np.concatenate(
-                [
-                    rng.permutation(np.nonzero(pool.labels == c)[0])[: args.per_class_limit]
-                    for c in range(len(classes))
-                ]
-            )
-        )
+    rows_main = main_rows(pool.labels, len(classes), args.per_class_limit, args.seed)
     pixels = pool.pixels[rows_main]
     labels = pool.labels[rows_main]
     paths = [pool.paths[i] for i in rows_main]
@@ -468,6 +490,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
 
     log("evaluating the ONNX file on the test split, copies and the cross-source set", started)
     copy_px = copies_of(args.data, paths, test_idx, size)
+    kept: dict = {}
     result, test_emb, test_probs = evaluate_artifact(
         onnx_path,
         pixels[test_idx],
@@ -479,6 +502,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         xs_y,
         classes,
         temperature,
+        keep=kept,
     )
     t = result["test"]
     log(
@@ -503,6 +527,21 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
                 for c, v in result["cross_source"].items()
                 if v["accuracy"] is not None
             ),
+            flush=True,
+        )
+
+    serving = dict(previous_serving)
+    if len(test_idx) and len(train_idx):
+        log("near-duplicate thresholds from the same copies (serving.duplicates)", started)
+        serving["duplicates"] = near_duplicate_block(
+            args, onnx_path, pixels, labels, paths, train_idx, test_idx, test_emb, kept, copy_px
+        )
+        dup = serving["duplicates"]
+        print(
+            f"   near duplicate: similarity >= {dup['min_similarity']:.2f} and dHash <= "
+            f"{dup['max_hamming']} bits: copies flagged {dup['measured']['copy_flag_rate']:.2%}, "
+            f"originals falsely flagged {dup['measured']['distinct_false_flag_rate']:.2%}; "
+            f"related >= {dup['related_min_similarity']:.2f}",
             flush=True,
         )
 
@@ -607,6 +646,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
             "keras_file": "artlens.keras",
             "embedding_view": view,
             **CARD_TEXT,
+            **({"serving": serving} if serving else {}),
             "training": {
                 "data": data_mod.card_data(args.data, pool.report)
                 | {"extra_source": EXTRA_SOURCE if len(extra_y) else None},
@@ -637,6 +677,31 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
     return 0
 
 
+def near_duplicate_block(
+    args, onnx_path, pixels, labels, paths, train_idx, test_idx, test_emb, kept, copy_px
+) -> dict:
+    """serving.duplicates for the card (training.duplicates), from the evaluation's own
+    embeddings: the test pictures, their copies (the copy recall@1 ones) and test + training
+    pictures as the gallery; plus a re-encoded copy of each test picture as a check."""
+    from training import duplicates
+
+    size = pixels.shape[1]
+    return duplicates.calibrate_arrays(
+        onnx_path,
+        np.concatenate([test_emb, kept["gallery_embedding"]]),
+        np.concatenate([pixels[test_idx], pixels[train_idx]]),
+        np.concatenate([labels[test_idx], labels[train_idx]]),
+        len(test_idx),
+        kept["copy_embedding"],
+        copy_px,
+        np.arange(len(test_idx)),
+        reencoded_px=duplicates.reencoded_copies(args.data, paths, test_idx, size),
+        note=f" (1 copy each; gallery of {len(test_idx) + len(train_idx)} test + training "
+        "pictures; measured by the training run)",
+        names=[paths[i] for i in np.concatenate([test_idx, train_idx])],
+    )[0]
+
+
 def cross_source_split(args, size: int, split: str, classes) -> tuple:
     """One split of the cross-source folder at `size`: (pool, rows of known classes, labels
     in this model's class order)."""
@@ -655,7 +720,10 @@ def compare_shipped(args, card_path, rows_main, train_idx, test_idx, paths, clas
     if list(card["classes"]) != list(classes):
         return {"skipped": "other classes"}
     size = int(card["input"]["shape"][1])
-    pool = data_mod.load_pool(args.data, cache_dir=args.cache_dir, progress=False, size=size)
+    # the same labels, so the rows (and the split drawn from them) are this run's
+    pool = data_mod.load_pool(
+        args.data, cache_dir=args.cache_dir, progress=False, size=size, labels=args.labels
+    )
     px, y = pool.pixels[rows_main], pool.labels[rows_main]
     xs_px = xs_y = None
     if args.cross_source is not None:

@@ -21,6 +21,21 @@ import { safeLink, workAlt, workCaption } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** What a neighbour's `relation` is called on its tile (null: a similar work, no badge). */
+export const RELATION_WORDS = Object.freeze({
+  near_duplicate: "near duplicate",
+  related: "related",
+});
+
+/** The notice's words for a picture the collection already holds (already_in_collection). */
+export function alreadyText(already) {
+  const name = already.title || already.original_name || "a work without a title";
+  const how = already.kind === "exact"
+    ? "the same file"
+    : `a near duplicate (similarity ${Number(already.similarity).toFixed(2)})`;
+  return { lead: `Already in the collection: ${name}`, key: `(${already.key})`, how };
+}
+
 /** Nearest work of each candidate type among `neighbors` (ranked), when the API gave none. */
 function nearestByType(neighbors, candidates) {
   const found = {};
@@ -99,6 +114,7 @@ export class AnalyzeView {
       downloadJson: $("download-json"),
       shareStatus: $("share-status"),
       meta: $("result-meta"),
+      already: $("already-region"),
     };
     this.#bindInput();
     this.el.analyzeButton.addEventListener("click", () => this.analyze({ moveFocus: true }));
@@ -354,6 +370,7 @@ export class AnalyzeView {
     this.el.retry.hidden = true;
     delete this.el.resultCard.dataset.stale;
     clearProblem(this.el.resultError);
+    this.el.already.replaceChildren();
   }
 
   #setBusy(busy) {
@@ -463,6 +480,7 @@ export class AnalyzeView {
       this.el.result.hidden = true;
       this.el.resultCard.dataset.stale = "true";
     }
+    this.el.already.replaceChildren();
     this.el.placeholder.hidden = true;
     this.el.retry.hidden = !problem.retry;
     if (problem.tokenProblem) this.token.flagProblem();
@@ -535,6 +553,10 @@ export class AnalyzeView {
     });
     this.el.bars.replaceChildren(...bars);
 
+    // A work chosen from the collection ("More like this") is in it by definition: no notice.
+    const already = answer.already_in_collection;
+    this.#renderAlready(already && reference.key && already.key === reference.key ? null : already);
+
     const neighbors = shown.neighbors;
     this.el.neighbors.replaceChildren(...neighbors.map((n) => this.#neighborItem(n, colors)));
     this.el.neighborsEmpty.hidden = neighbors.length > 0;
@@ -560,10 +582,71 @@ export class AnalyzeView {
     this.announce(`${verdict}. ${neighbors.length} similar works shown.`);
   }
 
+  /** The collection already holds this picture (or a near duplicate): said plainly above the
+   * result, in a status region so screen readers hear it, with a way to see that work. */
+  #renderAlready(already) {
+    const region = this.el.already;
+    if (!already || typeof already !== "object" || !already.key) {
+      region.replaceChildren();
+      return;
+    }
+    const label = displayLabel(already.label);
+    const { lead, key, how } = alreadyText(already);
+    const notice = document.createElement("div");
+    notice.className = "already-notice";
+    notice.dataset.kind = already.kind;
+    notice.dataset.key = already.key;
+    const thumbSource = already.thumbnail_url || already.url;
+    if (thumbSource) {
+      const image = document.createElement("img");
+      image.className = "already-image";
+      image.src = this.api.resolve(thumbSource);
+      image.alt = "";
+      image.decoding = "async";
+      notice.append(image);
+    }
+    const body = document.createElement("div");
+    body.className = "already-body";
+    const text = document.createElement("p");
+    text.className = "already-text";
+    const strong = document.createElement("strong");
+    strong.textContent = lead;
+    // The key is long and only a reference: set smaller, after the name a person reads.
+    const keyText = document.createElement("span");
+    keyText.className = "already-key";
+    keyText.textContent = key;
+    text.append(strong, " ", keyText, ` — ${how}.`);
+    body.append(text);
+    if (already.url) {
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "btn btn-ghost already-open";
+      open.append("Open it in the viewer");
+      open.addEventListener("click", () =>
+        this.viewer.open(
+          {
+            url: this.api.resolve(already.url),
+            title: already.title || label,
+            caption: workCaption(already, label, `Already in the collection: ${how}`),
+            alt: workAlt(already, label),
+            permalink: already.permalink,
+            licence: already.licence,
+          },
+          open,
+        ),
+      );
+      body.append(open);
+    }
+    notice.append(body);
+    region.replaceChildren(notice);
+  }
+
   #neighborItem(neighbor, colors, heading = "") {
     const similarity = formatPercent(neighbor.similarity, 0);
     const label = displayLabel(neighbor.label);
+    // Tiles show the 256 px rendition; the larger view the 1,024 px one.
     const url = this.api.resolve(neighbor.url);
+    const thumbnail = neighbor.thumbnail_url ? this.api.resolve(neighbor.thumbnail_url) : url;
     const item = document.createElement("li");
     item.className = "neighbor";
     item.dataset.key = neighbor.key;
@@ -580,7 +663,7 @@ export class AnalyzeView {
     button.className = "neighbor-button";
     const image = document.createElement("img");
     image.className = "neighbor-image";
-    image.src = url;
+    image.src = thumbnail;
     image.alt = "";
     image.loading = "lazy";
     image.decoding = "async";
@@ -596,6 +679,15 @@ export class AnalyzeView {
     score.className = "neighbor-similarity";
     score.append(similarity, hiddenText(" similar"));
     caption.append(type, hiddenText(" "), score);
+    // A near duplicate or relative of the picture says so on the tile (and in its name).
+    const relation = RELATION_WORDS[neighbor.relation];
+    if (relation) {
+      const badge = document.createElement("span");
+      badge.className = "neighbor-badge";
+      badge.dataset.relation = neighbor.relation;
+      badge.textContent = relation;
+      caption.append(hiddenText(", "), badge);
+    }
     // The collection's record (title, maker, date) is on screen and so in the button's name.
     if (neighbor.title) {
       const title = document.createElement("span");

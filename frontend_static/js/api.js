@@ -93,6 +93,48 @@ export class ApiClient {
     });
   }
 
+  /** One work's record, relations and review trail: `key` is a gallery key or a SHA-256. */
+  work(key, { signal } = {}) {
+    return this.#request(`/works/${encodeURIComponent(key)}`, { method: "GET", signal });
+  }
+
+  /** Groups of works that are the same picture (the curators' duplicate list). */
+  duplicates({ signal } = {}) {
+    return this.#request("/duplicates", { method: "GET", signal });
+  }
+
+  /** Works waiting for a curator, likeliest catalogue errors first. */
+  reviewQueue({ limit = 50, signal } = {}) {
+    return this.#request(`/review?${new URLSearchParams({ limit: String(limit) })}`, {
+      method: "GET",
+      signal,
+    });
+  }
+
+  /** A curator's decision on one work: {decision: "confirm"} or {decision: "correct", type}.
+   * Needs a token with the `review` scope (403 insufficient_scope otherwise). */
+  review(key, decision, { signal } = {}) {
+    return this.#request(`/review/${encodeURIComponent(key)}`, {
+      method: "POST",
+      body: JSON.stringify(decision),
+      headers: { "Content-Type": "application/json" },
+      signal,
+    });
+  }
+
+  /** Intake batches, newest first. */
+  reports({ limit = 20, signal } = {}) {
+    return this.#request(`/reports?${new URLSearchParams({ limit: String(limit) })}`, {
+      method: "GET",
+      signal,
+    });
+  }
+
+  /** One intake batch: counts, rows and the same rows as CSV text. */
+  report(batch, { signal } = {}) {
+    return this.#request(`/reports/${encodeURIComponent(batch)}`, { method: "GET", signal });
+  }
+
   #request(path, { method, body = null, headers = {}, signal, onProgress, token }) {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) {

@@ -10,6 +10,12 @@ import { Viewer } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
 
+const VIEW_TITLES = {
+  analyze: "ArtLens — what kind of artwork is this?",
+  map: "Collection map — ArtLens",
+  collection: "Collection care — ArtLens",
+};
+
 function makeAnnouncer(region) {
   let timer = 0;
   return (text) => {
@@ -25,18 +31,58 @@ function makeAnnouncer(region) {
 function startRouter(views) {
   const links = [...document.querySelectorAll(".view-link")];
   const sections = [...document.querySelectorAll("section.view")];
+  let current = null;
   const route = () => {
-    const name = window.location.hash === "#map" ? "map" : "analyze";
+    const hash = window.location.hash.slice(1);
+    // In-page links (the skip link, #main) are not views: the view on screen stays.
+    const known = Object.hasOwn(VIEW_TITLES, hash);
+    if (current && hash && !known) return;
+    const name = known ? hash : "analyze";
+    current = name;
     for (const section of sections) section.hidden = section.dataset.view !== name;
     for (const link of links) {
       if (link.dataset.view === name) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }
-    document.title = name === "map" ? "Collection map — ArtLens" : "ArtLens — what kind of artwork is this?";
+    document.title = VIEW_TITLES[name];
+    for (const [other, view] of Object.entries(views)) if (other !== name) view.hide?.();
     views[name]?.show?.();
   };
   window.addEventListener("hashchange", route);
   route();
+}
+
+/** A view whose module is fetched the first time it is shown: the curators' view is not
+ * needed to analyze a picture, so the page does not download it up front. */
+function lazyView(load) {
+  let view = null;
+  let loading = null;
+  let visible = false;
+  return {
+    show() {
+      visible = true;
+      if (view) view.show();
+      else {
+        loading ??= load().then(
+          (made) => {
+            view = made;
+            if (visible) made.show();
+          },
+          (error) => {
+            loading = null; // showing the view again tries again
+            throw error;
+          },
+        );
+      }
+    },
+    hide() {
+      visible = false;
+      view?.hide?.();
+    },
+    get view() {
+      return view;
+    },
+  };
 }
 
 /** Check a token with the cheapest authenticated call the API has. */
@@ -92,10 +138,13 @@ async function main() {
   const shared = { api, token, viewer, announce };
   const map = new MapView(shared);
   const analyze = new AnalyzeView({ ...shared, onResult: (answer) => map.setQuery(answer) });
-  startRouter({ analyze, map });
+  const collection = lazyView(() =>
+    import("./curation.js").then(({ CurationView }) => new CurationView(shared)),
+  );
+  startRouter({ analyze, map, collection });
   analyze.restoreShared(readShared());
   // The components, for the browser console and the page tests (no other use).
-  window.artlens = Object.freeze({ analyze, map, token });
+  window.artlens = Object.freeze({ analyze, map, collection, token });
   document.documentElement.dataset.ready = "true"; // lets tests wait for the wiring
 }
 

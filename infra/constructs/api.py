@@ -11,12 +11,14 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from artlens import names
-from artlens.names import GALLERY_PREFIX, UPLOADS_PREFIX
+from artlens.names import GALLERY_PREFIX, REPORTS_PREFIX, UPLOADS_PREFIX
 from infra.constructs.data_lake import grant_list, grant_objects
 from infra.constructs.database import Database
 from infra.constructs.lambda_defaults import (
     IMAGE_MODEL_CARD_PATH,
+    SERVICE_PREDICT,
     create_function,
+    grant_model_registry,
     image_code,
     runtime_layer,
     zip_code,
@@ -34,6 +36,13 @@ ROUTES = (
     ("GET", "whoami"),
     ("POST", "uploads"),
     ("GET", "works/{key}"),  # one work's record (the collection-records issue)
+    # Curators (artlens.api.curation): duplicate groups, the review queue and its decisions
+    # (the `review` scope, checked by the handler), the intake reports.
+    ("GET", "duplicates"),
+    ("GET", "review"),
+    ("POST", "review/{key}"),
+    ("GET", "reports"),
+    ("GET", "reports/{batch}"),
 )
 # The same list the handlers answer with: the bearer token or signature, the body's type, and
 # the signed-request headers.
@@ -75,9 +84,11 @@ class Api(Construct):
         *,
         settings: DeploymentSettings,
         images: s3.IBucket,
+        artifacts: s3.IBucket,
         database: Database,
         secrets: AuthSecrets,
         frontend_origin: str,
+        renditions_base_url: str | None = None,
     ):
         super().__init__(scope, construct_id)
 
@@ -105,13 +116,20 @@ class Api(Construct):
             "PredictFunction",
             settings,
             code=image_code("lambdas.predict.handler"),
-            service="artlens-predict",
+            service=SERVICE_PREDICT,
             memory_mb=settings.predict_memory_mb,
             timeout=Duration.seconds(settings.predict_timeout_s),
             environment={
                 names.ENV_MODEL_CARD_PATH: IMAGE_MODEL_CARD_PATH,
                 names.ENV_IMAGES_BUCKET: images.bucket_name,
+                # The model registry: a current version not baked into the image is fetched
+                # from models/<version>/ there (artlens.models.registry).
+                names.ENV_ARTIFACTS_BUCKET: artifacts.bucket_name,
                 names.ENV_CORS_ORIGIN: frontend_origin,
+                # Renditions (thumbnails, no metadata) are served by the page's CloudFront
+                # distribution; originals are never handed out.
+                **({names.ENV_RENDITIONS_URL: renditions_base_url} if renditions_base_url
+                   else {}),
                 names.ENV_ORT_THREADS: str(settings.ort_threads),
                 # predict re-verifies every signed request itself (artlens.auth.signing), so it
                 # reads the client keys too, whatever API Gateway did before it.
@@ -120,10 +138,12 @@ class Api(Construct):
             },
             vpc=database.vpc,
             security_groups=[database.client_security_group],
-            description="ArtLens: POST /predict, GET /map",
+            description="ArtLens: POST /predict, GET /map, the collection and curators' routes",
         )
-        # Neighbour URLs are presigned with this role: it may read indexed pictures only.
+        # Predict by reference reads an indexed picture ({"key": "gallery/..."}); the intake
+        # reports are read (GET /reports/{batch}) but written by ingestion only.
         grant_objects(images, self.predict_function, GALLERY_PREFIX, "s3:GetObject")
+        grant_objects(images, self.predict_function, REPORTS_PREFIX, "s3:GetObject")
         # uploads/<sha256>: pictures sent for prediction, kept so that a shared link can ask
         # again by SHA-256, and large pictures programs PUT through a presigned URL (which
         # carries its signer's rights, hence PutObject here). Never indexed; a lifecycle rule
@@ -132,6 +152,7 @@ class Api(Construct):
         # A missing key must read as 404 (a shared link to an expired upload, exists() before
         # keeping an upload), which S3 answers only to a role that may list (data_lake.py).
         grant_list(images, self.predict_function)
+        grant_model_registry(artifacts, self.predict_function)
         secrets.api_keys.grant_read(self.predict_function)
         database.grant_connect(self.predict_function)
         # Created after the schema exists, so no request ever meets a database without it.

@@ -13,11 +13,19 @@ under backfill-results/. A reindex then asks the map run how many items failed: 
 does SwitchVersion run (the batch function's activate mode), which catches up with pictures
 ingested meanwhile and switches queries to the version; otherwise the run fails and the
 current version stays. Step Functions is the scheduler; nothing here polls or queues.
+
+Progress and stalls: every finished batch publishes BatchItemsDone (artlens.metrics, embedded
+metric format, dimension service = artlens-batch). A backfill is stalled when the map keeps
+invoking the batch function yet no batch finishes for STALL_PERIODS x 5 minutes (the database
+down, every batch failing or timing out and being retried): `stalled_expression` is that
+condition as metric math, which CloudWatch evaluates (infra/constructs/monitoring.py alarms
+on it).
 """
 
 from __future__ import annotations
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -28,10 +36,19 @@ from constructs import Construct
 from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
 from infra.constructs.data_lake import grant_objects
 from infra.constructs.ingestion import Ingestion, grant_ingestion
-from infra.constructs.lambda_defaults import _retention_name
+from infra.constructs.lambda_defaults import SERVICE_BATCH, _retention_name
 from infra.settings import DeploymentSettings
 
 RESULTS_PREFIX = "backfill-results/"
+# artlens.metrics.NAMESPACE / METRIC_BATCH_ITEMS (infra imports artlens.names only; a unit test
+# ties the two).
+METRICS_NAMESPACE = "ArtLens"
+METRIC_BATCH_ITEMS = "BatchItemsDone"
+METRIC_PERIOD = Duration.minutes(5)
+# Stalled: batches invoked but none finished for this many consecutive 5-minute periods. A batch
+# of 50 pictures takes seconds; 15 minutes also covers a batch retried with backoff after a
+# brief database restart.
+STALL_PERIODS = 3
 # A 10 M picture backfill at 10 batches of 50 at once, ~30 s per batch, takes about a week.
 EXECUTION_TIMEOUT = Duration.days(30)
 # Errors a retry can cure: the batch function's own "some pictures failed" and a database
@@ -72,7 +89,7 @@ class Backfill(Construct):
     ):
         super().__init__(scope, construct_id)
         self.batch_function = ingestion.indexing_function(
-            self, "BatchFunction", "lambdas.batch.handler", "artlens-batch",
+            self, "BatchFunction", "lambdas.batch.handler", SERVICE_BATCH,
             # The activate mode may catch up with a gallery listing; a batch takes far less.
             settings.reindex_timeout_s,
             "ArtLens: backfill or reindex one batch (Step Functions Distributed Map)",
@@ -111,6 +128,28 @@ class Backfill(Construct):
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
                 not_resources=[artifacts.arn_for_objects(f"{RESULTS_PREFIX}*")],
             )
+        )
+
+    def items_done(self) -> cloudwatch.Metric:
+        """Listed objects handled by finished batches, per 5 minutes (the progress)."""
+        return cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE, metric_name=METRIC_BATCH_ITEMS,
+            dimensions_map={"service": SERVICE_BATCH}, period=METRIC_PERIOD, statistic="Sum",
+            label="objects done (finished batches)",
+        )
+
+    def stalled_expression(self) -> cloudwatch.MathExpression:
+        """1 in a period where the map invoked the batch function but no batch finished, else
+        0. Missing data is 0 on both sides (FILL), so an idle state machine reads 0."""
+        return cloudwatch.MathExpression(
+            expression="IF(FILL(invoked, 0) > 0 AND FILL(done, 0) == 0, 1, 0)",
+            using_metrics={
+                "invoked": self.batch_function.metric_invocations(period=METRIC_PERIOD,
+                                                                  statistic="Sum"),
+                "done": self.items_done(),
+            },
+            label="backfill stalled (batches invoked, none finished)",
+            period=METRIC_PERIOD,
         )
 
     def _map_run_arn_pattern(self) -> str:

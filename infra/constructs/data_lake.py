@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -109,4 +110,26 @@ def grant_list(bucket: s3.IBucket, grantee: iam.IGrantable) -> None:
     """
     iam.Grant.add_to_principal(
         grantee=grantee, actions=["s3:ListBucket"], resource_arns=[bucket.bucket_arn]
+    )
+
+
+def grant_cloudfront_read(
+    bucket: s3.IBucket, distribution: cloudfront.IDistribution, prefix: str
+) -> None:
+    """s3:GetObject under ONE prefix for ONE distribution's origin access control.
+
+    CDK's `S3BucketOrigin.with_origin_access_control` would grant the whole bucket (`/*`); the
+    images bucket holds originals (gallery/, uploads/, incoming/), which may carry EXIF GPS and
+    stay private (issue 13): CloudFront may read renditions/ only, so a request for any other
+    path is answered 403 by S3 even if a behaviour pointed there.
+    """
+    bucket.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="CloudFrontReadsRenditionsOnly",
+            effect=iam.Effect.ALLOW,
+            principals=[iam.ServicePrincipal("cloudfront.amazonaws.com")],
+            actions=["s3:GetObject"],
+            resources=[bucket.arn_for_objects(f"{prefix}*")],
+            conditions={"StringEquals": {"AWS:SourceArn": distribution.distribution_arn}},
+        )
     )

@@ -1,5 +1,12 @@
 """The page: private bucket behind CloudFront (origin access control), security headers, and
-the static files plus a generated config.json deployed by BucketDeployment at deploy time."""
+the static files plus a generated config.json deployed by BucketDeployment at deploy time.
+
+Given the images bucket, the same distribution also serves the works' renditions (issue 14):
+`renditions/*` goes to the images bucket through the same origin access control, which the
+bucket lets read renditions/ only (data_lake.grant_cloudfront_read); originals (gallery/,
+uploads/, incoming/) stay unreachable through CloudFront. The page then shows renditions from
+its own origin (`renditions_base_url`, which the predict function gets as RENDITIONS_BASE_URL)
+under URLs that never change, cached at the edge and in browsers."""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
-from infra.constructs.data_lake import private_bucket
+from artlens.names import RENDITIONS_PREFIX
+from infra.constructs.data_lake import grant_cloudfront_read, private_bucket
 from infra.constructs.lambda_defaults import REPO_ROOT
 from infra.settings import DeploymentSettings
 
@@ -27,6 +35,7 @@ class Frontend(Construct):
         *,
         settings: DeploymentSettings,
         access_logs: s3.IBucket,
+        images: s3.IBucket | None = None,
     ):
         super().__init__(scope, construct_id)
         self.bucket = private_bucket(
@@ -69,13 +78,37 @@ class Frontend(Construct):
                 ),
             ),
         )
+        # One origin access control signs the requests to both buckets (SigV4, always).
+        access_control = cloudfront.S3OriginAccessControl(
+            self, "OriginAccessControl", signing=cloudfront.Signing.SIGV4_ALWAYS
+        )
+        additional_behaviors = {}
+        if images is not None:
+            additional_behaviors[f"{RENDITIONS_PREFIX}*"] = cloudfront.BehaviorOptions(
+                # Bucket defaults + our access control: CDK's with_origin_access_control would
+                # add a bucket-wide read grant; ours covers renditions/ only (below).
+                origin=origins.S3BucketOrigin.with_bucket_defaults(
+                    images, origin_access_control_id=access_control.origin_access_control_id
+                ),
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
+                allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
+                cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
+                # The page's headers (nosniff, HSTS, ...); Cache-Control comes with each object
+                # (artlens.lake.RENDITION_CACHE_CONTROL), so a 403 for a rendition not written
+                # yet is never cached by browsers.
+                response_headers_policy=headers,
+                compress=False,  # JPEG: already compressed
+            )
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
             comment=f"ArtLens {settings.env_name}",
             default_root_object="index.html",
+            additional_behaviors=additional_behaviors,
             default_behavior=cloudfront.BehaviorOptions(
-                origin=origins.S3BucketOrigin.with_origin_access_control(self.bucket),
+                origin=origins.S3BucketOrigin.with_origin_access_control(
+                    self.bucket, origin_access_control=access_control
+                ),
                 viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
                 allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
                 cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
@@ -95,11 +128,20 @@ class Frontend(Construct):
             "TLSv1.2_2021 applies once a custom domain with an ACM certificate is configured; "
             "the default *.cloudfront.net certificate's policy cannot be raised (cdk-nag CFR4).",
         )
+        if images is not None:
+            grant_cloudfront_read(images, self.distribution, RENDITIONS_PREFIX)
+        self.serves_renditions = images is not None
         self._removal = RemovalPolicy.RETAIN if settings.is_prod else RemovalPolicy.DESTROY
 
     @property
     def origin(self) -> str:
         return f"https://{self.distribution.distribution_domain_name}"
+
+    @property
+    def renditions_base_url(self) -> str | None:
+        """Where renditions/<side>/<sha256>.jpg is served (RENDITIONS_BASE_URL); None when the
+        distribution was not given the images bucket."""
+        return self.origin if self.serves_renditions else None
 
     @property
     def url(self) -> str:

@@ -22,6 +22,7 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from artlens import names
@@ -46,11 +47,19 @@ IMAGE_PLATFORM = {
 # The model is baked into the image (lambdas/Dockerfile sets the same path as its default).
 IMAGE_MODEL_CARD_PATH = f"/var/task/models/{names.MODEL_CARD_FILE}"
 
+# POWERTOOLS_SERVICE_NAME of each function: its logs' `service`, and the `service` dimension of
+# its metrics (artlens.metrics), which the dashboard and alarms select by.
+SERVICE_PREDICT = "artlens-predict"
+SERVICE_EMBED = "artlens-embed"
+SERVICE_REINDEX = "artlens-reindex"
+SERVICE_BATCH = "artlens-batch"
+
 # Every variable a handler reads (artlens.settings + the signing scheme of issue 6). A name
 # outside this set is a typo that would only surface as a ConfigError at the first cold start.
 KNOWN_ENV_NAMES = frozenset(
     {
         names.ENV_MODEL_CARD_PATH,
+        names.ENV_RENDITIONS_URL,
         names.ENV_DB_SECRET_ARN,
         names.ENV_DB_HOST,
         names.ENV_DB_PORT,
@@ -61,6 +70,7 @@ KNOWN_ENV_NAMES = frozenset(
         names.ENV_API_KEYS_SECRET_ARN,
         names.ENV_ORT_THREADS,
         names.ENV_LOG_LEVEL,
+        names.ENV_ARTIFACTS_BUCKET,
         "POWERTOOLS_SERVICE_NAME",  # Powertools' own
     }
 )
@@ -241,6 +251,26 @@ def create_function(
         runtime=RUNTIME,
         layers=list(layers),
         **common,
+    )
+
+
+def grant_model_registry(artifacts: s3.IBucket, grantee: iam.IGrantable) -> None:
+    """Read access to the model registry (models/<version>/ of the artifacts bucket) and
+    nothing else there: GetObject on models/*, and ListBucket only with an s3:prefix under
+    models/ (artlens.models.registry.BucketSource asks whether a version exists by listing
+    models/<version>/, since without a bucket-wide ListBucket a missing key reads as 403).
+    No write: versions are registered by an operator (make register-model)."""
+    prefix = names.MODELS_PREFIX
+    iam.Grant.add_to_principal(
+        grantee=grantee, actions=["s3:GetObject"],
+        resource_arns=[artifacts.arn_for_objects(f"{prefix}*")],
+    )
+    grantee.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[artifacts.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        )
     )
 
 

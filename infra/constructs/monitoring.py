@@ -1,4 +1,11 @@
-"""Alarms (to an encrypted SNS topic, optionally e-mailed) and one dashboard."""
+"""Alarms (to an encrypted SNS topic, optionally e-mailed) and one dashboard.
+
+Besides AWS's own metrics, the dashboard graphs what the functions publish in the embedded
+metric format (artlens.metrics; namespace ArtLens, dimension `service`): pictures indexed,
+rejected and duplicates by embed and by the backfill batches, indexed pictures per type,
+predict's latency and its predictions per type; and an alarm fires on a stalled backfill
+(docs/operations.md, "Backfill stalled").
+"""
 
 from __future__ import annotations
 
@@ -18,9 +25,33 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from infra.constructs.lambda_defaults import SERVICE_BATCH, SERVICE_EMBED, SERVICE_PREDICT
 from infra.settings import DeploymentSettings
 
 FIVE_MINUTES = Duration.minutes(5)
+# artlens.metrics' names (infra imports artlens.names only; tests/unit/test_metrics.py ties them).
+NAMESPACE = "ArtLens"
+INDEXING_METRICS = ("PicturesIndexed", "PicturesRejected", "Duplicates")
+INDEXED_BY_TYPE = "IndexedByType"
+PREDICT_LATENCY = "PredictLatency"
+PREDICTIONS = "Predictions"
+INDEXING_SERVICES = (SERVICE_EMBED, SERVICE_BATCH)
+
+
+def app_metric(name: str, service: str, statistic: str = "Sum",
+               label: str | None = None) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace=NAMESPACE, metric_name=name,
+                             dimensions_map={"service": service}, period=FIVE_MINUTES,
+                             statistic=statistic, label=label)
+
+
+def per_type(name: str, label: str) -> cloudwatch.MathExpression:
+    """Every `type` of a per-type metric, whatever the model's classes are (a SEARCH: the
+    dashboard finds the series; a new class shows up by itself)."""
+    return cloudwatch.MathExpression(
+        expression=f"SEARCH('{{{NAMESPACE},service,type}} MetricName=\"{name}\"', 'Sum', 300)",
+        using_metrics={}, label=label, period=FIVE_MINUTES,
+    )
 
 
 class Monitoring(Construct):
@@ -35,6 +66,8 @@ class Monitoring(Construct):
         dead_letters: sqs.IQueue,
         database: rds.DatabaseInstance,
         state_machines: Sequence[sfn.StateMachine] = (),
+        backfill_stalled: cloudwatch.MathExpression | None = None,
+        backfill_progress: cloudwatch.Metric | None = None,
     ):
         super().__init__(scope, construct_id)
         # CloudWatch may publish to an encrypted topic only with a customer managed key that
@@ -114,6 +147,25 @@ class Monitoring(Construct):
                   "(docs/operations.md, Backfill and reindex at scale)")
             runs.append(ended)
 
+        # A backfill whose map keeps invoking batches that never finish (Backfill.
+        # stalled_expression): three 5-minute periods in a row.
+        self.backfill_stalled_alarm: cloudwatch.Alarm | None = None
+        if backfill_stalled is not None:
+            stall_periods = 3
+            self.backfill_stalled_alarm = backfill_stalled.create_alarm(
+                self,
+                "BackfillStalled",
+                threshold=1,
+                evaluation_periods=stall_periods,
+                datapoints_to_alarm=stall_periods,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description="Backfill stalled: batches invoked for 15 minutes, none "
+                "finished (docs/operations.md, Backfill stalled)",
+            )
+            self.backfill_stalled_alarm.add_alarm_action(action)
+            self.alarms.append(self.backfill_stalled_alarm)
+
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=f"ArtLens-{settings.env_name}"
         )
@@ -134,5 +186,35 @@ class Monitoring(Construct):
         if runs:
             self.dashboard.add_widgets(
                 cloudwatch.GraphWidget(title="Backfill / reindex runs ended badly", left=runs,
+                                       width=24),
+            )
+
+        # --- the application's own metrics (artlens.metrics) ---------------------------------
+        indexing = [
+            app_metric(name, service, label=f"{name} ({service.removeprefix('artlens-')})")
+            for name in INDEXING_METRICS for service in INDEXING_SERVICES
+        ]
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Pictures indexed, rejected, duplicates", left=indexing,
+                                   width=12),
+            cloudwatch.GraphWidget(title="Indexed pictures by type",
+                                   left=[per_type(INDEXED_BY_TYPE, "indexed")], width=12,
+                                   stacked=True),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Predict latency (ms)",
+                left=[app_metric(PREDICT_LATENCY, SERVICE_PREDICT, statistic, label=statistic)
+                      for statistic in ("p50", "p99")],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(title="Predictions by type",
+                                   left=[per_type(PREDICTIONS, "predictions")], width=12,
+                                   stacked=True),
+        )
+        if backfill_stalled is not None and backfill_progress is not None:
+            self.dashboard.add_widgets(
+                cloudwatch.GraphWidget(title="Backfill progress: objects done per 5 min",
+                                       left=[backfill_progress], right=[backfill_stalled],
                                        width=24),
             )

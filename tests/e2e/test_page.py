@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import pytest
@@ -1279,5 +1279,453 @@ def test_records_name_tiles_the_viewer_and_map_tooltips(browser, local_stack, ga
     if len(points) <= 60:  # every work is in view, so listed: its name is its record's
         listed = page.locator(f"#map-list button[data-key='{harbour_key}']")
         assert "The Harbour at Dusk, Jane Doe" in listed.text_content()
+    probe.assert_no_errors()
+    page.context.close()
+
+
+# -- Works, not hashes: renditions, duplicates, curators (issue 14) ----------------------------
+# After the records test: these add catalogued types and decisions to the page test stack.
+
+DISPUTED_SEEDS = (7600, 7601)
+NEAR_COPY_SEED = GALLERY_SEEDS[5]  # a gallery work, dropped again as a PNG: a near duplicate
+EXACT_COPY_SEED = GALLERY_SEEDS[6]  # a gallery work, dropped again byte for byte
+
+
+def resolved(stack, url: str) -> str:
+    """The absolute URL the page makes of a URL the API answered (ApiClient.resolve)."""
+    return urljoin(f"{stack.base_url}/", url)
+
+
+def gallery_jpeg(seed: int) -> bytes:
+    """The very bytes the `gallery` fixture dropped for `seed`."""
+    return encode(artwork(seed), "JPEG", quality=90)
+
+
+def gallery_key(data: bytes) -> str:
+    return f"gallery/{hashlib.sha256(data).hexdigest()}.jpg"
+
+
+def predict_bytes(stack, data: bytes, mime: str = "image/jpeg") -> dict:
+    request = urllib.request.Request(
+        f"{stack.base_url}/predict?neighbors=5&scope=all", data=data, method="POST",
+        headers={"Authorization": f"Bearer {stack.token}", "Content-Type": mime},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def notice_name(already: dict) -> str:
+    return already.get("title") or already.get("original_name") or "a work without a title"
+
+
+def test_tiles_thumbnails_viewer_rendition_and_the_exact_duplicate_notice(
+    browser, local_stack, gallery
+):
+    """A picture the collection already holds (the same bytes): the notice says so with its
+    key, as a status; tiles show the 256 px rendition, the larger view the 1,024 px one; the
+    map's tooltip previews the 256 px rendition."""
+    original = gallery_jpeg(GALLERY_SEEDS[3])
+    key = gallery_key(original)
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    choose_file(page, "again.jpg", "image/jpeg", original)
+    page.wait_for_selector("#analyze-button:enabled")
+    answers, _ = analyze_to_result(page)
+    already = answers[-1]["body"]["already_in_collection"]
+    assert (already["kind"], already["key"]) == ("exact", key)
+
+    notice = page.locator("#already-region .already-notice")
+    assert notice.count() == 1 and notice.get_attribute("data-kind") == "exact"
+    assert page.get_attribute("#already-region", "role") == "status"
+    text = " ".join(notice.text_content().split())
+    assert f"Already in the collection: {notice_name(already)} ({key}) — the same file." in text
+    # Above the result: the notice comes before the verdict in the document.
+    assert page.evaluate(
+        """() => Boolean(document.getElementById('already-region').compareDocumentPosition(
+                   document.getElementById('verdict')) & Node.DOCUMENT_POSITION_FOLLOWING)""")
+    assert notice.locator("img").evaluate("i => i.src") == resolved(
+        local_stack, already["thumbnail_url"])
+    notice.get_by_role("button", name="Open it in the viewer").click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
+    assert page.eval_on_selector("#viewer-image", "i => i.src") == resolved(
+        local_stack, already["url"])
+    assert "/renditions/1024/" in already["url"]
+    assert "the same file" in page.text_content("#viewer-caption")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+
+    # Tiles: the 256 px rendition; the larger view: the 1,024 px one.
+    final = answers[-1]["body"]
+    shown = final["neighbors"][:NEIGHBORS]
+    assert shown and all("/renditions/256/" in n["thumbnail_url"] for n in shown)
+    srcs = page.eval_on_selector_all("#neighbors > li .neighbor-image", "l => l.map(i => i.src)")
+    assert srcs == [resolved(local_stack, n["thumbnail_url"]) for n in shown]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#neighbors img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)")
+    widths = page.eval_on_selector_all(
+        "#neighbors img", "l => l.map(i => Math.max(i.naturalWidth, i.naturalHeight))")
+    assert max(widths) <= 256
+    page.locator("#neighbors .neighbor-button").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
+    assert page.eval_on_selector("#viewer-image", "i => i.src") == resolved(
+        local_stack, shown[0]["url"])
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert_accessible_in_both_schemes(page)
+    screenshot(page, "desktop-already-in-collection.png")
+
+    # "More like this" on a work of the collection: it is in the collection by choice, so no
+    # notice about it.
+    target = shown[0]["key"]
+    with page.expect_response(lambda r: "/predict" in r.url) as again:
+        page.click("#neighbors > li:first-child .more-like")
+    assert again.value.json()["already_in_collection"]["key"] == target
+    page.wait_for_function("() => document.activeElement.id === 'result-heading'")
+    page.wait_for_selector("#analyze-button[aria-busy=false]")
+    assert page.locator("#already-region .already-notice").count() == 0
+    page.click("a[href='#analyze']")
+
+    # The map's tooltip: the work's record and its 256 px rendition.
+    with page.expect_response(lambda r: "/map?" in r.url) as answer:
+        page.click("a[href='#map']")
+    [point] = [p for p in answer.value.json()["points"] if p["key"] == key]
+    page.wait_for_selector("#map-legend li")
+    page.wait_for_function("() => document.getElementById('map-canvas').width > 0")
+    assert page.evaluate("key => window.artlens.map.preview(key)", key)
+    page.wait_for_selector("#map-tooltip:not([hidden])")
+    assert page.eval_on_selector("#map-tooltip-image", "i => i.src") == resolved(
+        local_stack, point["thumbnail_url"])
+    assert "/renditions/256/" in point["thumbnail_url"]
+    assert (point["title"] or point["original_name"]) in page.text_content("#map-tooltip-text")
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_near_duplicate_notice_and_relation_badges(browser, local_stack, gallery):
+    """The same picture re-encoded (PNG): the notice names the work as a near duplicate with
+    its similarity, and the work's tile carries a "near duplicate" badge in its name."""
+    original = gallery_jpeg(GALLERY_SEEDS[4])
+    key = gallery_key(original)
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    choose_file(page, "reencoded.png", "image/png", encode(artwork(GALLERY_SEEDS[4]), "PNG"))
+    page.wait_for_selector("#analyze-button:enabled")
+    answers, _ = analyze_to_result(page)
+    final = answers[-1]["body"]
+    already = final["already_in_collection"]
+    assert (already["kind"], already["key"]) == ("near_duplicate", key)
+    notice = page.locator("#already-region .already-notice")
+    assert notice.get_attribute("data-kind") == "near_duplicate"
+    text = " ".join(notice.text_content().split())
+    assert (f"Already in the collection: {notice_name(already)} ({key}) — a near duplicate"
+            f" (similarity {already['similarity']:.2f})." in text)
+
+    related = [n for n in final["neighbors"][:NEIGHBORS] if n["relation"]]
+    assert any(n["key"] == key and n["relation"] == "near_duplicate" for n in related)
+    words = {"near_duplicate": "near duplicate", "related": "related"}
+    for neighbor in final["neighbors"][:NEIGHBORS]:
+        tile = page.locator(f"#neighbors > li[data-key='{neighbor['key']}']")
+        badge = tile.locator(".neighbor-badge")
+        if neighbor["relation"]:
+            assert badge.text_content() == words[neighbor["relation"]]
+            button = tile.get_by_role("button", name=re.compile(
+                rf"similar\s*,\s*{words[neighbor['relation']]}"))
+            assert button.count() == 1
+        else:
+            assert badge.count() == 0
+    assert_accessible_in_both_schemes(page)
+
+    # A new picture: the notice goes away.
+    choose_query(page)
+    analyze_to_result(page)
+    assert page.locator("#already-region .already-notice").count() == 0
+    probe.assert_no_errors()
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def curated(local_stack, gallery, tmp_path_factory) -> dict:
+    """`make ingest DIR=` of a folder with a sidecar CSV: two works catalogued as a type the
+    model disagrees with, a near and an exact copy of gallery works, and a file that is not a
+    picture. Returns what the tests need to find them."""
+    folder = tmp_path_factory.mktemp("curated")
+    disputed = {f"disputed-{seed}.jpg": encode(artwork(seed), "JPEG", quality=92)
+                for seed in DISPUTED_SEEDS}
+    classes = sorted(api_get(local_stack, "/map?limit=1")["classes"])
+    model = {name: predict_bytes(local_stack, data)["label"] for name, data in disputed.items()}
+    catalogued = {name: next(c for c in classes if c != model[name]) for name in disputed}
+    for name, data in disputed.items():
+        (folder / name).write_bytes(data)
+    near = encode(artwork(NEAR_COPY_SEED), "PNG")
+    (folder / "near-copy.png").write_bytes(near)
+    (folder / "exact-copy.jpg").write_bytes(gallery_jpeg(EXACT_COPY_SEED))
+    (folder / "broken.jpg").write_bytes(b"This is a note, not a picture.\n" * 8)
+    rows = ["file,title,maker,date,inventory_number,type,permalink,licence"]
+    for i, name in enumerate(disputed):
+        rows.append(f"{name},Disputed work {i + 1},Curator Test,1900,INV-8{i},{catalogued[name]},,")
+    (folder / "records.csv").write_text("\n".join(rows) + "\n")
+
+    ingested = local_stack.run("local_stack.ingest", str(folder), "--json", "--no-progress")
+    assert ingested.returncode == 0, ingested.stderr + local_stack.log_tail()
+    summary = json.loads(ingested.stdout)
+    batch = summary["report"]["batch"]
+    return {
+        "batch": batch,
+        "classes": classes,
+        "disputed": {name: hashlib.sha256(data).hexdigest() for name, data in disputed.items()},
+        "model": model,
+        "catalogued": catalogued,
+        "near_sha": hashlib.sha256(near).hexdigest(),
+        "near_of": hashlib.sha256(gallery_jpeg(NEAR_COPY_SEED)).hexdigest(),
+    }
+
+
+@pytest.fixture(scope="module")
+def curator_token(local_stack) -> str:
+    """A token with the `review` scope, as `make token ARGS="--scope predict --scope review"`
+    mints it (the conftest's token is a plain predict token)."""
+    minted = local_stack.run("local_stack.token", "--scope", "predict", "--scope", "review",
+                             timeout=60)
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip()
+
+
+def whoami(stack, token: str) -> dict:
+    request = urllib.request.Request(
+        f"{stack.base_url}/whoami", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def open_collection(browser, stack, token: str) -> tuple[PageProbe, dict]:
+    """Open the page's Collection view with `token`; returns the probe and the /review answer."""
+    probe = open_page(browser, stack, DESKTOP, token=token)
+    page = probe.page
+    with page.expect_response(lambda r: "/review?" in r.url) as answer:
+        page.click("a[href='#collection']")
+    queue = answer.value.json()
+    page.wait_for_function(
+        "() => !document.getElementById('collection-reload').disabled")
+    return probe, queue
+
+
+def test_collection_view_with_a_refused_token_says_so_once(browser, local_stack):
+    probe = open_page(browser, local_stack, DESKTOP, token="not-a-valid-token")
+    page = probe.page
+    asked = []
+    page.on("request", lambda r: asked.append(urlsplit(r.url).path)
+            if urlsplit(r.url).path in ("/review", "/duplicates", "/reports") else None)
+    with page.expect_response(lambda r: r.url.endswith("/whoami")) as answer:
+        page.click("a[href='#collection']")
+    assert answer.value.status == 401
+    page.wait_for_selector("#collection-error:not([hidden])")
+    assert "access token" in page.text_content("#collection-error")
+    page.wait_for_selector("#collection-reload:enabled")
+    assert asked == []  # the lists are not asked for with a token the API refused
+    assert page.is_hidden("#review-error") and page.is_hidden("#reports-error")
+    assert page.get_attribute("#token-input", "aria-invalid") == "true"
+    probe.assert_no_errors(provoked_statuses=(401,))
+    page.context.close()
+
+
+def test_review_queue_is_read_only_without_the_review_scope(browser, local_stack, curated):
+    minted = local_stack.run("local_stack.token", "--scope", "predict", timeout=60)
+    assert minted.returncode == 0, minted.stderr
+    predict_only = minted.stdout.strip()
+    probe, queue = open_collection(browser, local_stack, predict_only)
+    page = probe.page
+    sha = curated["disputed"][f"disputed-{DISPUTED_SEEDS[0]}.jpg"]
+    item = page.locator(f"#review-list > li[data-sha256='{sha}']")
+    assert item.count() == 1
+    assert page.locator("#review-list > li").count() == len(queue["items"])
+    assert page.locator("#review-list button.review-confirm, #review-list .review-correct"
+                        ).count() == 0
+    assert page.is_visible("#review-scope-note")
+    assert "review scope" in page.text_content("#review-scope-note")
+    assert "read-only" in page.text_content("#collection-who")
+    probe.assert_no_errors()
+    page.context.close()
+
+    # Were the buttons shown to that token anyway (its /whoami answer altered in the browser),
+    # the API refuses the decision, and the page says why in words; the work stays queued.
+    probe = open_page(browser, local_stack, DESKTOP, token=predict_only)
+    page = probe.page
+
+    def claim_review(route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        body["scopes"] = sorted({*body.get("scopes", []), "review"})
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/whoami", claim_review)
+    page.click("a[href='#collection']")
+    item = page.locator(f"#review-list > li[data-sha256='{sha}']")
+    item.locator(".review-correct").wait_for()
+    with page.expect_response(lambda r: "/review/" in r.url) as answer:
+        item.locator(".review-correct").click()
+    assert answer.value.status == 403
+    assert answer.value.json()["error"] == "insufficient_scope"
+    item.locator(".review-item-error:not([hidden])").wait_for()
+    assert "needs the review scope" in item.locator(".review-item-error").text_content()
+    assert item.count() == 1 and page.is_enabled(f"#review-list > li[data-sha256='{sha}'] "
+                                                 ".review-correct")
+    assert api_get(local_stack, f"/works/{sha}")["reviews"] == []
+    probe.assert_no_errors(provoked_statuses=(403,))
+    page.context.close()
+
+
+def test_curator_confirms_and_corrects_the_review_queue(
+    browser, local_stack, curated, curator_token
+):
+    """A token with the review scope: Confirm and Correct store decisions (who, the model's
+    view, the catalogued type untouched) and the work leaves the queue."""
+    me = whoami(local_stack, curator_token)
+    assert "review" in me["scopes"]
+    probe, queue = open_collection(browser, local_stack, curator_token)
+    page = probe.page
+    assert "may review" in page.text_content("#collection-who")
+    assert page.is_hidden("#review-scope-note")
+    items = {item["sha256"]: item for item in queue["items"]}
+    names = list(curated["disputed"])
+    for name in names:
+        sha = curated["disputed"][name]
+        item = items[sha]
+        assert item["reason"] == "disagrees"
+        assert (item["catalogued_type"], item["label"]) == (curated["catalogued"][name],
+                                                            curated["model"][name])
+        shown = page.locator(f"#review-list > li[data-sha256='{sha}']")
+        text = " ".join(shown.text_content().split())
+        assert item["title"] in text
+        assert (f"Catalogued: {item['catalogued_type']} · Model: {item['label']} "
+                f"{percent(item['probability'])}") in text
+        assert "disagrees with the catalogue" in text
+        assert shown.locator("img").evaluate("i => i.src") == resolved(
+            local_stack, item["thumbnail_url"])
+    # Disagreements come first, the likeliest catalogue error first.
+    order = page.eval_on_selector_all("#review-list > li", "l => l.map(i => i.dataset.sha256)")
+    assert order == [item["sha256"] for item in queue["items"]]
+    assert_accessible_in_both_schemes(page)
+    screenshot(page, "desktop-review-queue.png")
+
+    # Confirm the catalogue of the first.
+    first = curated["disputed"][names[0]]
+    row = page.locator(f"#review-list > li[data-sha256='{first}']")
+    with page.expect_response(lambda r: f"/review/{first}" in r.url) as answer:
+        row.locator(".review-confirm").click()
+    assert answer.value.status == 200
+    row.wait_for(state="detached")
+    assert "Confirmed: Disputed work 1 stays catalogued as" in page.text_content("#review-status")
+    assert page.evaluate("document.activeElement.className") in ("review-title", "card-title")
+    [review] = api_get(local_stack, f"/works/{first}")["reviews"]
+    assert (review["decision"], review["label"], review["reviewer"]) == (
+        "confirm", curated["catalogued"][names[0]], me["sub"])
+    assert review["model_label"] == curated["model"][names[0]]
+
+    # Correct the second to a third type (neither the catalogue's nor the model's).
+    second = curated["disputed"][names[1]]
+    row = page.locator(f"#review-list > li[data-sha256='{second}']")
+    third = next(c for c in curated["classes"]
+                 if c not in (curated["catalogued"][names[1]], curated["model"][names[1]]))
+    row.locator("select.review-type").select_option(third)
+    assert row.get_by_label("Correct type to").count() == 1
+    with page.expect_response(lambda r: f"/review/{second}" in r.url) as answer:
+        row.locator(".review-correct").click()
+    assert answer.value.status == 200
+    assert json.loads(answer.value.request.post_data) == {"decision": "correct", "type": third}
+    row.wait_for(state="detached")
+    assert f"Corrected: Disputed work 2 is reviewed as {third}." in page.text_content(
+        "#review-status")
+    work = api_get(local_stack, f"/works/{second}")
+    [review] = work["reviews"]
+    assert (review["decision"], review["label"], review["catalogued_type"]) == (
+        "correct", third, curated["catalogued"][names[1]])
+    assert work["catalogued_type"] == curated["catalogued"][names[1]]  # never overwritten
+    left = len(queue["items"]) - 2
+    assert page.locator("#review-list > li").count() == left
+    assert page.text_content("#review-count") == f"({left})"
+
+    # Reviewed works stay out of the queue after a reload.
+    with page.expect_response(lambda r: "/review?" in r.url) as answer:
+        page.click("#collection-reload")
+    assert not {first, second} & {i["sha256"] for i in answer.value.json()["items"]}
+    probe.assert_no_errors()
+    page.context.close()
+
+
+def test_duplicates_and_intake_reports_with_the_csv_download(browser, local_stack, curated):
+    probe = open_page(browser, local_stack, DESKTOP, token=local_stack.token)
+    page = probe.page
+    with page.expect_response(lambda r: r.url.endswith("/duplicates")) as dup_answer, \
+            page.expect_response(lambda r: "/reports?" in r.url) as rep_answer:
+        page.click("a[href='#collection']")
+    groups = dup_answer.value.json()["groups"]
+    listed = rep_answer.value.json()["reports"]
+
+    # Duplicates: the groups as the API answers them; the PNG copy sits with its original.
+    page.wait_for_function(
+        "n => document.querySelectorAll('#duplicates-list > li').length === n", arg=len(groups))
+    [group] = [g for g in groups
+               if {curated["near_sha"], curated["near_of"]} <= {m["sha256"] for m in g["members"]}]
+    index = groups.index(group)
+    shown = page.locator("#duplicates-list > li").nth(index)
+    assert shown.locator(".duplicate-member").count() == len(group["members"])
+    for member in group["members"]:
+        tile = shown.locator(f".duplicate-member[data-sha256='{member['sha256']}']")
+        assert tile.locator("img").evaluate("i => i.src") == resolved(
+            local_stack, member["thumbnail_url"])
+        title = member["title"] or member["original_name"]
+        assert title in tile.text_content()
+
+    # Reports: newest first; ours is the newest batch.
+    assert listed[0]["batch"] == curated["batch"]
+    batches = page.eval_on_selector_all("#reports-list button", "l => l.map(b => b.dataset.batch)")
+    assert batches == [r["batch"] for r in listed]
+    with page.expect_response(lambda r: f"/reports/{curated['batch']}" in r.url) as answer:
+        page.click(f"#reports-list button[data-batch='{curated['batch']}']")
+    report = answer.value.json()
+    page.wait_for_selector("#report-detail:not([hidden])")
+    page.wait_for_function("() => document.activeElement.id === 'report-heading'")
+    assert page.get_attribute(f"#reports-list button[data-batch='{curated['batch']}']",
+                              "aria-current") == "true"
+    names = page.eval_on_selector_all("#report-counts .report-count",
+                                      "l => l.map(c => c.dataset.count)")
+    values = [int(v) for v in page.locator("#report-counts dd").all_text_contents()]
+    counts = dict(zip(names, values, strict=True))
+    assert counts == report["counts"]
+    assert (counts["rejected"], counts["duplicate"], counts["disagreements"]) == (1, 1, 2)
+    assert counts["near_duplicates"] >= 1
+
+    # The notable rows: the rejected file, both copies, both disagreements.
+    rows = page.locator("#report-notable tbody tr")
+    texts = [" ".join(t.split()) for t in rows.all_text_contents()]
+    assert any("broken.jpg" in t and "Rejected" in t for t in texts)
+    assert any("exact-copy.jpg" in t and "Exact duplicate" in t for t in texts)
+    assert any("near-copy.png" in t and "Near duplicate" in t for t in texts)
+    for name in curated["disputed"]:
+        assert any(name in t and "Type disagreement" in t
+                   and f"catalogued as {curated['catalogued'][name]}" in t for t in texts)
+    # Plainly indexed files without a duplicate or disagreement are not "notable".
+    assert len(texts) == len([r for r in report["rows"] if r["status"] in (
+        "rejected", "failed", "duplicate") or r["near_duplicate_of"] or r["disagrees"]])
+
+    link = page.locator("#report-csv")
+    assert link.get_attribute("href").startswith("blob:")
+    assert link.get_attribute("download") == f"{curated['batch']}.csv"
+    with page.expect_download() as got:
+        link.click()
+    assert got.value.suggested_filename == f"{curated['batch']}.csv"
+    downloaded = Path(got.value.path()).read_text()
+    assert downloaded == report["csv"]
+    assert {r["original_name"] for r in csv.DictReader(io.StringIO(downloaded))} >= {
+        *curated["disputed"], "broken.jpg", "near-copy.png", "exact-copy.jpg"}
+    assert_accessible_in_both_schemes(page)
+    screenshot(page, "desktop-collection.png")
+    page.set_viewport_size(PHONE)
+    assert no_horizontal_overflow(page)
+    assert_accessible_in_both_schemes(page)
+    screenshot(page, "phone-collection.png")
     probe.assert_no_errors()
     page.context.close()

@@ -1,7 +1,10 @@
 """`make stress` in miniature: bench.stress against its own local stack, 4 clients x 5 s, plus
 the hostile-client and database-outage tables. Zero errors, a sane summary, a healthy server
-afterwards, and the server's peak memory within the decode budget beside the hostile client
-(latency is reported, never asserted: speed belongs to make stress)."""
+afterwards, the server's peak memory within the stated bound beside the hostile client, and the
+gateway's fair share at work: the hostile client, using 6 connections under its one token, is
+answered 429 with Retry-After past its share (1 running + 4 waiting) while every normal client,
+each with its own token, gets only 200s. Latency is reported, never asserted: speed belongs to
+make stress."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ def test_stress_smoke_has_no_errors_and_a_sane_summary(tiny_model_card, tmp_path
     done = subprocess.run(
         [sys.executable, "-m", "bench.stress", "--clients", "4", "--duration", "5",
          "--images", "6", "--model-card", str(tiny_model_card), "--db-down",
-         "--hostile-p99-limit", "0", "--json", str(out)],
+         "--hostile-p99-limit", "0", "--hostile-connections", "6", "--warmup", "1",
+         "--json", str(out)],
         cwd=REPO_ROOT, env=stack_env(), capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
@@ -37,10 +41,15 @@ def test_stress_smoke_has_no_errors_and_a_sane_summary(tiny_model_card, tmp_path
     assert beside["errors"] == 0 and beside["statuses"] == {"200": beside["requests"]}
     hostile = beside["hostile"]
     assert hostile["requests"] >= 1 and hostile["errors"] == 0
-    assert set(hostile["statuses"]) <= {"200", "413"}, hostile["statuses"]
+    assert set(hostile["statuses"]) <= {"200", "413", "429"}, hostile["statuses"]
+    assert hostile["throttled_429"] >= 1, hostile  # 6 at once: one past its share at least
+    assert hostile["statuses"].get("200", 0) + hostile["statuses"].get("413", 0) >= 1
     assert hostile["memory_bounded"], hostile
     assert hostile["peak_rss_mb"] >= hostile["peak_rss_mb_before"] > 0
-    assert "Load with one hostile client beside them" in done.stdout
+    assert hostile["peak_rss_bound_mb"] > hostile["peak_rss_mb_before"]
+    assert beside["rss_mb"]["max"] <= hostile["peak_rss_bound_mb"]
+    assert "Normal clients without / with one hostile client beside them" in done.stdout
+    assert "hostile 429s / errors" in done.stdout
 
     outage = summaries["db_down"]
     assert set(outage["statuses"]) <= {"200", "503"}, outage["statuses"]

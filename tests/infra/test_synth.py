@@ -457,7 +457,8 @@ def test_migrations_run_as_a_custom_resource(dev):
 def test_cloudfront_uses_origin_access_control_https_and_security_headers(dev):
     (distribution,) = dev.of_type("AWS::CloudFront::Distribution").values()
     config = distribution["Properties"]["DistributionConfig"]
-    (origin,) = config["Origins"]
+    site_origin_id = config["DefaultCacheBehavior"]["TargetOriginId"]
+    (origin,) = [o for o in config["Origins"] if o["Id"] == site_origin_id]
     assert origin["OriginAccessControlId"]
     assert origin["S3OriginConfig"].get("OriginAccessIdentity", "") == ""
     behavior = config["DefaultCacheBehavior"]
@@ -469,6 +470,108 @@ def test_cloudfront_uses_origin_access_control_https_and_security_headers(dev):
     security = headers["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
     assert {"ContentSecurityPolicy", "StrictTransportSecurity", "FrameOptions",
             "ContentTypeOptions", "ReferrerPolicy"} <= set(security)
+
+
+# Renditions (issue 14): the constructs the stack wires, synthesized alone with the images
+# bucket given to Frontend. `assert_renditions_served_from_the_images_bucket` takes any template
+# (the dev stack's too, once infra/stacks.py passes `images=` to Frontend).
+
+CACHING_OPTIMIZED_ID = "658327ea-f89d-4fab-a63d-7e88639e58f6"  # AWS's managed cache policy
+
+
+@pytest.fixture(scope="module")
+def renditions_stack() -> dict:
+    from aws_cdk import App, Stack
+    from aws_cdk.assertions import Template
+
+    from infra.app import cdk_json_context
+    from infra.constructs.data_lake import DataLake
+    from infra.constructs.frontend import Frontend
+    from infra.settings import DeploymentSettings
+    from tests.infra.conftest import TEST_CONTEXT
+
+    app = App(context={**cdk_json_context(), **TEST_CONTEXT, "env": "dev"})
+    settings = DeploymentSettings.from_context(app.node.try_get_context)
+    stack = Stack(app, "RenditionsOnly")
+    lake = DataLake(stack, "DataLake", settings=settings)
+    frontend = Frontend(stack, "Frontend", settings=settings, access_logs=lake.access_logs,
+                        images=lake.images)
+    bare = Frontend(stack, "Bare", settings=settings, access_logs=lake.access_logs)
+    return {
+        "resources": Template.from_stack(stack).to_json()["Resources"],
+        "images": stack.get_logical_id(lake.images.node.default_child),
+        "distribution": stack.get_logical_id(frontend.distribution.node.default_child),
+        "bare_distribution": stack.get_logical_id(bare.distribution.node.default_child),
+        "base_url": stack.resolve(frontend.renditions_base_url),
+        "bare_base_url": bare.renditions_base_url,
+    }
+
+
+def assert_renditions_served_from_the_images_bucket(resources: dict, images: str) -> str:
+    """One behaviour, renditions/*, reaches the images bucket (origin access control, managed
+    CACHING_OPTIMIZED, GET/HEAD over HTTPS); nothing else does. Returns the distribution id."""
+    (dist_id,) = [
+        k for k, v in resources.items()
+        if v["Type"] == "AWS::CloudFront::Distribution" and images in resource_text(v)
+    ]
+    config = resources[dist_id]["Properties"]["DistributionConfig"]
+    image_origins = {o["Id"]: o for o in config["Origins"] if images in resource_text(o)}
+    (origin_id,) = image_origins
+    origin = image_origins[origin_id]
+    assert origin["OriginAccessControlId"]
+    assert origin["S3OriginConfig"].get("OriginAccessIdentity", "") == ""
+    assert config["DefaultCacheBehavior"]["TargetOriginId"] != origin_id  # the page's bucket
+    (behavior,) = [b for b in config["CacheBehaviors"] if b["TargetOriginId"] == origin_id]
+    assert behavior["PathPattern"] == "renditions/*"
+    assert behavior["CachePolicyId"] == CACHING_OPTIMIZED_ID
+    assert behavior["AllowedMethods"] == ["GET", "HEAD"]
+    assert behavior["ViewerProtocolPolicy"] == "redirect-to-https"
+    # The page's security headers; Cache-Control comes with each object (artlens.lake).
+    assert behavior["ResponseHeadersPolicyId"] == config["DefaultCacheBehavior"][
+        "ResponseHeadersPolicyId"]
+    return dist_id
+
+
+def test_cloudfront_serves_renditions_from_the_images_bucket(renditions_stack):
+    resources, images = renditions_stack["resources"], renditions_stack["images"]
+    dist_id = assert_renditions_served_from_the_images_bucket(resources, images)
+    assert dist_id == renditions_stack["distribution"]
+    # The page's distribution URL is where the predict function finds renditions.
+    assert renditions_stack["base_url"] == {
+        "Fn::Join": ["", ["https://", {"Fn::GetAtt": [dist_id, "DomainName"]}]]
+    }
+    # Without the images bucket a distribution has no such behaviour and no base URL.
+    bare = resources[renditions_stack["bare_distribution"]]["Properties"]["DistributionConfig"]
+    assert "CacheBehaviors" not in bare and images not in resource_text(bare)
+    assert renditions_stack["bare_base_url"] is None
+
+
+def test_cloudfront_may_read_renditions_only_never_the_originals(renditions_stack):
+    resources, images = renditions_stack["resources"], renditions_stack["images"]
+    (policy,) = [
+        v["Properties"]["PolicyDocument"] for v in resources.values()
+        if v["Type"] == "AWS::S3::BucketPolicy" and v["Properties"]["Bucket"] == {"Ref": images}
+    ]
+    to_cloudfront = [
+        st for st in policy["Statement"]
+        if st["Effect"] == "Allow"
+        and "cloudfront.amazonaws.com" in as_list(st["Principal"].get("Service", []))
+    ]
+    (grant,) = to_cloudfront
+    assert grant["Action"] == "s3:GetObject"
+    assert grant["Resource"] == {
+        "Fn::Join": ["", [{"Fn::GetAtt": [images, "Arn"]}, "/renditions/*"]]
+    }
+    # Only that distribution (its ARN ends with its id).
+    assert {"Ref": renditions_stack["distribution"]} in grant["Condition"]["StringEquals"][
+        "AWS:SourceArn"]["Fn::Join"][1]
+    # No other statement lets any principal read objects of the images bucket.
+    readers = [
+        st for st in policy["Statement"]
+        if st["Effect"] == "Allow" and any(a in ("s3:GetObject", "s3:GetObject*", "s3:*")
+                                           for a in as_list(st["Action"]))
+    ]
+    assert readers == [grant]
 
 
 def test_site_deployment_writes_config_json_with_the_api_url(dev):
@@ -745,13 +848,18 @@ def test_no_wildcard_actions_and_star_resources_only_where_aws_requires(synthesi
 
 
 def s3_grants(synth, function_props) -> dict[str, set[str]]:
-    """S3 object/list actions of a function's role -> the key patterns they apply to."""
+    """S3 object/list actions of a function's role on the images bucket -> the key patterns
+    they apply to (the artifacts bucket's model registry:
+    test_model_functions_read_the_registry_under_models_and_nothing_else)."""
+    artifacts = bucket_id(synth, "Artifacts")
     grants: dict[str, set[str]] = {}
     for statement in role_statements(synth, function_props):
         for action in as_list(statement["Action"]):
             if action.startswith("s3:"):
                 for resource in as_list(statement["Resource"]):
                     text = resource_text(resource)
+                    if artifacts in text:
+                        continue
                     suffix = re.search(r'"(/[^"]*)"\]', text)
                     pattern = suffix.group(1) if suffix else "<bucket>"
                     if action == "s3:ListBucket" and "Condition" in statement:
@@ -763,7 +871,8 @@ def s3_grants(synth, function_props) -> dict[str, set[str]]:
 def test_function_roles_are_scoped_to_their_prefixes(dev):
     predict = function_with(dev, command="lambdas.predict.handler")
     assert s3_grants(dev, predict) == {
-        "s3:GetObject": {"/gallery/*", "/uploads/*"},
+        # reports/: GET /reports/{batch} reads the intake reports ingestion wrote
+        "s3:GetObject": {"/gallery/*", "/uploads/*", "/reports/*"},
         # kept uploads, and presigned PUTs (which carry the role's rights)
         "s3:PutObject": {"/uploads/*"},
         "s3:ListBucket": {"<bucket>"},  # missing keys read as 404 (see below)
@@ -772,8 +881,10 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
     grants = s3_grants(dev, embed)
     for action in ("s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
         assert grants[action] == {"/incoming/*"}, action
-    # incoming/: a sidecar CSV is split into per-picture records beside the pictures
-    assert grants["s3:PutObject"] == {"/incoming/*", "/gallery/*", "/rejected/*"}
+    # incoming/: a sidecar CSV is split into per-picture records beside the pictures;
+    # renditions/ beside each gallery copy; reports/: each invocation's intake report part
+    assert grants["s3:PutObject"] == {"/incoming/*", "/gallery/*", "/rejected/*",
+                                      "/renditions/*", "/reports/*"}
     reindex = function_with(dev, command="lambdas.reindex.handler")
     assert s3_grants(dev, reindex)["s3:GetObject"] == {"/gallery/*"}
     # The backfill / reindex batches: embed's rights plus reading gallery/.
@@ -781,7 +892,8 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
         "s3:GetObject": {"/incoming/*", "/gallery/*"},
         "s3:DeleteObject": {"/incoming/*"},
         "s3:DeleteObjectVersion": {"/incoming/*"},
-        "s3:PutObject": {"/incoming/*", "/gallery/*", "/rejected/*"},
+        "s3:PutObject": {"/incoming/*", "/gallery/*", "/rejected/*", "/renditions/*",
+                         "/reports/*"},
         "s3:ListBucket": {"<bucket>"},
     }
     assert s3_grants(dev, function_with(dev, handler="authorizer.handler")) == {}
@@ -796,6 +908,7 @@ def test_list_bucket_has_no_prefix_condition_so_a_moved_object_is_a_404(dev):
         statements = [
             s for s in role_statements(dev, function_with(dev, command=command))
             if "s3:ListBucket" in as_list(s["Action"])
+            and bucket_id(dev, "Images") in resource_text(s["Resource"])
         ]
         assert len(statements) == 1, command
         (statement,) = statements
@@ -876,3 +989,145 @@ def test_tags_are_applied(dev):
     tagged = [r for r in dev.of_type("AWS::S3::Bucket").values()
               if {"Key": "project", "Value": "artlens"} in r["Properties"].get("Tags", [])]
     assert len(tagged) == 4
+
+
+# --- the model registry in the artifacts bucket, application metrics (issue 16) ------------
+
+MODEL_FUNCTIONS = ("lambdas.predict.handler", "lambdas.embed.handler", "lambdas.reindex.handler",
+                   "lambdas.batch.handler")
+
+
+def artifacts_grants(synth, function_props) -> list[tuple[dict, str, object]]:
+    """(statement, action, resource) for every resource of the artifacts bucket in the
+    function's policies (CDK merges statements with equal actions across resources)."""
+    artifacts = bucket_id(synth, "Artifacts")
+    return [(statement, action, resource)
+            for statement in role_statements(synth, function_props)
+            for resource in as_list(statement.get("Resource", []))
+            if artifacts in resource_text(resource)
+            for action in as_list(statement["Action"])]
+
+
+@pytest.mark.parametrize("command", MODEL_FUNCTIONS)
+def test_model_functions_read_the_registry_under_models_and_nothing_else(synthesized, command):
+    """Registry layout: models/<version>/ of the artifacts bucket; the serving functions may
+    list models/ and read models/*, and never write there (operators register versions)."""
+    props = function_with(synthesized, command=command)
+    artifacts = bucket_id(synthesized, "Artifacts")
+    assert props["Environment"]["Variables"]["ARTIFACTS_BUCKET"] == {"Ref": artifacts}
+    granted: dict[str, list] = {}
+    for statement, action, resource in artifacts_grants(synthesized, props):
+        assert statement["Effect"] == "Allow"
+        granted.setdefault(action, []).append((statement, resource))
+    assert set(granted) == {"s3:GetObject", "s3:ListBucket"}
+    ((_, objects),) = granted["s3:GetObject"]
+    assert resource_text(objects).endswith('"/models/*"]]}')
+    ((listing, bucket),) = granted["s3:ListBucket"]
+    assert bucket == {"Fn::GetAtt": [artifacts, "Arn"]}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["models/*"]}}
+
+
+@pytest.mark.parametrize("handler", ["authorizer.handler", "migrate.handler"])
+def test_functions_without_a_model_have_no_registry_access(dev, handler):
+    props = function_with(dev, handler=handler)
+    assert "ARTIFACTS_BUCKET" not in props["Environment"]["Variables"]
+    assert artifacts_grants(dev, props) == []
+
+
+def test_a_registry_bucket_setting_reaches_the_handlers_settings(dev):
+    environment = function_with(dev, command="lambdas.predict.handler")["Environment"]["Variables"]
+    settings = Settings.from_env(_dummy_env(environment), needs=("model", "database", "lake"))
+    assert settings.artifacts_bucket == "dummy-artifacts_bucket"
+    assert settings.model_cache_dir.startswith("/tmp/")  # Lambda's only writable folder
+
+
+def test_a_stalled_backfill_raises_an_alarm(dev):
+    """Stalled = the map keeps invoking the batch function, yet no batch finishes
+    (BatchItemsDone, published by lambdas/batch.py) for three 5-minute periods."""
+    batch_id = batch_function_id(dev)
+    (alarm,) = [a["Properties"] for a in dev.of_type("AWS::CloudWatch::Alarm").values()
+                if "BatchItemsDone" in resource_text(a["Properties"].get("Metrics", []))]
+    by_id = {m["Id"]: m for m in alarm["Metrics"]}
+    (expression,) = [m for m in alarm["Metrics"] if "Expression" in m]
+    assert expression["ReturnData"] is True
+    assert expression["Expression"] == "IF(FILL(invoked, 0) > 0 AND FILL(done, 0) == 0, 1, 0)"
+    invoked = by_id["invoked"]["MetricStat"]
+    assert invoked["Metric"]["Namespace"] == "AWS/Lambda"
+    assert invoked["Metric"]["MetricName"] == "Invocations"
+    assert invoked["Metric"]["Dimensions"] == [{"Name": "FunctionName",
+                                                "Value": {"Ref": batch_id}}]
+    done = by_id["done"]["MetricStat"]
+    assert done["Metric"] == {"Namespace": "ArtLens", "MetricName": "BatchItemsDone",
+                              "Dimensions": [{"Name": "service", "Value": "artlens-batch"}]}
+    assert invoked["Stat"] == done["Stat"] == "Sum"
+    assert invoked["Period"] == done["Period"] == 300
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 3
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"  # no backfill running: no alarm
+    (topic_id,) = dev.of_type("AWS::SNS::Topic")
+    assert alarm["AlarmActions"] == [{"Ref": topic_id}]
+    assert "Backfill stalled" in alarm["AlarmDescription"]
+    # The batch function really runs with the service name the alarm selects by.
+    batch = function_with(dev, command="lambdas.batch.handler")
+    assert batch["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "artlens-batch"
+
+
+def dashboard_widgets(synth) -> list[dict]:
+    """The dashboard's widgets, deploy-time tokens replaced by their JSON text."""
+    (dashboard,) = synth.of_type("AWS::CloudWatch::Dashboard").values()
+    separator, parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"]
+    text = separator.join(p if isinstance(p, str) else json.dumps(p).replace('"', "'")
+                          for p in parts)
+    return json.loads(text)["widgets"]
+
+
+def test_dashboard_graphs_the_application_metrics(dev):
+    """The functions' embedded metrics (artlens.metrics) are on the dashboard, selected by the
+    service names the functions really run with."""
+    graphed: dict[str, set] = {}
+    searches = []
+    for widget in dashboard_widgets(dev):
+        for metric in widget["properties"].get("metrics", []):
+            if metric and isinstance(metric[0], dict) and "expression" in metric[0]:
+                searches.append(metric[0]["expression"])
+            elif metric and metric[0] == "ArtLens":
+                _, name, dimension, value, *_ = metric
+                assert dimension == "service"
+                graphed.setdefault(name, set()).add(value)
+    assert graphed["PicturesIndexed"] == graphed["PicturesRejected"] == graphed["Duplicates"] \
+        == {"artlens-embed", "artlens-batch"}
+    assert graphed["PredictLatency"] == {"artlens-predict"}
+    assert graphed["BatchItemsDone"] == {"artlens-batch"}
+    for name in ("IndexedByType", "Predictions"):  # every type: a SEARCH on the dimension
+        assert f"SEARCH('{{ArtLens,service,type}} MetricName=\"{name}\"', 'Sum', 300)" \
+            in searches, name
+    services = {function_with(dev, command=c)["Environment"]["Variables"]
+                ["POWERTOOLS_SERVICE_NAME"] for c in MODEL_FUNCTIONS}
+    assert {"artlens-embed", "artlens-batch", "artlens-predict"} <= services
+    titles = {widget["properties"].get("title") for widget in dashboard_widgets(dev)}
+    assert {"Predict latency (ms)", "Predictions by type", "Indexed pictures by type"} <= titles
+
+
+def test_infra_metric_names_are_the_ones_the_library_publishes():
+    from artlens import metrics
+    from infra.constructs import backfill, monitoring
+
+    assert monitoring.NAMESPACE == backfill.METRICS_NAMESPACE == metrics.NAMESPACE
+    assert monitoring.INDEXING_METRICS == (
+        metrics.METRIC_INDEXED, metrics.METRIC_REJECTED, metrics.METRIC_DUPLICATES)
+    assert monitoring.INDEXED_BY_TYPE == metrics.METRIC_INDEXED_BY_TYPE
+    assert monitoring.PREDICT_LATENCY == metrics.METRIC_PREDICT_LATENCY
+    assert monitoring.PREDICTIONS == metrics.METRIC_PREDICTIONS
+    assert backfill.METRIC_BATCH_ITEMS == metrics.METRIC_BATCH_ITEMS
+    assert metrics.TYPE_DIMENSION == "type"
+
+
+def test_the_stack_serves_renditions_through_its_distribution(dev):
+    """Renditions (no metadata) reach browsers through CloudFront from renditions/ only; the
+    predict function hands out URLs under that distribution, never presigned originals."""
+    images = bucket_id(dev, "Images")
+    distribution = assert_renditions_served_from_the_images_bucket(dev.resources, images)
+    predict = function_with(dev, command="lambdas.predict.handler")
+    assert predict["Environment"]["Variables"]["RENDITIONS_BASE_URL"] == {
+        "Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}

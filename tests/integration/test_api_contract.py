@@ -151,7 +151,7 @@ def test_predict_answer_carries_embedding_sha256_assessment_and_nearest_by_type(
             continue
         best = max(same_type, key=lambda s: cosine(s.embedding, expected.embeddings[0]))
         assert (found["key"], found["label"]) == (best.key, candidate)
-        assert lake.verify_url(found["key"], *(
+        assert lake.verify_url(f"renditions/1024/{found['sha256']}.jpg", *(
             dict(p.split("=", 1) for p in found["url"].split("?", 1)[1].split("&"))[f]
             for f in ("exp", "sig")))
 
@@ -301,11 +301,13 @@ def test_whoami_answers_from_the_authorizer_context_without_the_database(stack, 
     context = {"principalId": "curator", "sub": "curator", "scheme": "bearer",
                "exp": "1900000000", "integrationLatency": 3}
     assert answer(call("GET", "/whoami", authorizer=context)) == {
-        "sub": "curator", "scheme": "bearer", "expires_at": 1900000000}
+        "sub": "curator", "scheme": "bearer", "expires_at": 1900000000, "scopes": ["predict"]}
+    reviewer = {**context, "scopes": "review predict"}
+    assert answer(call("GET", "/whoami", authorizer=reviewer))["scopes"] == ["predict", "review"]
     # A context without `exp` (a token without one, or an authorizer that does not say yet).
     lasting = {"principalId": "lab-1", "sub": "lab-1", "scheme": "bearer"}
     assert answer(call("GET", "/whoami", authorizer=lasting)) == {
-        "sub": "lab-1", "scheme": "bearer", "expires_at": None}
+        "sub": "lab-1", "scheme": "bearer", "expires_at": None, "scopes": ["predict"]}
     assert answer(call("POST", "/whoami"), 405)["error"] == "method_not_allowed"
     assert answer(call("GET", "/whoami", query={"x": "1"}), 400)["error"] == "bad_query"
 

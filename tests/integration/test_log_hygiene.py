@@ -92,12 +92,18 @@ def test_handler_logs_are_json_with_ids_and_carry_no_secrets(pg_dsn, tiny_model_
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) >= 4, done.stdout  # two requests served, one denial, one batch
     services = set()
+    metric_lines = 0
     for line in lines:
         record = json.loads(line)  # every line is one JSON document
+        if "_aws" in record:  # an embedded-metric-format line (artlens.metrics), not a log
+            assert record["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ArtLens"
+            metric_lines += 1
+            continue
         assert record.get("correlation_id") or record.get("function_request_id"), record
         assert record.get("level") and record.get("message") is not None
         services.add(record["service"])
     assert services >= {"artlens-authorizer", "artlens-predict", "artlens-embed"}
+    assert metric_lines >= 1  # predict and embed publish their metrics on stdout too
     assert any(json.loads(line).get("reason") for line in lines)  # the denial was logged
 
     # Neither the handlers' JSON nor the libraries' plain logging leaks anything.

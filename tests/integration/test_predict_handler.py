@@ -158,11 +158,14 @@ def test_predict_returns_five_same_class_neighbours_without_the_query(stack):
     assert [n["key"] for n in neighbours] == [key for _, key in expected]
     np.testing.assert_allclose(similarities, [sim for sim, _ in expected], atol=1e-4)
 
-    for n in neighbours:  # the URL is a signed local URL for that very object
-        path, _, params = n["url"].partition("?")
-        assert path == f"/lake/{n['key']}"
-        fields = dict(p.split("=", 1) for p in params.split("&"))
-        assert lake.verify_url(n["key"], fields["exp"], fields["sig"])
+    for n in neighbours:  # signed local URLs of that work's renditions, never the original
+        assert n["key"] == f"gallery/{n['sha256']}.png"
+        for field, side in (("url", 1024), ("thumbnail_url", 256)):
+            path, _, params = n[field].partition("?")
+            key = f"renditions/{side}/{n['sha256']}.jpg"
+            assert path == f"/lake/{key}"
+            fields = dict(p.split("=", 1) for p in params.split("&"))
+            assert lake.verify_url(key, fields["exp"], fields["sig"])
 
 
 def test_scope_all_searches_every_class(stack):
@@ -235,7 +238,8 @@ def test_collection_map(stack):
     assert np.linalg.matrix_rank(coords) == 3  # a real 3-D spread, not a degenerate line
     for point in body["points"]:
         assert labels[point["key"]] == point["label"]
-        assert point["url"].startswith(f"/lake/{point['key']}?")
+        assert point["key"] == f"gallery/{point['sha256']}.png"
+        assert point["thumbnail_url"].startswith(f"/lake/renditions/256/{point['sha256']}.jpg?")
 
 
 def test_unknown_route_and_wrong_method(stack):

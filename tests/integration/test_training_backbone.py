@@ -164,3 +164,12 @@ def test_restamping_keeps_card_and_onnx_bound(job, tmp_path):
     after = ort.InferenceSession(str(tmp_path / "artlens.onnx")).run(None, {"image": x})
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_card_carries_near_duplicate_thresholds(job):
+    """The run calibrates serving's near-duplicate rule on its own held-out copies."""
+    _, _, models = job
+    dup = json.loads((models / "artlens.json").read_text())["serving"]["duplicates"]
+    assert 0 < dup["min_similarity"] <= 1 and 0 <= dup["max_hamming"] <= 64
+    assert 0 < dup["related_min_similarity"] <= 1
+    assert dup["measured"]["copies"] > 0 and dup["basis"]

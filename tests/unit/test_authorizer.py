@@ -80,7 +80,8 @@ def test_valid_token_is_allowed_on_the_whole_api(secret):
     assert statement["Effect"] == "Allow"
     assert statement["Resource"] == WILDCARD
     assert answer["context"] == {
-        "sub": "dev", "scheme": "bearer", "exp": verify_token(KEY, token)["exp"]
+        "sub": "dev", "scheme": "bearer", "exp": verify_token(KEY, token)["exp"],
+        "scopes": "predict",
     }
 
 
@@ -190,3 +191,48 @@ def test_other_signed_refusals_stay_a_bare_401(secret, tmp_path, aws_env):
     with pytest.raises(Exception) as info:
         authorizer.handler(event, LambdaContext("artlens-authorizer"))
     assert str(info.value) == "Unauthorized"
+
+
+# --------------------------------------------------------------------------- issue 14: scopes
+
+
+def test_the_allow_carries_the_tokens_scopes_for_the_routes(secret):
+    """What the predict function reads as requestContext.authorizer: str/int values only."""
+    for scopes, expected in ((("predict",), "predict"), (("review", "predict"), "predict review")):
+        answer = call(f"Bearer {mint_token(KEY, 'carol', 600, scopes=scopes)}")
+        assert answer["context"]["scopes"] == expected
+        assert all(isinstance(v, str | int | bool) for v in answer["context"].values())
+    old = jwt.encode({"sub": "dev", "exp": int(time.time()) + 600}, KEY, algorithm="HS256")
+    assert call(f"Bearer {old}")["context"]["scopes"] == "predict"  # minted before scopes
+
+
+@pytest.mark.parametrize("claim", ["admin", "predict superuser", ["review"], 1])
+def test_a_token_with_an_unknown_or_malformed_scope_is_unauthorized(secret, claim):
+    token = jwt.encode({"sub": "dev", "exp": int(time.time()) + 600, "scope": claim}, KEY,
+                       algorithm="HS256")
+    denied(f"Bearer {token}")
+
+
+def test_a_signed_requests_allow_carries_its_keys_scopes(secret, tmp_path, aws_env):
+    from artlens.auth.keys import FileKeys, set_key_scopes
+
+    event = signed_event(tmp_path, aws_env, time.time())  # issued with the default: predict
+    answer = authorizer.handler(event, LambdaContext("artlens-authorizer"))
+    assert answer["context"]["scopes"] == "predict"
+    key_id = event["headers"]["X-ArtLens-Key-Id"]
+    set_key_scopes(FileKeys(tmp_path / "api_keys.json"), key_id, ["predict", "review"])
+    authorizer.reset()  # a fresh container: the key document is read again
+    answer = authorizer.handler(signed_event_for(tmp_path, key_id, aws_env),
+                                LambdaContext("artlens-authorizer"))
+    assert answer["context"]["scopes"] == "predict review"
+
+
+def signed_event_for(tmp_path, key_id: str, aws_env) -> dict:
+    from artlens.auth.keys import FileKeys
+    from artlens.auth.signing import sign_request
+
+    key = FileKeys(tmp_path / "api_keys.json").read()[key_id]
+    event = authorizer_event(None)
+    event["headers"] = sign_request(key.key_id, key.secret, "POST", "/predict", [], b"img",
+                                    host=event["headers"]["Host"], content_type="image/jpeg")
+    return event

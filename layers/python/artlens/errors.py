@@ -42,6 +42,10 @@ class Unauthorized(ArtLensError, status=401, code="unauthorized"):
     """No valid credential; the authorizer denies."""
 
 
+class Forbidden(ArtLensError, status=403, code="insufficient_scope"):
+    """A known caller whose token or key lacks the scope this route needs (e.g. `review`)."""
+
+
 class NotFound(ArtLensError, status=404, code="not_found"):
     """No such object, route or model version."""
 

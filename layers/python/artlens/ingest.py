@@ -49,10 +49,13 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numpy as np
 
+from artlens import renditions
 from artlens.digests import sha256_hex
+from artlens.duplicates import DuplicateThresholds, hamming, perceptual_hash
 from artlens.errors import ImageRejected, NotFound
 from artlens.image import MAX_BYTES, LoadedImage, load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, ImageRow
+from artlens.index.relations import Relation, record_relations, set_phashes
 from artlens.index.works import (
     CSV_SUFFIX,
     MAX_SIDECAR_BYTES,
@@ -111,7 +114,11 @@ class IngestOutcome:
     gallery_key: str | None = None
     label: str | None = None
     reason: str | None = None  # rejection code, or why the key was skipped
+    message: str | None = None  # REJECTED: what was wrong, in words
+    original_name: str | None = None  # the name its record gives (make ingest: the path in DIR)
     problems: list[str] = field(default_factory=list)  # malformed sidecar rows / fields
+    # INDEXED: near duplicates and relatives found among the works already indexed.
+    relations: list[Relation] = field(default_factory=list)
     error: BaseException | None = field(default=None, repr=False)  # FAILED only: retry me
 
 
@@ -153,6 +160,10 @@ class Picture:
     record: WorkRecord | None = None  # its sidecar's, with at least the original name
     record_key: str | None = None  # the sidecar JSON read, deleted after the picture
     problems: tuple[str, ...] = ()
+    phash: int | None = None  # artlens.duplicates.perceptual_hash of `pixels`
+    # Renditions without metadata (artlens.renditions), written beside the gallery copy;
+    # empty when they could not be made (the picture is indexed all the same).
+    renditions: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,7 @@ class Embedded:
     label: str
     probability: float
     embedding: np.ndarray
+    probabilities: np.ndarray  # every class, in the model's order
 
 
 def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -188,7 +200,9 @@ def embed_pictures(classifier: Classifier, pictures: Sequence[Picture]) -> list[
         prediction.probabilities, prediction.embeddings, strict=True
     ):
         best = int(np.argmax(probabilities))
-        results.append(Embedded(classes[best], float(probabilities[best]), embedding))
+        results.append(
+            Embedded(classes[best], float(probabilities[best]), embedding, probabilities)
+        )
     return results
 
 
@@ -203,6 +217,7 @@ def image_row(picture: Picture, embedded: Embedded, key: str, model_version: str
         width=picture.image.width,
         height=picture.image.height,
         size_bytes=len(picture.data),
+        probabilities=[float(p) for p in embedded.probabilities],
     )
 
 
@@ -222,14 +237,18 @@ def _reject(
     }
     # The drop's record goes with it, kept in its reason (it would wait in incoming/ forever).
     record_key, record_text = _sidecar_of(lake, key)
+    original_name = None
     if record_text is not None:
         reason["record"] = record_text
+        record, _ = record_from_json(record_text.encode(), record_key or key)
+        original_name = record.original_name if record is not None else None
     lake.put(rejected_key + REASON_SUFFIX, json.dumps(reason).encode(), "application/json")
     if record_key is not None:
         lake.delete(record_key)
     lake.delete_version(key, read.version)
     logger.info("rejected %s as %s: %s", key, rejected_key, error.code)
-    return IngestOutcome(key, Status.REJECTED, reason=error.code)
+    return IngestOutcome(key, Status.REJECTED, reason=error.code, message=error.message,
+                         original_name=original_name)
 
 
 @dataclass(frozen=True)
@@ -367,11 +386,12 @@ def _read_incoming(
             with decoding or nullcontext():
                 image = load_image(read.data, max_bytes=max_bytes, size=size)
                 pixels = preprocess(image.rgb, size)
+                copies = _renditions_of(key, read.data, max_bytes)
         except ImageRejected as rejection:
             return _reject(lake, key, read, rejection)
         record, record_key, problems = read_record(lake, key)
         return Picture(key, read.data, image, sha256_hex(read.data), pixels, read.version,
-                       record, record_key, tuple(problems))
+                       record, record_key, tuple(problems), perceptual_hash(pixels), copies)
     except NotFound:
         # Already processed by an earlier delivery, or deleted by the user: nothing to do.
         logger.warning("skipping %s: the object no longer exists", key)
@@ -379,6 +399,16 @@ def _read_incoming(
     except Exception as exc:
         logger.warning("reading %s failed: %s", key, type(exc).__name__)
         return IngestOutcome(key, Status.FAILED, error=exc)
+
+
+def _renditions_of(key: str, data: bytes, max_bytes: int) -> dict[int, bytes]:
+    """The picture's renditions; none when they cannot be made (a decode the model's smaller
+    one survived): the picture is indexed anyway and `make renditions` retries later."""
+    try:
+        return renditions.render(data, max_bytes=max_bytes)
+    except Exception as exc:
+        logger.warning("no renditions for %s: %s", key, type(exc).__name__)
+        return {}
 
 
 def _failed(key: str, sha256: str | None, exc: BaseException, step: str) -> IngestOutcome:
@@ -422,8 +452,13 @@ def _index_chunk(
     new = [p for p in pictures if p.sha256 not in indexed]
     if not new:
         return finishing
-    # The gallery copies need only the bytes, so they are written while the model runs.
-    writes = [pool.submit(_write_gallery, lake, p) for p in new]
+    # The gallery copies need only the bytes, so they are written while the model runs; the
+    # same picture twice in a chunk is written once (its objects are the same).
+    by_sha256: dict[str, Future[str]] = {}
+    for p in new:
+        if p.sha256 not in by_sha256:
+            by_sha256[p.sha256] = pool.submit(_write_gallery, lake, p)
+    writes = [by_sha256[p.sha256] for p in new]
     try:
         embedded = embed_pictures(classifier, new)
     except Exception as exc:
@@ -452,11 +487,61 @@ def _index_chunk(
     # its sidecar): the retry finds the row and writes the record again.
     recorded = {p.key: p for p in _store_records(store, [p for p, _, _ in staged], classifier,
                                                  report)}
+    added = [p for (p, _, _), new_row in zip(staged, inserted, strict=True)
+             if new_row and p.key in recorded]
+    relations = find_relations(store, added, classifier, version)
     # The drops are deleted while the next chunk goes on (the tasks hold keys, not bytes).
     return finishing + [
-        pool.submit(_remove_drop, lake, recorded[p.key], g, r.label, added)
-        for (p, r, g), added in zip(staged, inserted, strict=True) if p.key in recorded
+        pool.submit(_remove_drop, lake, recorded[p.key], g, r.label, new_row,
+                    relations.get(p.sha256, []))
+        for (p, r, g), new_row in zip(staged, inserted, strict=True) if p.key in recorded
     ]
+
+
+# How many neighbours of a new work are judged as possible duplicates or relatives.
+RELATION_CANDIDATES = 5
+
+
+def find_relations(
+    store: EmbeddingStore, pictures: Sequence[Picture], classifier: Classifier, version: str
+) -> dict[str, list[Relation]]:
+    """Near duplicates and relatives of newly indexed works among the works indexed by the
+    version (artlens.duplicates), stored as pairs, and the works' perceptual hashes. Ingest and
+    reindexing call it (a new version's embedding finds its own pairs). An annotation: a
+    failure is logged and the pictures stay indexed (a later drop of a relative finds the pair
+    from its side)."""
+    if not pictures:
+        return {}
+    thresholds = DuplicateThresholds.from_card(_serving_section(classifier))
+    found: dict[str, list[Relation]] = {}
+    try:
+        set_phashes(store.database, {p.sha256: p.phash for p in pictures if p.phash is not None})
+        hashes = {p.sha256: p.phash for p in pictures}
+        neighbours = store.nearest_of_indexed(
+            [p.sha256 for p in pictures], RELATION_CANDIDATES, version
+        )
+        for sha, rows in neighbours.items():
+            for row in rows:
+                own = hashes.get(sha)
+                distance = (hamming(own, row.phash)
+                            if own is not None and row.phash is not None else None)
+                kind = thresholds.judge(row.similarity, distance)
+                if kind is not None:
+                    found.setdefault(sha, []).append(
+                        Relation(sha, row.sha256, kind, row.similarity, distance, version)
+                    )
+        record_relations(store.database, [r for rs in found.values() for r in rs])
+    except Exception as exc:
+        logger.warning("finding duplicates of %d works failed: %s", len(pictures),
+                       type(exc).__name__)
+    return found
+
+
+def _serving_section(classifier: Classifier) -> dict | None:
+    # The Classifier protocol carries no card (tests use bare classifiers); an OnnxClassifier
+    # has one, whose `serving` section holds the calibrated thresholds.
+    raw = getattr(getattr(classifier, "card", None), "raw", None)
+    return raw.get("serving") if isinstance(raw, dict) else None
 
 
 def _write_gallery(lake: ObjectLake, picture: Picture) -> str:
@@ -465,6 +550,7 @@ def _write_gallery(lake: ObjectLake, picture: Picture) -> str:
     # Put the very bytes that were hashed (not a copy of the incoming key, which could have
     # been overwritten since) so gallery/<sha256> always holds that content.
     lake.put(gallery_key, picture.data, content_type)
+    renditions.write(lake, picture.sha256, picture.renditions)
     return gallery_key
 
 
@@ -474,6 +560,7 @@ def _remove_drop(
     gallery_key: str,
     label: str | None,
     new: bool,
+    relations: Sequence[Relation] = (),
 ) -> IngestOutcome:
     """Delete the drop that was read (that version only): its picture is indexed and its
     record stored. Then its sidecar JSON (after the picture: a retry of a half-finished
@@ -490,7 +577,9 @@ def _remove_drop(
         # The row is committed: the retry finds the picture indexed and only deletes.
         return _failed(key, sha256, exc, "deleting")
     return IngestOutcome(key, Status.INDEXED if new else Status.DUPLICATE, sha256=sha256,
-                         gallery_key=gallery_key, label=label, problems=list(picture.problems))
+                         gallery_key=gallery_key, label=label, problems=list(picture.problems),
+                         relations=list(relations),
+                         original_name=picture.record.original_name if picture.record else None)
 
 
 # --------------------------------------------------------------------------- records

@@ -14,6 +14,9 @@ folder: the file is taken by an atomic rename and put back if it is not the one 
 Gateway's body limit. The URL binds the method, the key, the Content-Type, the exact length and
 the SHA-256 of the bytes (S3: signed `content-length` and `x-amz-checksum-sha256` headers, which
 S3 enforces), so what lands under `uploads/<sha256>` is always the picture that hash names.
+
+`cacheable_url_for` signs a GET whose expiry is rounded to the hour, so the page's renditions
+(`renditions/`, artlens.renditions) keep one URL for an hour and browsers cache them.
 """
 
 from __future__ import annotations
@@ -31,9 +34,15 @@ from urllib.parse import quote
 
 from artlens.digests import hmac_sha256_hex, sha256_hex
 from artlens.errors import BadRequest, ImageRejected, NotFound
+from artlens.names import RENDITIONS_PREFIX
 from artlens.settings import Settings
 
 DEFAULT_URL_EXPIRES_S = 900
+CACHEABLE_URL_PERIOD_S = 3600  # cacheable_url_for: one URL per object and hour
+# Stored with renditions on S3, so CloudFront (whose CACHING_OPTIMIZED policy follows it) and
+# browsers keep them a day: a rendition's key names its original's SHA-256, so the same URL
+# always shows the same picture. Only on the objects, never on a 403 for one not written yet.
+RENDITION_CACHE_CONTROL = "public, max-age=86400"
 _TMP_PREFIX = ".artlens-tmp-"
 
 
@@ -72,6 +81,12 @@ class ObjectLake(Protocol):
 
     def url_for(self, key: str, expires: int = DEFAULT_URL_EXPIRES_S) -> str: ...
 
+    def cacheable_url_for(self, key: str, now: float | None = None) -> str:
+        """A GET URL valid for one to two hours (until `cacheable_expiry`) that is the same
+        string for every call in the same clock hour, so browsers and CDNs can cache what it
+        names (S3Lake cannot pin the signing time: see there). `now` (epoch seconds) defaults
+        to the lake's clock."""
+
     def upload_url(
         self, key: str, content_type: str, size: int, sha256: str,
         expires: int = DEFAULT_URL_EXPIRES_S,
@@ -89,6 +104,14 @@ def upload_headers(content_type: str, sha256: str) -> dict[str, str]:
     """The headers a PUT to an upload URL must send as they are (the URL's signature covers
     them); the HTTP client adds Content-Length, which must be the size asked for."""
     return {"Content-Type": content_type, "x-amz-checksum-sha256": checksum_header(sha256)}
+
+
+def cacheable_expiry(now: float) -> int:
+    """The expiry of a cacheable URL signed at `now`: the next full hour plus one hour. Every
+    call within one clock hour gets the same value, and the URL stays valid for at least an
+    hour after it was handed out (a page left open keeps working)."""
+    period = CACHEABLE_URL_PERIOD_S
+    return (int(now) // period + 2) * period
 
 
 def _too_large(size: int, max_bytes: int | None) -> ImageRejected:
@@ -170,7 +193,12 @@ class S3Lake:
         return True
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        extra = {}
+        if key.startswith(RENDITIONS_PREFIX):
+            extra["CacheControl"] = RENDITION_CACHE_CONTROL
+        self._s3.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra
+        )
 
     def copy(self, src: str, dst: str) -> None:
         try:
@@ -204,6 +232,15 @@ class S3Lake:
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires)
         )
+
+    def cacheable_url_for(self, key: str, now: float | None = None) -> str:
+        """A presigned GET valid until `cacheable_expiry`, but NOT the same string within the
+        hour: botocore signs with the current time (X-Amz-Date) and offers no supported way to
+        choose it (boto/botocore#2647, declined). On AWS the page gets renditions through
+        CloudFront instead (RENDITIONS_BASE_URL: stable URLs, cached at the edge), so this is
+        only the fallback of a deployment without it. `now` only sets the expiry."""
+        now = time.time() if now is None else now
+        return self.url_for(key, expires=max(1, cacheable_expiry(now) - int(time.time())))
 
     def upload_url(
         self, key: str, content_type: str, size: int, sha256: str,
@@ -350,6 +387,13 @@ class LocalLake:
         # URL is served (get -> path_for).
         self._checked_key(key)
         exp = int(self._clock()) + int(expires)
+        sig = self._signature(key, exp)
+        return f"{self.base_url}/lake/{quote(key, safe='/')}?exp={exp}&sig={sig}"
+
+    def cacheable_url_for(self, key: str, now: float | None = None) -> str:
+        """url_for with the expiry rounded (cacheable_expiry): the same URL all hour."""
+        self._checked_key(key)
+        exp = cacheable_expiry(self._clock() if now is None else now)
         sig = self._signature(key, exp)
         return f"{self.base_url}/lake/{quote(key, safe='/')}?exp={exp}&sig={sig}"
 

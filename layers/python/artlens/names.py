@@ -15,7 +15,15 @@ REJECTED_PREFIX = "rejected/"
 # Pictures sent to POST /predict, kept as uploads/<sha256> so a shared link can show them again
 # (the bucket expires them; see infra/constructs/data_lake.py).
 UPLOADS_PREFIX = "uploads/"
-LAKE_PREFIXES = (INCOMING_PREFIX, GALLERY_PREFIX, REJECTED_PREFIX, UPLOADS_PREFIX)
+# What the page shows of a work: smaller copies without metadata (EXIF GPS included), so
+# originals stay private: renditions/<side>/<sha256>.jpg (artlens.renditions).
+RENDITIONS_PREFIX = "renditions/"
+# Intake triage: one report per ingest batch, reports/<batch>.csv and reports/<batch>.json.
+REPORTS_PREFIX = "reports/"
+LAKE_PREFIXES = (
+    INCOMING_PREFIX, GALLERY_PREFIX, REJECTED_PREFIX, UPLOADS_PREFIX, RENDITIONS_PREFIX,
+    REPORTS_PREFIX,
+)
 REASON_SUFFIX = ".reason.json"
 
 # --------------------------------------------------------------------------- image formats
@@ -38,6 +46,15 @@ IMAGE_SUFFIXES = frozenset(
 
 # --------------------------------------------------------------------------- model files
 MODEL_CARD_FILE = "artlens.json"  # a registry version folder holds this card + its ONNX file
+# The artifacts bucket's model registry: models/<version>/artlens.json + its ONNX file.
+MODELS_PREFIX = "models/"
+
+# --------------------------------------------------------------------------- auth scopes
+# What a token or API key may do: `predict` (every read route and POST /predict) and `review`
+# (curators: the review queue's decisions). A token or key that names none has `predict`.
+SCOPE_PREDICT = "predict"
+SCOPE_REVIEW = "review"
+SCOPES = (SCOPE_PREDICT, SCOPE_REVIEW)
 
 # --------------------------------------------------------------------------- HTTP
 SIGNING_SCHEME = "ArtLens-HMAC-SHA256"  # the Authorization scheme word of signed requests
@@ -80,6 +97,9 @@ ENV_ORT_THREADS = "ORT_THREADS"
 ENV_INGEST_WORKERS = "INGEST_WORKERS"  # lake calls in flight per embed invocation
 ENV_INGEST_DECODERS = "INGEST_DECODERS"  # decodes at once (each within the memory budget)
 ENV_LOG_LEVEL = "LOG_LEVEL"
+ENV_RENDITIONS_URL = "RENDITIONS_BASE_URL"  # AWS: CloudFront serves renditions/ from here
+ENV_ARTIFACTS_BUCKET = "ARTIFACTS_BUCKET"  # AWS: the model registry's bucket (MODELS_PREFIX)
+ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"  # where registry models are cached (/tmp on Lambda)
 # What a deployed function may be given (infra/ checks its functions against this list).
 HANDLER_ENV = (
     ENV_MODEL_CARD_PATH, ENV_MODEL_REGISTRY_DIR, ENV_DATABASE_URL, ENV_DB_SECRET_ARN, ENV_DB_HOST,
@@ -87,5 +107,5 @@ HANDLER_ENV = (
     ENV_LOCAL_URL_BASE, ENV_TOKEN_SECRET_ARN, ENV_TOKEN_KEY, ENV_TOKEN_KEY_FILE,
     ENV_API_KEYS_SECRET_ARN, ENV_API_KEYS_FILE, ENV_API_KEYS_TTL_S, ENV_CORS_ORIGIN,
     ENV_ORT_THREADS, ENV_LOG_LEVEL, ENV_TOKEN_MAX_LIFETIME_S, ENV_INGEST_WORKERS,
-    ENV_INGEST_DECODERS,
+    ENV_INGEST_DECODERS, ENV_RENDITIONS_URL, ENV_ARTIFACTS_BUCKET, ENV_MODEL_CACHE_DIR,
 )

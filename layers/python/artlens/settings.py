@@ -16,6 +16,9 @@ Variables:
   ORT_THREADS  1..64, default 1;  LOG_LEVEL  DEBUG|INFO|WARNING|ERROR, default INFO
   TOKEN_MAX_LIFETIME_S  60..2592000 (30 days, the default): longest bearer token accepted
   API_KEYS_SECRET_ARN | API_KEYS_FILE (+ API_KEYS_TTL_S)        [SigningSettings, authorizer]
+  RENDITIONS_BASE_URL  optional, AWS: the CloudFront origin that serves renditions/
+  ARTIFACTS_BUCKET     optional, AWS: the model registry's bucket (models/<version>/)
+  MODEL_CACHE_DIR      optional: where registry models are cached (default: /tmp/artlens-models)
 
 The variable names are artlens.names.ENV_*, which infra/ and the local stack set.
 """
@@ -59,6 +62,10 @@ class Settings:
     ingest_decoders: int = 2
     log_level: str = "INFO"
     token_max_lifetime_s: int = 30 * 24 * 3600  # = artlens.auth.tokens.MAX_LIFETIME_S
+    renditions_base_url: str | None = None
+    artifacts_bucket: str | None = None
+    # Lambda's only writable folder is /tmp; the cache's files are checked by SHA-256 on use.
+    model_cache_dir: str = "/tmp/artlens-models"  # noqa: S108
 
     @property
     def is_local(self) -> bool:
@@ -96,6 +103,9 @@ class Settings:
             "token_secret_arn": get(n.ENV_TOKEN_SECRET_ARN),
             "token_key": get(n.ENV_TOKEN_KEY),
             "token_key_file": get(n.ENV_TOKEN_KEY_FILE),
+            "renditions_base_url": (get(n.ENV_RENDITIONS_URL) or "").rstrip("/") or None,
+            "artifacts_bucket": get(n.ENV_ARTIFACTS_BUCKET),
+            "model_cache_dir": get(n.ENV_MODEL_CACHE_DIR) or cls.model_cache_dir,
         }
         values["db_port"] = _int_in_range(get(n.ENV_DB_PORT), n.ENV_DB_PORT, 5432, 1, 65535)
         values["ort_threads"] = _int_in_range(get(n.ENV_ORT_THREADS), n.ENV_ORT_THREADS, 1, 1, 64)

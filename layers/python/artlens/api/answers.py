@@ -30,8 +30,10 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from PIL import Image
 
+from artlens import renditions
 from artlens.api.events import MAX_BODY_BYTES, UploadRequest
 from artlens.digests import sha256_hex
+from artlens.duplicates import DuplicateThresholds, RelationKind, hamming, perceptual_hash
 from artlens.errors import NotFound
 from artlens.image import load_image, preprocess
 from artlens.index.embeddings import EmbeddingStore, Neighbor
@@ -39,7 +41,7 @@ from artlens.index.works import WorkFields, WorkStore
 from artlens.lake import DEFAULT_URL_EXPIRES_S, ObjectLake, upload_headers
 from artlens.models.classifier import Classifier
 from artlens.models.versions import versions_of
-from artlens.names import UPLOADS_PREFIX
+from artlens.names import SCOPE_PREDICT, UPLOADS_PREFIX
 
 PROBABILITY_DIGITS = 6
 SIMILARITY_DIGITS = 6
@@ -70,11 +72,33 @@ class RecordFields(TypedDict):
     licence: str | None
 
 
-class NeighborAnswer(RecordFields):
+class PictureUrls(TypedDict):
+    """Where the page gets a work's picture: renditions without metadata, at URLs that stay
+    the same for an hour (browsers cache them); the original is never handed out."""
+
+    thumbnail_url: str  # long side at most 256 px
+    url: str  # long side at most 1,024 px (the larger view)
+
+
+class NeighborAnswer(RecordFields, PictureUrls):
     key: str
+    sha256: str
     label: str
     similarity: float  # cosine similarity, 1 = the same direction
-    url: str  # a short-lived GET URL of the picture
+    # near_duplicate: the same picture re-encoded, rescaled or cropped; related: a close
+    # relative (artlens.duplicates); null: a similar work
+    relation: RelationKind | None
+
+
+class AlreadyInCollection(RecordFields, PictureUrls):
+    """The work a predicted picture already is (exact: the same bytes) or nearly is."""
+
+    kind: Literal["exact", "near_duplicate"]
+    key: str
+    sha256: str
+    label: str
+    similarity: float
+    hamming: int | None  # perceptual hash bits apart (0 for exact)
 
 
 class Timings(TypedDict):
@@ -113,15 +137,17 @@ class PredictAnswer(TypedDict):
     assessment: Assessment
     # When uncertain: the nearest work of each candidate type (null: none of that type).
     nearest_by_type: dict[str, NeighborAnswer | None] | None
+    # The collection already holds this picture (or a near duplicate of it); null otherwise.
+    already_in_collection: AlreadyInCollection | None
 
 
-class MapPoint(RecordFields):
+class MapPoint(RecordFields, PictureUrls):
     key: str
+    sha256: str
     label: str
     x: float
     y: float
     z: float
-    url: str
 
 
 class Projection(TypedDict):
@@ -166,7 +192,8 @@ class WorkAnswer(RecordFields):
 
     sha256: str
     key: str | None  # gallery/<sha256>.<ext> (null: recorded, not indexed yet)
-    url: str | None
+    url: str | None  # the 1,024 px rendition (null: not indexed)
+    thumbnail_url: str | None
     label: str | None  # the serving model's type (null: not indexed by that version)
     probability: float | None
     model_version: str
@@ -180,6 +207,7 @@ class WorkAnswer(RecordFields):
 class WhoAmI(TypedDict):
     sub: str | None
     scheme: str | None
+    scopes: list[str]  # predict, review (artlens.names.SCOPES); the page offers what they allow
     expires_at: int | None  # unix seconds; null when the credential does not expire (or the
     #                         authorizer did not say)
 
@@ -271,28 +299,77 @@ def record_fields(work: WorkFields) -> RecordFields:
     }
 
 
-def _neighbor(row: Neighbor, lake: ObjectLake) -> NeighborAnswer:
+def picture_urls(lake: ObjectLake, sha256: str, base_url: str | None = None) -> PictureUrls:
+    found = renditions.urls(lake, sha256, base_url=base_url)
+    return {"thumbnail_url": found["thumbnail_url"], "url": found["preview_url"]}
+
+
+def sha256_of_key(key: str) -> str:
+    """gallery/<sha256>.<ext> -> <sha256> (gallery keys are content addresses)."""
+    return key.rpartition("/")[2].partition(".")[0]
+
+
+def _neighbor(
+    row: Neighbor, lake: ObjectLake, base_url: str | None = None,
+    relation: RelationKind | None = None,
+) -> NeighborAnswer:
     answer: NeighborAnswer = {
         "key": row.key,
+        "sha256": row.sha256,
         "label": row.label,
         "similarity": round(float(row.similarity), SIMILARITY_DIGITS),
-        "url": lake.url_for(row.key),
+        "relation": relation,
+        **picture_urls(lake, row.sha256, base_url),
         **record_fields(row.work),
     }
     return answer
 
 
+def _relation(row: Neighbor, phash: int, rules: DuplicateThresholds) -> RelationKind | None:
+    distance = hamming(phash, row.phash) if row.phash is not None else None
+    return rules.judge(row.similarity, distance)
+
+
+def _already_in_collection(
+    digest: str, phash: int, nearest: Neighbor | None, store: EmbeddingStore,
+    lake: ObjectLake, version: str, rules: DuplicateThresholds, base_url: str | None,
+) -> AlreadyInCollection | None:
+    """The same bytes indexed under the version (exact), else the nearest work of any type
+    when it is a near duplicate (similar enough AND its perceptual hash close enough)."""
+    exact = store.image_of(digest, version)
+    if exact is not None:
+        work = WorkStore(store.database).get(digest) or {}
+        fields = WorkFields(*(work.get(name) for name in _RECORD_NAMES))
+        return {"kind": "exact", "key": exact.key, "sha256": digest, "label": exact.label,
+                "similarity": 1.0, "hamming": 0, **picture_urls(lake, digest, base_url),
+                **record_fields(fields)}
+    if nearest is None or _relation(nearest, phash, rules) != "near_duplicate":
+        return None
+    assert nearest.phash is not None  # judged a near duplicate: its hash was compared
+    return {"kind": "near_duplicate", "key": nearest.key, "sha256": nearest.sha256,
+            "label": nearest.label,
+            "similarity": round(float(nearest.similarity), SIMILARITY_DIGITS),
+            "hamming": hamming(phash, nearest.phash),
+            **picture_urls(lake, nearest.sha256, base_url), **record_fields(nearest.work)}
+
+
+_RECORD_NAMES = ("original_name", "title", "maker", "date", "inventory_number",
+                 "catalogued_type", "permalink", "licence")
+
+
 def predict_image(
     data: bytes, classifier: Classifier, store: EmbeddingStore, lake: ObjectLake,
     neighbors: int = 5, scope: str = "class", *, max_bytes: int = MAX_BODY_BYTES,
+    base_url: str | None = None,
 ) -> PredictAnswer:
     """Bytes of one picture -> the POST /predict answer (see docs/architecture.md).
 
     Neighbours are searched among rows of the classifier's own model version (embeddings of two
     models are not comparable), restricted to the predicted label when scope is "class", and
     never include the query picture itself (same SHA-256). The neighbours, the nearest work of
-    each candidate type and the nearest work of any type (far-from-collection rule) are one
-    round trip to the index.
+    each candidate type and the nearest work of any type (far-from-collection rule, and is it a
+    near duplicate?) are one round trip to the index. `base_url`: where renditions are served
+    (CloudFront on AWS; None: the lake's own hour-stable URLs).
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'class' or 'all', not {scope!r}")
@@ -317,7 +394,7 @@ def predict_image(
     groups: list[tuple[str | None, int]] = [(label if scope == "class" else None, neighbors)]
     per_type = 1 if provisional["status"] == "uncertain" else 0
     groups += [(candidate, per_type) for candidate in candidates]  # nearest of each type
-    groups.append((None, 1 if rules.min_similarity is not None else 0))  # nearest of any type
+    groups.append((None, 1))  # nearest of any type: far from the collection? a near duplicate?
     digest = sha256_hex(data)
     found, *by_type, nearest_any = store.nearest_groups(
         embedding, groups, exclude_sha256=digest, model_version=classifier.version
@@ -328,12 +405,21 @@ def predict_image(
         probabilities, classifier.classes, pixels,
         nearest_any[0].similarity if nearest_any else None, rules,
     )
+    duplicates = DuplicateThresholds.from_card(
+        (getattr(getattr(classifier, "card", None), "raw", None) or {}).get("serving")
+    )
+    phash = perceptual_hash(pixels[0])
     nearest_by_type: dict[str, NeighborAnswer | None] | None = None
     if assessment["status"] == "uncertain":
         nearest_by_type = {
-            candidate: _neighbor(rows[0], lake) if rows else None
+            candidate: _neighbor(rows[0], lake, base_url, _relation(rows[0], phash, duplicates))
+            if rows else None
             for candidate, rows in zip(candidates, by_type, strict=True)
         }
+    already = _already_in_collection(
+        digest, phash, nearest_any[0] if nearest_any else None, store, lake, classifier.version,
+        duplicates, base_url,
+    )
     return {
         "label": label,
         "probability": round(float(probabilities[best]), PROBABILITY_DIGITS),
@@ -341,7 +427,8 @@ def predict_image(
             name: round(float(p), PROBABILITY_DIGITS)
             for name, p in zip(classifier.classes, probabilities, strict=True)
         },
-        "neighbors": [_neighbor(row, lake) for row in found],
+        "neighbors": [_neighbor(row, lake, base_url, _relation(row, phash, duplicates))
+                      for row in found],
         "model_version": classifier.version,
         "timings_ms": {
             "decode": _ms(decoded - started),
@@ -353,6 +440,7 @@ def predict_image(
         "sha256": digest,
         "assessment": assessment,
         "nearest_by_type": nearest_by_type,
+        "already_in_collection": already,
     }
 
 
@@ -401,6 +489,8 @@ def collection_map(
     model_version: str | None,
     limit: int,
     classes: Sequence[str] | None = None,
+    *,
+    base_url: str | None = None,
 ) -> MapAnswer:
     """GET /map: up to `limit` gallery embeddings of one model version projected to 3D, and
     the projection itself (null for an empty collection)."""
@@ -424,11 +514,12 @@ def collection_map(
     answer["points"] = [
         {
             "key": row.key,
+            "sha256": sha256_of_key(row.key),
             "label": row.label,
             "x": round(float(xyz[0]), COORDINATE_DIGITS),
             "y": round(float(xyz[1]), COORDINATE_DIGITS),
             "z": round(float(xyz[2]), COORDINATE_DIGITS),
-            "url": lake.url_for(row.key),
+            **picture_urls(lake, sha256_of_key(row.key), base_url),
             **record_fields(row.work),
         }
         for row, xyz in zip(rows, points, strict=True)
@@ -491,12 +582,14 @@ def who_am_i(authorizer: Mapping[str, Any] | None) -> WhoAmI:
     return {
         "sub": text("sub") or text("principalId"),
         "scheme": text("scheme"),
+        "scopes": sorted(set((text("scopes") or SCOPE_PREDICT).split())),
         "expires_at": int(expires) if expires is not None and expires.isdigit() else None,
     }
 
 
 def work_record(
-    sha256: str, store: EmbeddingStore, lake: ObjectLake, model_version: str
+    sha256: str, store: EmbeddingStore, lake: ObjectLake, model_version: str,
+    *, base_url: str | None = None,
 ) -> WorkAnswer:
     """GET /works/{key}: the record of one work by its SHA-256 (404 when the collection holds
     no such work: neither a record nor an index row)."""
@@ -506,15 +599,14 @@ def work_record(
     if stored is None and key is None:
         raise NotFound(f"The collection holds no work with SHA-256 {sha256}.")
     stored = stored or {}
-    fields = WorkFields(*(stored.get(name) for name in (
-        "original_name", "title", "maker", "date", "inventory_number", "catalogued_type",
-        "permalink", "licence",
-    )))
+    fields = WorkFields(*(stored.get(name) for name in _RECORD_NAMES))
     created, updated = stored.get("created_at"), stored.get("updated_at")
+    urls = picture_urls(lake, sha256, base_url) if key is not None else None
     answer: WorkAnswer = {
         "sha256": sha256,
         "key": key,
-        "url": lake.url_for(key) if key is not None else None,
+        "url": urls["url"] if urls else None,
+        "thumbnail_url": urls["thumbnail_url"] if urls else None,
         "label": row.label if row is not None else None,
         "probability": round(float(row.probability), PROBABILITY_DIGITS) if row else None,
         "model_version": model_version,

@@ -319,15 +319,22 @@ def parse_predict_query(event: Mapping[str, Any]) -> PredictQuery:
 WORKS_PREFIX = "/works/"
 
 
-def parse_work_key(event: Mapping[str, Any]) -> str:
+def _path_parameter(event: Mapping[str, Any], name: str, prefix: str) -> str:
+    """A `{name}` path parameter: API Gateway's pathParameters, else the path after `prefix`
+    (the local gateway routes by resource template too, but a test event may carry a path)."""
+    given = (event.get("pathParameters") or {}).get(name)
+    if given is None:
+        path = str(event.get("path") or "")
+        given = path[len(prefix):] if path.startswith(prefix) else ""
+    return str(given)
+
+
+def parse_work_key(event: Mapping[str, Any], prefix: str = WORKS_PREFIX) -> str:
     """GET /works/{key}: the work's SHA-256 (lower-case hex) from `gallery/<sha256>.<ext>`
     (URL-encoded or not: API Gateway may pass `%2F` through undecoded) or the SHA-256 itself;
     anything else is a 400 `bad_key`."""
     query_parameters(event, ())
-    given = (event.get("pathParameters") or {}).get("key")
-    if given is None:
-        path = str(event.get("path") or "")
-        given = path[len(WORKS_PREFIX):] if path.startswith(WORKS_PREFIX) else ""
+    given = _path_parameter(event, "key", prefix)
     key = unquote(str(given)).strip()
     if SHA256_HEX.match(key):
         return key.lower()
@@ -342,3 +349,58 @@ def parse_work_key(event: Mapping[str, Any]) -> str:
 def parse_map_query(event: Mapping[str, Any], default: int = 500, maximum: int = 5000) -> int:
     """GET /map?limit= -> how many points to project."""
     return int_parameter(query_parameters(event, ("limit",)), "limit", default, 1, maximum)
+
+
+def parse_limit(event: Mapping[str, Any], default: int, maximum: int) -> int:
+    """?limit= of a list route (GET /review, /reports)."""
+    return int_parameter(query_parameters(event, ("limit",)), "limit", default, 1, maximum)
+
+
+REVIEW_PREFIX = "/review/"
+REPORTS_PATH_PREFIX = "/reports/"
+# artlens.triage.BATCH_NAME (this module is standard library only: the authorizer imports it)
+BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REVIEW_FIELDS = ("decision", "type", "note")
+MAX_NOTE_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    sha256: str
+    decision: str  # confirm | correct
+    label: str | None  # `type`: the corrected type
+    note: str | None
+
+
+def parse_review(event: Mapping[str, Any]) -> ReviewRequest:
+    """POST /review/{key} {"decision": "confirm" | "correct", "type": ..., "note": ...}."""
+    sha256 = parse_work_key(event, REVIEW_PREFIX)
+    document = parse_json(body_bytes(event))
+    if not isinstance(document, dict):
+        raise BadRequest("The body must be a JSON object.", code="bad_review")
+    unknown = sorted(set(document) - set(REVIEW_FIELDS))
+    if unknown:
+        raise BadRequest(f"Unknown field(s) {', '.join(unknown)} (accepted: "
+                         f"{', '.join(REVIEW_FIELDS)}).", code="bad_review")
+    decision, label, note = (document.get(name) for name in REVIEW_FIELDS)
+    if decision not in ("confirm", "correct"):
+        raise BadRequest("'decision' must be 'confirm' or 'correct'.", code="bad_review")
+    if decision == "correct" and not isinstance(label, str):
+        raise BadRequest("A correction needs 'type', the right type.", code="bad_review")
+    if decision == "confirm" and label is not None:
+        raise BadRequest("'confirm' keeps the catalogued type; send no 'type'.",
+                         code="bad_review")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
+        raise BadRequest(f"'note' must be text of at most {MAX_NOTE_CHARS} characters.",
+                         code="bad_review")
+    return ReviewRequest(sha256, decision, label, note or None)
+
+
+def parse_batch(event: Mapping[str, Any]) -> str:
+    """GET /reports/{batch}: a batch name as artlens.triage makes them, else 400."""
+    query_parameters(event, ())
+    batch = unquote(_path_parameter(event, "batch", REPORTS_PATH_PREFIX)).strip()
+    if not BATCH_NAME.match(batch):
+        raise BadRequest("The report is named by its batch, as GET /reports lists them.",
+                         code="bad_batch")
+    return batch

@@ -1,5 +1,7 @@
-"""The predict function's API: POST /predict, GET /map, POST /preview, POST /uploads,
-GET /works/{key} and GET /whoami, answered over its dependencies.
+"""The predict function's API, answered over its dependencies:
+  POST /predict, GET /map, POST /preview, POST /uploads, GET /whoami     (artlens.api.answers)
+  GET /works/{key}, GET /duplicates, GET /review, POST /review/{key} (`review` scope),
+  GET /reports, GET /reports/{batch}                                    (artlens.api.curation)
 
 Routing is one small table rather than Powertools' APIGatewayRestResolver: every answer,
 including 404/405 and errors, goes through artlens.api.responses so it carries our JSON error
@@ -27,34 +29,52 @@ from artlens.api.answers import (
     MapAnswer,
     PredictAnswer,
     PreviewAnswer,
+    Uncertainty,
     UploadAnswer,
     WhoAmI,
-    WorkAnswer,
     collection_map,
     predict_image,
     preview_image,
     upload_ticket,
     who_am_i,
-    work_record,
+)
+from artlens.api.curation import (
+    DuplicatesAnswer,
+    QueueAnswer,
+    ReportAnswer,
+    ReportsAnswer,
+    ReviewAnswer,
+    WorkDetail,
+    duplicates,
+    report,
+    reports,
+    review_answer,
+    review_queue,
+    work_detail,
 )
 from artlens.api.events import (
     Reference,
     extract_picture,
+    parse_batch,
+    parse_limit,
     parse_map_query,
     parse_predict_query,
+    parse_review,
     parse_upload_request,
     parse_work_key,
     query_parameters,
 )
 from artlens.api.responses import cors_headers, json_response, response_for_exception
+from artlens.auth.policy import require_scope
 from artlens.auth.replay import NonceLedger
-from artlens.auth.signing import verify_signed_body
+from artlens.auth.signing import verified_event
 from artlens.errors import ArtLensError, NotFound
 from artlens.image import MAX_BYTES
 from artlens.index.embeddings import EmbeddingStore
+from artlens.index.reviews import ReviewStore
 from artlens.lake import ObjectLake
 from artlens.models.classifier import Classifier
-from artlens.names import UPLOADS_PREFIX
+from artlens.names import SCOPE_REVIEW, UPLOADS_PREFIX
 
 Event = Mapping[str, Any]
 Route = Callable[[Event], Mapping[str, Any]]
@@ -92,6 +112,7 @@ class PredictApi:
         nonces: NonceLedger,
         cors_origin: str,
         logger: logging.Logger | Any = None,
+        renditions_base_url: str | None = None,
     ):
         self.model = model
         self.store = store
@@ -99,6 +120,8 @@ class PredictApi:
         self.nonces = nonces
         self.cors_origin = cors_origin
         self.logger = logger
+        # Where renditions are served from (CloudFront on AWS); None: the lake's own URLs.
+        self.base_url = renditions_base_url
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "/predict"): self.predict,
             ("GET", "/map"): self.collection_map,
@@ -107,6 +130,11 @@ class PredictApi:
             ("POST", "/uploads"): self.upload,
             # API Gateway names the resource by its template, the key in pathParameters.
             ("GET", "/works/{key}"): self.work,
+            ("GET", "/duplicates"): self.duplicates,
+            ("GET", "/review"): self.review_queue,
+            ("POST", "/review/{key}"): self.review,
+            ("GET", "/reports"): self.reports,
+            ("GET", "/reports/{batch}"): self.report,
         }
 
     def predict(self, event: Event) -> PredictAnswer:
@@ -117,10 +145,11 @@ class PredictApi:
             # A stored picture was admitted by ingest's limit, not the request body's.
             return predict_image(
                 self._stored(picture, classifier.version), classifier, self.store, self.lake,
-                query.neighbors, query.scope, max_bytes=MAX_BYTES,
+                query.neighbors, query.scope, max_bytes=MAX_BYTES, base_url=self.base_url,
             )
         answer = predict_image(
-            picture, classifier, self.store, self.lake, query.neighbors, query.scope
+            picture, classifier, self.store, self.lake, query.neighbors, query.scope,
+            base_url=self.base_url,
         )
         self._keep_upload(answer["sha256"], picture)
         return answer
@@ -166,14 +195,48 @@ class PredictApi:
         query_parameters(event, ())
         return who_am_i((event.get("requestContext") or {}).get("authorizer"))
 
-    def work(self, event: Event) -> WorkAnswer:
+    def work(self, event: Event) -> WorkDetail:
         sha256 = parse_work_key(event)
-        return work_record(sha256, self.store, self.lake, self.model.classifier().version)
+        return work_detail(sha256, self.store, self.lake, self.model.classifier().version,
+                           base_url=self.base_url)
 
     def collection_map(self, event: Event) -> MapAnswer:
         limit = parse_map_query(event)
         model = self.model.classifier()
-        return collection_map(self.store, self.lake, model.version, limit, classes=model.classes)
+        return collection_map(self.store, self.lake, model.version, limit, classes=model.classes,
+                              base_url=self.base_url)
+
+    def duplicates(self, event: Event) -> DuplicatesAnswer:
+        query_parameters(event, ())
+        return duplicates(self.store, self.lake, self.model.classifier().version,
+                          base_url=self.base_url)
+
+    def review_queue(self, event: Event) -> QueueAnswer:
+        limit = parse_limit(event, default=50, maximum=500)
+        model = self.model.classifier()
+        return review_queue(
+            self.store, self.lake, model.version, model.classes,
+            min_probability=Uncertainty.of(model).min_probability, limit=limit,
+            base_url=self.base_url,
+        )
+
+    def review(self, event: Event) -> ReviewAnswer:
+        """A curator's decision: needs the `review` scope (403 otherwise), recorded with the
+        verified principal's subject and the serving model's view."""
+        reviewer = require_scope(event, SCOPE_REVIEW)
+        request = parse_review(event)
+        model = self.model.classifier()
+        decided = ReviewStore(self.store.database).decide(
+            request.sha256, request.decision, request.label, reviewer=reviewer,
+            model_version=model.version, classes=model.classes, note=request.note,
+        )
+        return review_answer(decided)
+
+    def reports(self, event: Event) -> ReportsAnswer:
+        return reports(self.lake, parse_limit(event, default=20, maximum=200))
+
+    def report(self, event: Event) -> ReportAnswer:
+        return report(self.lake, parse_batch(event))
 
     def handle(self, event: Event) -> dict[str, Any]:
         """One proxy event -> one proxy response; never raises."""
@@ -182,7 +245,8 @@ class PredictApi:
             return {"statusCode": 204, "headers": cors_headers(self.cors_origin), "body": ""}
         try:
             route = find_route(event, self.routes)
-            verify_signed_body(event, self.nonces)  # signed: verified in full, every call
+            # Signed: verified in full, every call; the routes see the verified principal.
+            event = verified_event(event, self.nonces)
             return json_response(200, route(event), self.cors_origin)
         except Exception as exc:  # the one place errors become responses
             return response_for_exception(exc, self.cors_origin, self.logger)

@@ -1,10 +1,15 @@
-"""API client keys for signed requests: {key_id: {name, secret, created, revoked}}.
+"""API client keys for signed requests: {key_id: {name, secret, created, revoked, scopes}}.
 
 Held in one Secrets Manager secret on AWS (a JSON document) or in a 0600 JSON file in the local
 stack's state dir. The authorizer reads them through `ApiKeySource`, which caches the document
 for `ttl_s`: a key issued or revoked with `python -m client.keys` takes effect within that time
 in every container, without a redeploy. Unknown key ids never trigger a refetch, so random ids
 cannot turn every request into a Secrets Manager call.
+
+Each key carries its scopes (artlens.names.SCOPES): `predict` for every key, `review` for a
+curator's. A document written before scopes existed has none: such keys read as predict-only.
+The predict function re-reads the key on every signed request (artlens.auth.signing), so a scope
+taken away from a key is refused within the same cache TTL as a revocation.
 
 Secrets are never logged; `ApiKey.__repr__` hides them.
 """
@@ -19,18 +24,39 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from artlens.errors import NotFound, Unauthorized
+from artlens.names import SCOPE_PREDICT, SCOPES
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_BYTES = 32
 
+# What a key or token grants when it names no scope: keys and tokens made before scopes
+# existed could only ever predict, so that is all they keep.
+DEFAULT_SCOPES: tuple[str, ...] = (SCOPE_PREDICT,)
+
 _log = logging.getLogger(__name__)
+
+
+def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Scope names -> sorted, without repeats. ValueError for none, an unknown name, or a bare
+    string (which would otherwise be read letter by letter)."""
+    if isinstance(scopes, str | bytes):
+        raise ValueError("give the scopes as a list of names, not one string")
+    names = tuple(sorted(set(scopes)))
+    if not names:
+        raise ValueError(f"give at least one scope (one of {', '.join(SCOPES)})")
+    unknown = [name for name in names if name not in SCOPES]
+    if unknown:
+        raise ValueError(
+            f"unknown scope {', '.join(map(repr, unknown))}; known: {', '.join(SCOPES)}"
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class ApiKey:
     name: str = ""
     created: str = ""
     revoked: str | None = None
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
 
     @property
     def active(self) -> bool:
@@ -47,12 +74,27 @@ class ApiKey:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "secret": self.secret, "created": self.created,
-                "revoked": self.revoked}
+                "revoked": self.revoked, "scopes": list(self.scopes)}
 
     def public(self) -> dict[str, Any]:
         """What may be shown or logged: everything but the secret."""
         return {"key_id": self.key_id, "name": self.name, "created": self.created,
-                "revoked": self.revoked}
+                "revoked": self.revoked, "scopes": list(self.scopes)}
+
+
+def _entry_scopes(entry: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A document entry's scopes; DEFAULT_SCOPES when it has none (written before scopes);
+    None when they are malformed (not a list of known names), so the entry is skipped: a key
+    never gets more than its document clearly says."""
+    if "scopes" not in entry:
+        return DEFAULT_SCOPES
+    value = entry["scopes"]
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        return None
+    try:
+        return validate_scopes(value)
+    except ValueError:
+        return None
 
 
 def parse_keys(document: Any) -> dict[str, ApiKey]:
@@ -61,11 +103,13 @@ def parse_keys(document: Any) -> dict[str, ApiKey]:
         raise ValueError("the API key document is not a JSON object")
     keys = {}
     for key_id, entry in document.items():
+        scopes = _entry_scopes(entry) if isinstance(entry, Mapping) else None
         if (
             not KEY_ID_PATTERN.match(str(key_id))
             or not isinstance(entry, Mapping)
             or not isinstance(entry.get("secret"), str)
             or not entry["secret"]
+            or scopes is None
         ):
             _log.warning("ignoring malformed API key entry %r", str(key_id)[:64])
             continue
@@ -73,7 +117,7 @@ def parse_keys(document: Any) -> dict[str, ApiKey]:
         keys[key_id] = ApiKey(
             key_id=key_id, secret=entry["secret"], name=str(entry.get("name") or ""),
             created=str(entry.get("created") or ""),
-            revoked=str(revoked) if revoked else None,
+            revoked=str(revoked) if revoked else None, scopes=scopes,
         )
     return keys
 
@@ -181,18 +225,35 @@ def _now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def issue_key(backend: KeyBackend, name: str) -> ApiKey:
-    """A new key (id `ak_<hex>`, 256-bit secret), saved; the only time the secret is shown."""
+def issue_key(
+    backend: KeyBackend, name: str, scopes: Iterable[str] = DEFAULT_SCOPES
+) -> ApiKey:
+    """A new key (id `ak_<hex>`, 256-bit secret) granting `scopes`, saved; the only time the
+    secret is shown. ValueError for a bad name or scope."""
     if not name or len(name) > 100:
         raise ValueError("the key needs a name of 1 to 100 characters")
+    granted = validate_scopes(scopes)
     keys = backend.read()
     key = ApiKey(
         key_id=f"ak_{secrets.token_hex(8)}", secret=secrets.token_urlsafe(SECRET_BYTES),
-        name=name, created=_now_iso(),
+        name=name, created=_now_iso(), scopes=granted,
     )
     keys[key.key_id] = key
     backend.write(keys)
     return key
+
+
+def set_key_scopes(backend: KeyBackend, key_id: str, scopes: Iterable[str]) -> ApiKey:
+    """Replace what a key grants (e.g. take `review` away); the secret is unchanged. NotFound
+    for an unknown id, ValueError for a bad scope."""
+    granted = validate_scopes(scopes)
+    keys = backend.read()
+    if key_id not in keys:
+        raise NotFound(f"No API key {key_id!r}.")
+    if keys[key_id].scopes != granted:
+        keys[key_id] = replace(keys[key_id], scopes=granted)
+        backend.write(keys)
+    return keys[key_id]
 
 
 def revoke_key(backend: KeyBackend, key_id: str) -> ApiKey:

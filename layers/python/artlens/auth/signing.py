@@ -17,6 +17,9 @@ Gateway may answer a repeated Authorization header from its policy cache without
 authorizer, so nothing the authorizer decided is trusted there. The authorizer runs the same
 checks but the body and the nonce (it sees neither the body nor the database) to turn
 unsigned traffic away before it costs a predict invocation.
+
+The principal of a signed request carries its key's scopes as read by that full verification:
+routes get it through `verified_event` (artlens.auth.policy.require_scope reads it there).
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ from artlens.auth.keys import (
     SecretsManagerKeys,
     secrets_client,
 )
-from artlens.auth.policy import Principal
+from artlens.auth.policy import (
+    SIGNED_PRINCIPAL_SCHEME,
+    Principal,
+    is_signed_request,
+    with_verified_principal,
+)
 from artlens.auth.replay import NonceLedger
 from artlens.digests import hmac_sha256_hex, sha256_hex
 from artlens.errors import Unauthorized
@@ -56,7 +64,7 @@ from artlens.names import (
 from artlens.settings import SigningSettings
 
 SCHEME = SIGNING_SCHEME
-PRINCIPAL_SCHEME = "hmac"  # the `scheme` the authorizer puts in its context
+PRINCIPAL_SCHEME = SIGNED_PRINCIPAL_SCHEME  # the `scheme` the authorizer puts in its context
 WINDOW_S = 300
 CONTENT_HEADER = CONTENT_SHA256_HEADER
 # Always signed; content-type too whenever the request has one.
@@ -223,11 +231,7 @@ def signed_parts(event: Mapping[str, Any]) -> SignedParts:
 def is_signed(event: Mapping[str, Any]) -> bool:
     """Does this request claim the signing scheme, by its header or by the authorizer's
     (possibly cached) context? Either way it is verified in full."""
-    authorization = (header(event, "authorization") or "").strip()
-    if authorization.partition(" ")[0].lower() == SCHEME.lower():
-        return True
-    context = (event.get("requestContext") or {}).get("authorizer") or {}
-    return context.get("scheme") == PRINCIPAL_SCHEME
+    return is_signed_request(event)
 
 
 class HmacVerifier:
@@ -271,7 +275,10 @@ class HmacVerifier:
             matched |= hmac.compare_digest(signature(key.secret, canonical), parts.claimed)
         if not matched:
             raise Unauthorized("The request signature does not match.", code="bad_signature")
-        return Principal(sub=parts.key_id, scheme=PRINCIPAL_SCHEME), parts
+        # The key's scopes as read now: a scope taken away stops with the next key read.
+        principal = Principal(sub=parts.key_id, scheme=PRINCIPAL_SCHEME,
+                              scopes=frozenset(key.scopes))
+        return principal, parts
 
     def verify_request(self, event: Mapping[str, Any], nonces: NonceLedger) -> Principal:
         """All of it, as the predict handler must: signature, then body, then the nonce."""
@@ -316,17 +323,26 @@ class SignedRequests:
         return self.verifier().verify_request(event, self.nonces)
 
 
-def verify_signed_body(event: Mapping[str, Any], nonces: NonceLedger) -> None:
+def verify_signed_body(event: Mapping[str, Any], nonces: NonceLedger) -> Principal | None:
     """In the predict handler, on every request: a request that claims the signing scheme (by
     its Authorization header or by the authorizer's context) is verified in full - whatever
-    API Gateway cached. `nonces` must be a SignedRequests (it holds the keys); a bare ledger
-    cannot check a signature, so signed requests are then refused (fail closed)."""
+    API Gateway cached - and its principal (the key's id and its scopes now) returned; None
+    for a request that is not signed. `nonces` must be a SignedRequests (it holds the keys); a
+    bare ledger cannot check a signature, so signed requests are then refused (fail closed)."""
     if not is_signed(event):
-        return
+        return None
     if not isinstance(nonces, SignedRequests):
         _log.error("signed request refused: the predict handler was given no API keys")
         raise Unauthorized("Signed requests are not available.")
-    nonces.verify(event)
+    return nonces.verify(event)
+
+
+def verified_event(event: Mapping[str, Any], nonces: NonceLedger) -> Mapping[str, Any]:
+    """verify_signed_body, then the event the routes should see: for a signed request a copy
+    whose authorizer context is the verified principal's (its key's scopes now, not the cached
+    ones); any other event unchanged. Routes then call artlens.auth.policy.require_scope."""
+    principal = verify_signed_body(event, nonces)
+    return event if principal is None else with_verified_principal(event, principal)
 
 
 # --------------------------------------------------------------------------- wiring

@@ -1,5 +1,10 @@
-"""Bearer tokens: HS256 JWTs with `exp`, and where their signing key comes from (Secrets
-Manager on AWS, a literal or a file locally)."""
+"""Bearer tokens: HS256 JWTs with `exp` and `scope`, and where their signing key comes from
+(Secrets Manager on AWS, a literal or a file locally).
+
+`scope` is written OAuth 2 style (RFC 6749 section 3.3, RFC 9068): one string of space-separated
+names, each one of artlens.names.SCOPES. A token without it (minted before scopes existed)
+grants `predict` only; a `scope` that is not a string or names an unknown scope is refused
+rather than read generously."""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from artlens.auth.keys import DEFAULT_SCOPES, validate_scopes
 from artlens.auth.keys import secrets_client as make_secrets_client
 from artlens.errors import Unauthorized
+from artlens.names import SCOPES
 from artlens.settings import Settings
 
 ALGORITHM = "HS256"
@@ -26,14 +33,19 @@ MAX_LIFETIME_S = 30 * 24 * 3600
 _log = logging.getLogger(__name__)
 
 
-def mint_token(key: str | bytes, sub: str, ttl_s: int, *, now: float | None = None) -> str:
-    """A signed HS256 JWT for `sub` that expires after `ttl_s` seconds."""
+def mint_token(
+    key: str | bytes, sub: str, ttl_s: int, *, scopes: Iterable[str] = DEFAULT_SCOPES,
+    now: float | None = None,
+) -> str:
+    """A signed HS256 JWT for `sub` granting `scopes` that expires after `ttl_s` seconds.
+    ValueError for an empty sub, a lifetime out of bounds, or no / an unknown scope."""
     if not sub:
         raise ValueError("sub must not be empty")
     if ttl_s <= 0 or ttl_s > MAX_LIFETIME_S:
         raise ValueError(f"ttl_s must be between 1 and {MAX_LIFETIME_S} seconds")
+    granted = validate_scopes(scopes)
     issued = int(time.time() if now is None else now)
-    claims = {"sub": sub, "iat": issued, "exp": issued + int(ttl_s)}
+    claims = {"sub": sub, "iat": issued, "exp": issued + int(ttl_s), "scope": " ".join(granted)}
     import jwt  # lazily: PyJWT pulls in `cryptography`, which the predict cold start never needs
 
     return jwt.encode(claims, _key_bytes(key), algorithm=ALGORITHM)
@@ -44,8 +56,9 @@ def verify_token(
     now: float | None = None,
 ) -> dict[str, Any]:
     """Claims of a valid token. Expired, forged, other-alg or exp-less tokens, an `exp`/`iat`
-    that is not an integer (PyJWT would read "9999999999" as a number), and a token that would
-    live longer than `max_lifetime_s`: Unauthorized."""
+    that is not an integer (PyJWT would read "9999999999" as a number), a token that would
+    live longer than `max_lifetime_s`, and a malformed `scope` (see token_scopes):
+    Unauthorized."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized("The token is missing or too long.")
     import jwt  # lazily, as in mint_token
@@ -67,7 +80,29 @@ def verify_token(
     current = time.time() if now is None else now
     if exp - current > max_lifetime_s or (iat is not None and exp - iat > max_lifetime_s):
         raise Unauthorized("The token lives longer than the allowed maximum.")
+    token_scopes(claims)  # a malformed scope refuses the token here, not at the route
     return claims
+
+
+def token_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The scopes a token grants: its space-separated `scope` claim; `predict` alone when it
+    has none. Not a string, empty, or an unknown name: Unauthorized."""
+    if "scope" not in claims:
+        return frozenset(DEFAULT_SCOPES)
+    value = claims["scope"]
+    if not isinstance(value, str):
+        raise Unauthorized("The token's scope claim must be one string of space-separated "
+                           "scope names.")
+    names = value.split()
+    if not names:
+        raise Unauthorized("The token's scope claim names no scope.")
+    unknown = sorted({name for name in names if name not in SCOPES})
+    if unknown:
+        # Names are cut short: the message must not echo a long attacker-chosen string.
+        shown = ", ".join(repr(name[:32]) for name in unknown[:3])
+        raise Unauthorized(f"The token names an unknown scope ({shown}); known scopes: "
+                           f"{', '.join(SCOPES)}.")
+    return frozenset(names)
 
 
 def _key_bytes(key: str | bytes) -> bytes:

@@ -56,6 +56,8 @@ class ImageRow:
     width: int
     height: int
     size_bytes: int
+    # Every class's probability in the model's order (the review queue reads p(catalogued)).
+    probabilities: Sequence[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Neighbor:
     similarity: float  # 1 - cosine distance
     sha256: str
     work: WorkFields = NO_FIELDS  # the work's record (artlens.index.works), joined
+    phash: int | None = None  # the work's perceptual hash (artlens.duplicates), joined
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
     # The records are joined to the few rows found, outside the index scans, so each scan
     # stays exactly the partial index's shape: one statement, no query per neighbour.
     return sql.SQL(
-        "SELECT found.grp, found.key, found.label, found.sha256, found.distance, {works}"
+        "SELECT found.grp, found.key, found.label, found.sha256, found.distance, w.phash,"
+        " {works}"
         " FROM ({searches}) AS found LEFT JOIN works w ON w.sha256 = found.sha256"
         " ORDER BY found.grp, found.distance, found.key"
     ).format(works=WORKS_SELECT, searches=sql.SQL(" UNION ALL ").join(searches))
@@ -265,6 +269,8 @@ class EmbeddingStore:
                 row.key, row.sha256, row.label, float(row.probability),
                 _as_embedding(row.embedding, dims[row.model_version]), row.model_version,
                 int(row.width), int(row.height), int(row.size_bytes),
+                None if row.probabilities is None
+                else [float(p) for p in row.probabilities],
             )
             for row in rows
         ]
@@ -275,7 +281,7 @@ class EmbeddingStore:
             returned = execute_values(
                 cur,
                 "INSERT INTO images (key, sha256, label, probability, embedding, model_version,"
-                " width, height, size_bytes) VALUES %s"
+                " width, height, size_bytes, probabilities) VALUES %s"
                 " ON CONFLICT (sha256, model_version) DO NOTHING"
                 " RETURNING sha256, model_version",
                 values,
@@ -339,12 +345,46 @@ class EmbeddingStore:
             cur.execute(statement, params)
             return cur.fetchall()
 
-        for g, key, lab, sha, distance, *record in self.database.read(work):
+        for g, key, lab, sha, distance, phash, *record in self.database.read(work):
             results[live[g][0]].append(
                 Neighbor(key=key, label=lab, similarity=1.0 - float(distance), sha256=sha,
-                         work=work_fields(record))
+                         work=work_fields(record), phash=phash)
             )
         return results
+
+    def nearest_of_indexed(
+        self, sha256s: Sequence[str], k: int, model_version: str
+    ) -> dict[str, list[Neighbor]]:
+        """The k nearest other works of each of these indexed works (their own stored
+        embeddings), in one round trip: one index scan per work, as `nearest` does."""
+        wanted = list(dict.fromkeys(sha256s))
+        if not wanted or k < 1:
+            return {sha: [] for sha in wanted}
+        version, dim = self.version_and_dimension(model_version)
+        cast = sql.SQL("vector({})").format(sql.Literal(checked_dimension(dim)))
+        statement = sql.SQL(
+            "{settings}; SELECT q.sha256, n.key, n.label, n.sha256, n.distance, w.phash, {works}"
+            " FROM images q CROSS JOIN LATERAL ("
+            "   SELECT o.key, o.label, o.sha256,"
+            "          o.embedding::{cast} <=> q.embedding::{cast} AS distance"
+            "   FROM images o WHERE o.model_version = %(version)s AND o.sha256 <> q.sha256"
+            "   ORDER BY o.embedding::{cast} <=> q.embedding::{cast} LIMIT %(k)s) AS n"
+            " LEFT JOIN works w ON w.sha256 = n.sha256"
+            " WHERE q.model_version = %(version)s AND q.sha256 = ANY(%(wanted)s)"
+            " ORDER BY q.sha256, n.distance"
+        ).format(settings=SEARCH_SETTINGS, works=WORKS_SELECT, cast=cast)
+        params = {"version": version, "k": int(k), "wanted": wanted,
+                  "ef_search": str(self.ef_search), "iterative_scan": ITERATIVE_SCAN}
+
+        def work(cur: Cursor) -> list[tuple[Any, ...]]:
+            cur.execute(statement, params)
+            return cur.fetchall()
+
+        found: dict[str, list[Neighbor]] = {sha: [] for sha in wanted}
+        for sha, key, label, other, distance, phash, *record in self.database.read(work):
+            found[sha].append(Neighbor(key=key, label=label, similarity=1.0 - float(distance),
+                                       sha256=other, work=work_fields(record), phash=phash))
+        return found
 
     def key_of(self, sha256: str, model_version: str | None = None) -> str | None:
         """The gallery key of a picture, by the SHA-256 of its bytes: its row of

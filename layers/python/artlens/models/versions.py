@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from artlens.digests import sha256_hex
+from artlens.duplicates import perceptual_hash
 from artlens.errors import BadRequest, ImageRejected, NotFound, Unavailable, VersionNotReady
 from artlens.image import load_image, preprocess
 from artlens.index.database import Cursor, Database, fetch_value
@@ -33,11 +34,18 @@ from artlens.index.embeddings import (
     version_index_sql,
 )
 from artlens.index.migrations import MIGRATION_LOCK_ID, schema_lock
-from artlens.ingest import DEFAULT_REINDEX_BATCH, Picture, batches, embed_pictures, image_row
+from artlens.ingest import (
+    DEFAULT_REINDEX_BATCH,
+    Picture,
+    batches,
+    embed_pictures,
+    find_relations,
+    image_row,
+)
 from artlens.lake import ObjectLake
 from artlens.models.card import ModelIntegrityError
 from artlens.models.classifier import Classifier
-from artlens.models.registry import ModelRegistry
+from artlens.models.registry import ModelRegistry, ModelSourceUnavailable
 from artlens.names import GALLERY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -328,7 +336,8 @@ def _embed_gallery_keys(
                 unusable.add(key)
                 continue
             pixels = preprocess(image.rgb, classifier.input_size)
-            pictures.append(Picture(key, data, image, sha256_hex(data), pixels))
+            pictures.append(Picture(key, data, image, sha256_hex(data), pixels,
+                                    phash=perceptual_hash(pixels)))
         if skip_existing and pictures:
             existing = store.existing_sha256([p.sha256 for p in pictures], version)
             report.already += sum(p.sha256 in existing for p in pictures)
@@ -340,12 +349,15 @@ def _embed_gallery_keys(
                     pictures, embed_pictures(classifier, pictures), strict=True
                 )
             ]
+            added = []
             for picture, inserted in zip(pictures, store.upsert_many(rows), strict=True):
                 if inserted:
                     report.embedded += 1
+                    added.append(picture)
                 else:
                     report.duplicates += 1
                     unusable.add(picture.key)
+            find_relations(store, added, classifier, version)
         done += len(chunk)
         if progress is not None:
             progress(done, len(pending))
@@ -394,7 +406,9 @@ class CurrentModel:
     follows it within `ttl_s`. When the registry lacks the current version's model (or its file
     fails verification) the default model serves instead, searching its own version's rows, and
     a warning is logged once per switch. When the database cannot be asked, the model already
-    serving keeps serving.
+    serving keeps serving; when the registry's store cannot be asked (the artifacts bucket
+    unreachable), so does it, or the default model, and the version is asked for again after
+    `ttl_s` rather than given up until the next switch.
     """
 
     def __init__(
@@ -432,7 +446,14 @@ class CurrentModel:
                                self._serving.version)
                 return self._serving
             if self._serving is None or current != self._chosen_for:
-                self._serving = self._choose(current)
+                try:
+                    self._serving = self._choose(current)
+                except ModelSourceUnavailable as exc:
+                    # Nothing is known about the version: keep serving, ask again next TTL.
+                    logger.warning("cannot fetch model version %s (%s)", current, exc)
+                    if self._serving is None:
+                        self._serving = self.registry.default_classifier(self.threads)
+                    return self._serving
                 self._chosen_for = current
             return self._serving
 
@@ -440,11 +461,12 @@ class CurrentModel:
         if version is None:  # a fresh index: nothing is current yet
             return self.registry.default_classifier(self.threads)
         try:
-            if self.registry.card_for(version) is not None:
+            card = self.registry.card_for(version)  # fetched and verified (registry)
+            if card is not None:
                 chosen = self.registry.classifier_for(version, self.threads)
                 logger.info("serving model version %s", version)
                 return chosen
-            problem = f"the registry at {self.registry.root} does not hold it"
+            problem = f"the registry at {self.registry.location} does not hold it"
         except ModelIntegrityError as exc:
             problem = str(exc)
         fallback = self.registry.default_classifier(self.threads)
