@@ -3,10 +3,11 @@
 #   make test    every test: unit, integration (real PostgreSQL + pgvector), infra (cdk synth,
 #                cdk-nag, cfn-lint), e2e (local stack + headless Chromium)
 #   make token / ingest DIR=… / reindex / rollback / redrive / key ARGS=…   (local stack)
-#   make duplicates / export-labels [OUT=…] / renditions   (curators; thumbnails backfill)
+#   make duplicates / export-labels [OUT=…] / renditions [ENV=… PREFIX=gallery/…]   (curators)
 #   make backfill [PREFIX=incoming/] / backfill-reindex [VERSION=…]   (Distributed Map logic;
-#                with ENV=… on the deployed state machine, printing progress until done)
-#   make train DATA=… / bench / stress / bench-million [ARGS="--rows N"]
+#                with ENV=… on the deployed state machine, printing progress until done;
+#                ENV=… MANIFEST=s3://…/manifest.json|latest: items from an S3 Inventory report)
+#   make train DATA=… / bench / bench-int8 / stress / bench-million [ARGS="--rows N"]
 #   make register-model [ENV=…] [CARD=…]   (the model registry: artifacts bucket or local)
 #   make synth / diff / layer / deploy ENV=… / bootstrap   (AWS: only .venv-infra + the CDK CLI)
 #   make lock    re-resolve requirements/*.lock (hashes, transitive pins) after editing a .txt
@@ -23,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 .PHONY: help run token ingest test unit integration infra e2e lint audit train reindex rollback \
         bench stress key synth diff layer deploy bootstrap preflight lock browser clean redrive \
         backfill backfill-reindex duplicates export-labels renditions register-model \
-        bench-million
+        bench-million bench-int8
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -74,22 +75,25 @@ rollback: $(VENV)/.local-installed
 # at scale"): locally on the running stack, or with ENV=dev|prod on the deployed one.
 PREFIX ?=
 VERSION ?=
+MANIFEST ?=
 ON_AWS = $(filter command line,$(origin ENV))
 backfill: $(if $(ON_AWS),,$(VENV)/.local-installed)
-	$(if $(ON_AWS),infra/run_backfill.sh "$(ENV)" backfill "$(or $(PREFIX),incoming/)",\
+	$(if $(ON_AWS),MANIFEST="$(MANIFEST)" infra/run_backfill.sh "$(ENV)" backfill "$(or $(PREFIX),incoming/)",\
 	  $(PY) -m local_stack.backfill --mode backfill --prefix "$(or $(PREFIX),incoming/)" $(ARGS))
 
 backfill-reindex: $(if $(ON_AWS),,$(VENV)/.local-installed)
-	$(if $(ON_AWS),infra/run_backfill.sh "$(ENV)" reindex "$(or $(PREFIX),gallery/)" "$(VERSION)",\
+	$(if $(ON_AWS),MANIFEST="$(MANIFEST)" infra/run_backfill.sh "$(ENV)" reindex "$(or $(PREFIX),gallery/)" "$(VERSION)",\
 	  $(PY) -m local_stack.backfill --mode reindex --prefix "$(or $(PREFIX),gallery/)" \
 	  $(if $(VERSION),--version "$(VERSION)") $(ARGS))
 
 # Curators (local stack): near-duplicate groups, and the reviewed labels for `make train
-# TRAIN_ARGS="--labels FILE"` (docs/operations.md, "Curator review").
+# TRAIN_ARGS="--labels FILE"` (docs/architecture.md, "Curation").
 OUT ?= reviewed-labels.csv
-# Renditions (256 / 1,024 px, no metadata) for works indexed before ingest wrote them.
-renditions: $(VENV)/.local-installed
-	$(PY) -m local_stack.renditions $(ARGS)
+# Renditions (256 / 1,024 px, no metadata) for works indexed before ingest wrote them: locally,
+# or with ENV=… on the deployed state machine (renditions mode of the Distributed Map).
+renditions: $(if $(ON_AWS),,$(VENV)/.local-installed)
+	$(if $(ON_AWS),MANIFEST="$(MANIFEST)" infra/run_backfill.sh "$(ENV)" renditions "$(or $(PREFIX),gallery/)",\
+	  $(PY) -m local_stack.renditions $(ARGS))
 
 duplicates: $(VENV)/.local-installed
 	$(PY) -m local_stack.curation duplicates $(ARGS)
@@ -138,6 +142,10 @@ audit: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
+
+# int8 against fp32 on the card's grouped test split (issue 10's rule); never writes models/
+bench-int8: $(VENV)/.dev-installed
+	$(PY) -m bench.quantize
 
 # k-NN at 1,000,000 rows with the bulk-load path (tens of minutes on 2 cores): bench/million.json
 bench-million: $(VENV)/.dev-installed

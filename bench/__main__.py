@@ -24,8 +24,9 @@ for _path in (str(_REPO / "layers" / "python"), str(_REPO)):
 from bench import common, report  # noqa: E402
 
 # TensorFlow is imported by the last sections only, so it cannot sit in memory (or hold threads)
-# while the ONNX Runtime, PostgreSQL and ingest figures are taken.
-SECTIONS = ("cold_start", "knn", "ingest", "request", "inference")
+# while the ONNX Runtime, PostgreSQL and ingest figures are taken. flops: GFLOP/s against this
+# CPU's single-core peak; quantize: int8 beside fp32 (the full metric check is make bench-int8).
+SECTIONS = ("cold_start", "knn", "ingest", "request", "flops", "quantize", "inference")
 DEFAULT_OUT = _REPO / "bench" / "results.json"
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
+# the int8 comparison (python -m bench.quantize, make bench-int8) keeps its own table
+INT8_MARKERS = ("<!-- bench:int8:begin -->", "<!-- bench:int8:end -->")
 
 # (section, key, label, unit, baseline key, baseline label, target (op, value) or None)
 ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None], ...] = (
@@ -18,6 +20,31 @@ ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None]
      "Keras model(x)", None),
     ("inference", "onnx_ms_b32", "inference, batch 32", "ms", "keras_ms_b32",
      "Keras model.predict", None),
+    ("flops", "model_gflop_per_image", "model arithmetic (ONNX graph count)", "GFLOP/img", None,
+     "", None),
+    ("flops", "gflops_b1", "ORT GFLOP/s, batch 1, 1 thread", "GFLOP/s", "peak_gflops_1core",
+     "1-core peak (sgemm)", None),
+    ("flops", "gflops_b32", "ORT GFLOP/s, batch 32, 1 thread", "GFLOP/s", "peak_gflops_1core",
+     "1-core peak (sgemm)", None),
+    ("flops", "best_gflops_b1", "  same, fastest call", "GFLOP/s", "peak_gflops_1core",
+     "1-core peak (sgemm)", None),
+    ("flops", "best_gflops_b32", "  same at batch 32, fastest call", "GFLOP/s",
+     "peak_gflops_1core", "1-core peak (sgemm)", None),
+    ("flops", "gflops_b1_2t", "ORT GFLOP/s, batch 1, 2 threads", "GFLOP/s",
+     "peak_gflops_2cores", "2 x 1-core peak", None),
+    ("flops", "gflops_b32_2t", "ORT GFLOP/s, batch 32, 2 threads", "GFLOP/s",
+     "peak_gflops_2cores", "2 x 1-core peak", None),
+    ("quantize", "int8_ms_b1", "int8 (all ops), batch 1", "ms", "fp32_ms_b1", "fp32 graph",
+     None),
+    ("quantize", "int8_ms_b32", "int8 (all ops), batch 32", "ms", "fp32_ms_b32",
+     "fp32 graph", None),
+    ("quantize", "int8_trunk_ms_b1", "int8 (trunk), batch 1", "ms", "fp32_ms_b1",
+     "fp32 graph", None),
+    ("quantize", "int8_trunk_ms_b32", "int8 (trunk), batch 32", "ms", "fp32_ms_b32",
+     "fp32 graph", None),
+    ("quantize", "int8_mb", "int8 (all ops) ONNX file", "MB", "fp32_mb", "fp32 graph", None),
+    ("quantize", "int8_type_agreement", "int8 (all ops) type = fp32 type", "", None, "", None),
+    ("quantize", "int8_trunk_type_agreement", "int8 (trunk) type = fp32 type", "", None, "", None),
     ("request", "small_p50_ms", "predict request, 256 px, p50", "ms", "keras_small_p50_ms",
      "same handler, Keras", ("<=", 10)),
     ("request", "small_p99_ms", "predict request, 256 px, p99", "ms", None, "", None),
@@ -81,6 +108,8 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         base = data.get(base_key) if base_key else None
         speed = f"{base / value:.1f}x" if base and value and unit in ("ms", "s", "MB", "h") else (
             f"{value / base:.1f}x" if base and value else "")
+        if unit == "GFLOP/s" and base:  # a share of the peak, not a speed-up
+            speed = f"{100 * value / base:.0f}% of peak"
         table.append([
             label, _fmt(value, unit), f"{base_label}: {_fmt(base, unit)}" if base_key else "",
             speed, _met(value, target) if target else "",
@@ -151,14 +180,17 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def update_doc(results: dict[str, Any], doc: Path = DOC) -> bool:
-    """Replace the table between the markers in docs/performance.md; False if no markers."""
+def update_doc(results: dict[str, Any], doc: Path = DOC, markdown: str | None = None,
+               markers: tuple[str, str] = (BEGIN, END)) -> bool:
+    """Replace the table between the markers in docs/performance.md (the bench table, or
+    `markdown` between other `markers`); False if no markers."""
     if not doc.exists():
         return False
     text = doc.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    begin, end = markers
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         return False
-    block = f"{BEGIN}\n{markdown_table(results)}\n{END}"
+    block = f"{begin}\n{markdown if markdown is not None else markdown_table(results)}\n{end}"
     doc.write_text(pattern.sub(lambda _: block, text))
     return True

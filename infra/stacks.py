@@ -154,6 +154,7 @@ def _state_machine_wildcards(stack: ArtLensStack) -> dict[IConstruct, list[str]]
         machine.node.find_child("DistributedMapPolicy"): [
             f"{states}:execution:{machine_name}:*",
             f"{states}:execution:{machine_name}/Batches:*",
+            f"{states}:execution:{machine_name}/InventoryBatches:*",
         ],
     }
 
@@ -243,6 +244,14 @@ def add_nag_suppressions(stack: ArtLensStack) -> None:
                 "of this state machine, and the map results in the artifacts bucket (writes "
                 "outside backfill-results/ are denied by an explicit statement).",
             )
+
+    acknowledge(
+        stack.backfill.state_machine.role.node.find_child("DefaultPolicy"),
+        f"AwsSolutions-IAM5[Resource::<{_logical(stack.lake.artifacts)}.Arn>/inventory/*]",
+        "S3 Inventory reports of the images bucket (manifest.json and the CSV files it "
+        "names) are written by S3 under generated dated paths below inventory/; the state "
+        "machine may only read (s3:GetObject) that prefix of the artifacts bucket.",
+    )
 
     # --- CDK's own framework functions (custom resources we do not write) --------------------
     basic_execution = (

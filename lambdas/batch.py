@@ -6,14 +6,30 @@ Events (the Map's ItemBatcher shape, and the state machine's last reindex step):
   {"Items": [{"Key": "gallery/..."}, ...], "BatchInput": {"mode": "reindex", "version": "<v>"}}
       embed these gallery objects with that model version (default: the deployed model);
       never switches (artlens.models.versions.reembed_keys)
+  {"Items": [{"Key": "gallery/..."}, ...], "BatchInput": {"mode": "renditions", "version": null}}
+      write the missing renditions of these gallery works (artlens.renditions
+      .backfill_renditions): works indexed before ingest wrote renditions
   {"activate": {"version": "<v>" | null}}
       after every batch succeeded: catch up and switch queries to the version
       (activate_reindexed); raises if the gallery is still incomplete, so nothing switches
 
+Items come in two shapes. From the S3 listing (ItemReader listObjectsV2): {"Key": "..."}, all
+under the listed prefix, so a key outside the mode's root is a bad request. From an S3
+Inventory manifest (ItemReader InputType MANIFEST): the CSV rows {"Bucket": ..., "Key": ...},
+with BatchInput {"prefix": ...}. An inventory covers a whole configuration's prefix and is up
+to a day old, so rows outside the requested prefix are skipped (counted, never read), the row's
+bucket must be the images bucket this function serves, and its key is URL-decoded (S3 writes
+CSV inventory keys URL-encoded). Keys outside incoming/ (backfill) or gallery/ (reindex,
+renditions) are never touched whichever the shape. A listed or inventoried object already
+gone (indexed meanwhile) is counted as skipped by the ingestion, not raised.
+
 A batch in which some pictures failed for a transient reason raises BatchIncomplete: the Map
 counts the batch as failed and retries it (with backoff), and only what is missing is redone,
 as ingestion is idempotent on each picture's SHA-256 and reembed_keys skips pictures that
-already have a row. Unusable pictures (rejected, gone) are counted, not raised. The local
+already have a row. Unusable pictures (rejected, gone) are counted, not raised. Renditions
+alike: a picture that cannot be rendered is listed in the output with its reason (it will not
+render better on a retry), while a lake error (an S3 5xx, a throttle) raises BatchIncomplete,
+and the retry writes only the renditions still missing. The local
 stack runs this same handler per chunk (local_stack/backfill.py).
 
 Metrics (artlens.metrics): PicturesIndexed / PicturesRejected / Duplicates / IndexedByType of
@@ -27,6 +43,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from artlens.errors import BadRequest
 from artlens.ingest import Concurrency, ingest_objects
@@ -46,12 +63,17 @@ from artlens.models.versions import (
     reembed_keys,
 )
 from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
+from artlens.renditions import backfill_renditions
 from artlens.serving import Serving
 from artlens.wiring import Lazy
 
 logger = handler_logger("artlens-batch")
 metrics = handler_metrics()
-ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX}
+ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX, "renditions": GALLERY_PREFIX}
+# Failed keys listed in a renditions batch's output (the count is always whole): a Map child's
+# output must stay under Step Functions' 256 KB payload limit.
+MAX_LISTED_FAILURES = 100
+MAX_REASON_CHARS = 200
 
 
 class BatchIncomplete(RuntimeError):
@@ -95,8 +117,39 @@ def _classifier(built: Deps, version: str | None) -> Classifier:
     return registry.classifier_for(version, threads)
 
 
-def parse_batch(event: dict[str, Any]) -> tuple[str, str | None, list[str]]:
-    """(mode, version, keys) of a Map batch; BadRequest names what is wrong."""
+@dataclass(frozen=True)
+class Batch:
+    mode: str
+    version: str | None
+    keys: list[str]
+    outside_prefix: int = 0  # inventory rows skipped: outside the requested prefix
+
+
+def _prefix(mode: str, value: Any) -> str:
+    """The requested prefix: the mode's root when the batch input names none (the listing
+    map lists exactly the requested prefix and passes none)."""
+    root = ROOTS[mode]
+    if value is None:
+        return root
+    if not isinstance(value, str) or not value.startswith(root):
+        raise BadRequest(f'"prefix" must start with {root}; got {value!r:.80}')
+    return value
+
+
+def _inventory_key(item: dict[str, Any], images_bucket: str | None) -> str:
+    bucket, key = item.get("Bucket"), item.get("Key")
+    if not isinstance(bucket, str) or not isinstance(key, str) or not key:
+        raise BadRequest(f"an inventory row needs a Bucket and a Key; got {item!r:.80}")
+    # A manifest of another bucket's inventory: its keys mean nothing in ours.
+    if images_bucket is not None and bucket != images_bucket:
+        raise BadRequest(f"inventory row of bucket {bucket!r:.64}, not {images_bucket!r}")
+    return unquote_plus(key)
+
+
+def parse_items(event: dict[str, Any], images_bucket: str | None = None) -> Batch:
+    """The Map batch: listing items must lie under the mode's root (BadRequest otherwise);
+    inventory rows outside the requested prefix are skipped. `images_bucket`: the bucket
+    inventory rows must name (None locally: the folder lake has no bucket)."""
     batch_input = event.get("BatchInput")
     items = event.get("Items")
     if not isinstance(batch_input, dict) or not isinstance(items, list):
@@ -104,18 +157,62 @@ def parse_batch(event: dict[str, Any]) -> tuple[str, str | None, list[str]]:
     mode = batch_input.get("mode")
     if mode not in ROOTS:
         raise BadRequest(f'"mode" must be one of {sorted(ROOTS)}')
-    keys = []
+    prefix = _prefix(mode, batch_input.get("prefix"))
+    keys: list[str] = []
+    outside = 0
     for item in items:
-        key = item.get("Key") if isinstance(item, dict) else None
-        if not isinstance(key, str) or not key.startswith(ROOTS[mode]):
-            raise BadRequest(f"every item needs a Key under {ROOTS[mode]}; got {item!r:.80}")
+        if isinstance(item, dict) and "Bucket" in item:
+            key = _inventory_key(item, images_bucket)
+            if not key.startswith(prefix):  # prefix starts with the root: never touched
+                outside += 1
+                continue
+        else:
+            listed = item.get("Key") if isinstance(item, dict) else None
+            if not isinstance(listed, str) or not listed.startswith(ROOTS[mode]):
+                raise BadRequest(f"every item needs a Key under {ROOTS[mode]}; got {item!r:.80}")
+            key = listed
         if not key.endswith("/"):  # "folder" markers are listed too
             keys.append(key)
-    return mode, _version(batch_input.get("version")), keys
+    return Batch(mode, _version(batch_input.get("version")), keys, outside)
+
+
+def parse_batch(event: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+    """(mode, version, keys) of a Map batch; BadRequest names what is wrong."""
+    batch = parse_items(event)
+    return batch.mode, batch.version, batch.keys
+
+
+def run_renditions(built: Deps, keys: list[str]) -> dict[str, Any]:
+    try:
+        counts = backfill_renditions(
+            built.serving.lake, keys,
+            workers=built.concurrency.workers, decoders=built.concurrency.decoders,
+        )
+    except Exception as exc:
+        # Pictures that cannot be rendered are counted inside; what escapes is the lake
+        # itself (an S3 5xx, a throttle, a timeout). BatchIncomplete is what the map retries.
+        raise BatchIncomplete(
+            f"renditions batch of {len(keys)} works stopped: {type(exc).__name__}: {exc}"
+            "; retrying the batch writes only what is still missing"
+        ) from exc
+    publish_batch_done(metrics, len(keys))
+    failed = sorted(counts.failed.items())
+    if failed:
+        logger.warning("works without renditions", extra={"failed": len(failed),
+                                                           "first": failed[0][0]})
+    return {"mode": "renditions", "items": len(keys), "checked": counts.checked,
+            "complete": counts.complete, "works": counts.works, "written": counts.written,
+            "failed": len(failed),
+            "failed_keys": {key: reason[:MAX_REASON_CHARS]
+                            for key, reason in failed[:MAX_LISTED_FAILURES]}}
 
 
 def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> dict[str, Any]:
     serving = built.serving
+    if mode == "renditions":
+        if version is not None:
+            raise BadRequest("renditions have no model version: give null")
+        return run_renditions(built, keys)
     if mode == "reindex":
         report = reembed_keys(serving.store, serving.lake, _classifier(built, version), keys)
         publish_reembedded(metrics, report.embedded, report.duplicates)
@@ -164,9 +261,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result = run_activate(built, event["activate"])
         logger.info("reindex activated", extra=result)
         return result
-    mode, version, keys = parse_batch(event)
+    batch = parse_items(event, built.serving.settings.images_bucket)
     try:
-        result = run_batch(built, mode, version, keys)
+        result = run_batch(built, batch.mode, batch.version, batch.keys)
+        if batch.outside_prefix:
+            # Skipped rows are done too: the stalled-backfill alarm must not read a run of
+            # batches outside the prefix as batches that never finish.
+            publish_batch_done(metrics, batch.outside_prefix)
+            result["outside_prefix"] = batch.outside_prefix
     finally:
         flush(metrics)  # a failed batch's partial counts too
     logger.info("batch done", extra=result)

@@ -1,8 +1,9 @@
 """`python -m local_stack.backfill` (make backfill PREFIX=...): the Step Functions backfill /
-reindex state machine (infra/constructs/backfill.py), run on one machine.
+reindex / renditions state machine (infra/constructs/backfill.py), run on one machine.
 
     python -m local_stack.backfill [--prefix incoming/] [--batch-size 50] [--workers 4]
     python -m local_stack.backfill --mode reindex [--model-card PATH | --version V]
+    python -m local_stack.backfill --mode renditions [--prefix gallery/]
 
 The same map logic as the Distributed Map: list the lake prefix (sorted, as ListObjectsV2),
 cut it into batches of --batch-size keys (the ItemBatcher), call the SAME batch handler
@@ -10,7 +11,9 @@ cut it into batches of --batch-size keys (the ItemBatcher), call the SAME batch 
 (MaxConcurrency), retry a failed batch with exponential backoff and jitter, fail the run when
 more than --tolerated-failure-percent of the items failed, write the per-batch results as JSON
 into the lake under backfill-results/ (the ResultWriter), and, for a reindex, switch the model
-version (the handler's activate mode) only when every batch succeeded.
+version (the handler's activate mode) only when every batch succeeded. The renditions mode
+writes the missing renditions of the listed gallery works (`make renditions` does the same
+without the map, in one process); a work that cannot be rendered is listed, not a failure.
 
 Exit status: 0 done (reindex: switched), 1 failed batches beyond the threshold or a reindex
 not switched, 2 when the stack is not running or the model card is unusable.
@@ -37,7 +40,7 @@ from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
 from local_stack.events import LambdaContext
 
 RESULTS_PREFIX = "backfill-results/"  # as infra/constructs/backfill.py writes them
-ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX}
+ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX, "renditions": GALLERY_PREFIX}
 # infra/constructs/backfill.py: the batch retry of BatchIncomplete / Unavailable (3 attempts
 # after the first there; interval 10 s, rate 3). Locally shorter waits: the same shape.
 DEFAULT_ATTEMPTS = 4
@@ -134,6 +137,8 @@ def run_map(
         raise ValueError(f"a {mode} reads under {ROOTS[mode]} only, not {prefix!r}")
     if batch_size < 1 or workers < 1 or attempts < 1:
         raise ValueError("batch_size, workers and attempts must be >= 1")
+    if mode == "renditions" and version is not None:
+        raise ValueError("renditions have no model version")
     report = MapReport(uuid.uuid4().hex, mode, prefix, version,
                        tolerated_failure_percent=tolerated_failure_percent)
     chunks = list_batches(lake, prefix, batch_size)
@@ -171,6 +176,24 @@ def run_map(
     lake.put(report.results_key, json.dumps(asdict(report), indent=2).encode(),
              "application/json")
     return report
+
+
+def renditions_summary(report: MapReport) -> list[str]:
+    """What a renditions run did, from its batches' outputs (the works that cannot be rendered
+    by name, as far as the batches listed them)."""
+    outputs = [r.output for r in report.results if r.output is not None]
+    failed = sum(o["failed"] for o in outputs)
+    lines = [
+        f"  complete     {sum(o['complete'] for o in outputs):>6}  works had every rendition",
+        f"  written      {sum(o['written'] for o in outputs):>6}  renditions, for "
+        f"{sum(o['works'] for o in outputs)} works",
+        f"  failed       {failed:>6}  works that cannot be rendered",
+    ]
+    listed = sorted((key, reason) for o in outputs for key, reason in o["failed_keys"].items())
+    lines += [f"    {key}: {reason}" for key, reason in listed]
+    if len(listed) < failed:
+        lines.append(f"    ... and {failed - len(listed)} more (each batch lists 100)")
+    return lines
 
 
 def print_progress(report: MapReport) -> None:
@@ -262,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report.mode} of {report.prefix}: {report.items} objects in {report.batches} "
           f"batches, {report.failed_batches} failed ({report.failed_items} objects), "
           f"{report.retries} retries; results in the lake at {report.results_key}")
+    if report.mode == "renditions":
+        print("\n".join(renditions_summary(report)))
     if not report.succeeded:
         print(f"Failed: more than {report.tolerated_failure_percent}% of the objects failed.")
         return 1

@@ -2,7 +2,8 @@
 
 Routes:
   GET  /health              stack status (local only)
-  POST /predict, GET /map, GET /whoami, POST /preview, POST /uploads, GET /works/<key>
+  POST /predict, GET /map, GET /whoami, POST /preview, POST /uploads, GET /works/<key>,
+  GET /duplicates, GET /review, POST /review/<key>, GET /reports, GET /reports/<batch>
                             REQUEST authorizer, then the predict handler, as API Gateway would
   OPTIONS on those routes   CORS preflight, answered by the "gateway" like API Gateway's CORS
   GET  /lake/<key>?exp&sig  lake objects behind an HMAC-signed URL (the local presigned GET)

@@ -47,11 +47,12 @@ const COUNT_WORDS = {
   skipped: "Skipped",
 };
 
-/** Rows a curator should look at: rejected or failed files, duplicates, disagreements. */
+/** Rows a curator should look at: rejected or failed files, duplicates, disagreements, and
+ * records (sidecar rows) that could not be read as given. */
 export function notableRows(rows) {
   return (rows ?? []).filter(
     (row) => ["rejected", "failed", "duplicate"].includes(row.status) ||
-      Boolean(row.near_duplicate_of) || row.disagrees === true,
+      Boolean(row.near_duplicate_of) || row.disagrees === true || Boolean(row.problems),
   );
 }
 
@@ -79,7 +80,10 @@ export function describeRow(row) {
     const probability = Number.isFinite(row.probability) ? ` (${formatPercent(row.probability)})` : "";
     details.push(`catalogued as ${row.catalogued_type}; the model says ${row.predicted_type}${probability}`);
   }
-  if (row.problems) details.push(`record: ${row.problems}`);
+  if (row.problems) {
+    if (!outcomes.length) outcomes.push("Record problems");
+    details.push(`record: ${row.problems}`);
+  }
   return [outcomes.join(", ") || displayLabel(row.status), details.filter(Boolean).join("; ")];
 }
 

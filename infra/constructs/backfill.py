@@ -2,17 +2,33 @@
 
     {"mode": "backfill", "prefix": "incoming/", "version": null}
     {"mode": "reindex",  "prefix": "gallery/",  "version": null | "<registered version>"}
+    {"mode": "renditions", "prefix": optional "gallery/..." (default gallery/),
+     "version": optional, null only}
+    {"mode": "backfill" | "reindex" | "renditions",
+     "manifest": {"bucket": "<artifacts bucket>",
+                  "key": "inventory/<images bucket>/<incoming|gallery>/<date>/manifest.json"},
+     "prefix": optional (default: the mode's root), "version": optional (default null)}
 
 CheckInput refuses anything else (a prefix outside the mode's root included), so an execution
-can only ever read incoming/ or gallery/. Batches lists the prefix (S3 ListObjectsV2 item
-reader), cuts it into batches of backfillBatchSize keys and runs the batch function (the
-serving image, CMD lambdas.batch.handler) on each, at most backfillMaxConcurrency at once (each
-holds a database connection), retrying failed batches with backoff and tolerating
-backfillToleratedFailurePercent failed items; per-batch results go to the artifacts bucket
-under backfill-results/. A reindex then asks the map run how many items failed: only with none
-does SwitchVersion run (the batch function's activate mode), which catches up with pictures
-ingested meanwhile and switches queries to the version; otherwise the run fails and the
-current version stays. Step Functions is the scheduler; nothing here polls or queues.
+can only ever read incoming/ or gallery/. The renditions mode writes the missing renditions of
+gallery works indexed before ingest wrote them (artlens.renditions.backfill_renditions, in the
+batch function): its items are gallery keys, it has no model version and never switches one.
+Batches lists the prefix (S3 ListObjectsV2 item reader); with a manifest, InventoryBatches
+reads the items from that S3 Inventory report instead (ItemReader InputType MANIFEST: the CSV
+files the manifest names, one item per row, {"Bucket", "Key"}), which for millions of objects
+saves the listing (10 M keys are 10,000 LIST calls before the first batch) and which S3 writes
+daily anyway (infra/constructs/data_lake.py). The manifest must be one of the artifacts
+bucket's inventory/ reports, the only place the state machine may read one from; the batch
+function skips rows outside the requested prefix, as an inventory is a whole configuration's
+prefix and up to a day old. Either map cuts its items into batches of backfillBatchSize keys
+and runs the batch function (the serving image, CMD lambdas.batch.handler) on each, at most
+backfillMaxConcurrency at once (each holds a database connection), retrying failed batches with
+backoff and tolerating backfillToleratedFailurePercent failed items; per-batch results go to
+the artifacts bucket under backfill-results/. A reindex then asks the map run how many items
+failed: only with none does SwitchVersion run (the batch function's activate mode), which
+catches up with pictures ingested meanwhile and switches queries to the version; otherwise the
+run fails and the current version stays. Step Functions is the scheduler; nothing here polls or
+queues.
 
 Progress and stalls: every finished batch publishes BatchItemsDone (artlens.metrics, embedded
 metric format, dimension service = artlens-batch). A backfill is stalled when the map keeps
@@ -33,8 +49,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
-from infra.constructs.data_lake import grant_objects
+from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX, RENDITIONS_PREFIX
+from infra.constructs.data_lake import INVENTORY_PREFIX, grant_objects
 from infra.constructs.ingestion import Ingestion, grant_ingestion
 from infra.constructs.lambda_defaults import SERVICE_BATCH, _retention_name
 from infra.settings import DeploymentSettings
@@ -64,8 +80,14 @@ LAMBDA_SERVICE_ERRORS = [
 ]
 INPUT_SHAPE = (
     'input must be {"mode": "backfill", "prefix": "incoming/...", "version": null} or '
-    '{"mode": "reindex", "prefix": "gallery/...", "version": null | "<version>"}'
+    '{"mode": "reindex", "prefix": "gallery/...", "version": null | "<version>"} or '
+    '{"mode": "renditions", "prefix": "gallery/..." (optional)}, or any of them '
+    'with "manifest": {"bucket": "<artifacts bucket>", "key": "inventory/.../manifest.json"} '
+    "(then prefix and version may be left out; a renditions version can only be null)"
 )
+# An inventory manifest the state machine may read: S3 writes them as
+# inventory/<source bucket>/<configuration id>/<YYYY-MM-DDTHH-MMZ>/manifest.json.
+MANIFEST_KEY_PATTERN = f"{INVENTORY_PREFIX}/*/manifest.json"
 
 
 def _retry(task: tasks.LambdaInvoke, errors: list[str], first_s: int, attempts: int,
@@ -97,6 +119,9 @@ class Backfill(Construct):
         # Backfill does what embed does; reindex reads gallery/ too.
         grant_ingestion(images, self.batch_function)
         grant_objects(images, self.batch_function, GALLERY_PREFIX, "s3:GetObject")
+        # The renditions mode asks which renditions exist (HeadObject, which S3 authorises as
+        # s3:GetObject) before it writes the missing ones (PutObject: grant_ingestion).
+        grant_objects(images, self.batch_function, RENDITIONS_PREFIX, "s3:GetObject")
 
         self.state_machine_name = f"{settings.stack_prefix}-backfill"
         self.log_group = logs.LogGroup(
@@ -127,6 +152,22 @@ class Backfill(Construct):
                 effect=iam.Effect.DENY,
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
                 not_resources=[artifacts.arn_for_objects(f"{RESULTS_PREFIX}*")],
+            )
+        )
+        # The inventory reader: the manifest and the CSV files it names, all under inventory/
+        # of the artifacts bucket. CDK's S3ManifestItemReader grants nothing when the bucket
+        # comes from the input (and the whole bucket when given one), so the grant is ours.
+        inventory_files = artifacts.arn_for_objects(f"{INVENTORY_PREFIX}/*")
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[inventory_files])
+        )
+        # The ResultWriter grant above also reads the whole artifacts bucket: reads outside
+        # the results and the inventory reports (model files) are denied too.
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(
+                effect=iam.Effect.DENY,
+                actions=["s3:GetObject"],
+                not_resources=[artifacts.arn_for_objects(f"{RESULTS_PREFIX}*"), inventory_files],
             )
         )
 
@@ -164,16 +205,35 @@ class Backfill(Construct):
         self, settings: DeploymentSettings, images: s3.IBucket, artifacts: s3.IBucket
     ) -> sfn.IChainable:
         path = sfn.JsonPath
-        batch = tasks.LambdaInvoke(
-            self,
-            "EmbedBatch",
-            lambda_function=self.batch_function,
-            payload_response_only=True,
-            retry_on_service_exceptions=False,  # our own retries below, with jitter
-            task_timeout=sfn.Timeout.duration(Duration.seconds(settings.reindex_timeout_s)),
+
+        def batch_task(task_id: str) -> tasks.LambdaInvoke:
+            """The map's child: one per map (a state belongs to one map's graph)."""
+            batch = tasks.LambdaInvoke(
+                self,
+                task_id,
+                lambda_function=self.batch_function,
+                payload_response_only=True,
+                retry_on_service_exceptions=False,  # our own retries below, with jitter
+                task_timeout=sfn.Timeout.duration(Duration.seconds(settings.reindex_timeout_s)),
+            )
+            _retry(batch, LAMBDA_SERVICE_ERRORS, 2, 6, 2)
+            _retry(batch, RETRIED_BATCH_ERRORS, 10, 3, 3)
+            return batch
+
+        def distributed(map_state: sfn.DistributedMap, task_id: str) -> sfn.DistributedMap:
+            map_state.item_processor(
+                batch_task(task_id),
+                mode=sfn.ProcessorMode.DISTRIBUTED,
+                execution_type=sfn.ProcessorType.STANDARD,
+            )
+            return map_state
+
+        common: dict = dict(
+            max_concurrency=settings.backfill_max_concurrency,
+            tolerated_failure_percentage=settings.backfill_tolerated_failure_percent,
+            result_writer_v2=sfn.ResultWriterV2(bucket=artifacts, prefix=RESULTS_PREFIX),
+            result_path="$.map",
         )
-        _retry(batch, LAMBDA_SERVICE_ERRORS, 2, 6, 2)
-        _retry(batch, RETRIED_BATCH_ERRORS, 10, 3, 3)
         batches = sfn.DistributedMap(
             self,
             "Batches",
@@ -186,17 +246,34 @@ class Backfill(Construct):
                 # spelled out so that Step Functions reads the values from the input.
                 batch_input={"mode.$": "$.mode", "version.$": "$.version"},
             ),
-            max_concurrency=settings.backfill_max_concurrency,
-            tolerated_failure_percentage=settings.backfill_tolerated_failure_percent,
-            result_writer_v2=sfn.ResultWriterV2(bucket=artifacts, prefix=RESULTS_PREFIX),
-            result_path="$.map",
             label="Batches",
+            **common,
         )
-        batches.item_processor(
-            batch,
-            mode=sfn.ProcessorMode.DISTRIBUTED,
-            execution_type=sfn.ProcessorType.STANDARD,
+        distributed(batches, "EmbedBatch")
+        inventory_batches = sfn.DistributedMap(
+            self,
+            "InventoryBatches",
+            # CheckInput has tied manifest.bucket to the artifacts bucket and the key to
+            # inventory/; the role may read nothing else there anyway.
+            item_reader=sfn.S3ManifestItemReader(
+                bucket_name_path=path.string_at("$.manifest.bucket"),
+                key=path.string_at("$.manifest.key"),
+            ),
+            # Rows are {"Bucket", "Key"} (no optional fields are configured): the batch
+            # function checks the bucket, URL-decodes the key and filters by the prefix.
+            item_selector={
+                "Bucket": path.string_at("$$.Map.Item.Value.Bucket"),
+                "Key": path.string_at("$$.Map.Item.Value.Key"),
+            },
+            item_batcher=sfn.ItemBatcher(
+                max_items_per_batch=settings.backfill_batch_size,
+                batch_input={"mode.$": "$.mode", "prefix.$": "$.prefix",
+                             "version.$": "$.version"},
+            ),
+            label="InventoryBatches",
+            **common,
         )
+        distributed(inventory_batches, "EmbedInventoryBatch")
 
         count_failures = tasks.CallAwsService(
             self,
@@ -251,19 +328,89 @@ class Backfill(Construct):
             .otherwise(done)
         )
         batches.next(after_map)
+        inventory_batches.next(after_map)
+
+        condition = sfn.Condition
+        no_manifest = condition.not_(condition.is_present("$.manifest"))
 
         def valid(mode: str, root: str) -> sfn.Condition:
-            return sfn.Condition.and_(
-                sfn.Condition.is_string("$.mode"),
-                sfn.Condition.string_equals("$.mode", mode),
-                sfn.Condition.is_string("$.prefix"),
-                sfn.Condition.string_matches("$.prefix", f"{root}*"),
-                sfn.Condition.is_present("$.version"),
+            return condition.and_(
+                condition.is_string("$.mode"),
+                condition.string_equals("$.mode", mode),
+                condition.is_string("$.prefix"),
+                condition.string_matches("$.prefix", f"{root}*"),
+                condition.is_present("$.version"),
             )
+
+        def manifest(mode: str) -> sfn.Condition:
+            return condition.and_(
+                condition.is_string("$.mode"),
+                condition.string_equals("$.mode", mode),
+                condition.is_present("$.manifest"),
+                condition.is_string("$.manifest.bucket"),
+                condition.string_equals("$.manifest.bucket", artifacts.bucket_name),
+                condition.is_string("$.manifest.key"),
+                condition.string_matches("$.manifest.key", MANIFEST_KEY_PATTERN),
+            )
+
+        # Renditions have no model version: one given (not null) is a mistaken input.
+        renditions_valid = condition.and_(valid("renditions", GALLERY_PREFIX),
+                                          condition.is_null("$.version"))
+        bad_input = sfn.Fail(self, "BadInput", error="BadInput", cause=INPUT_SHAPE)
+        # A manifest input may leave prefix and version out: the mode's root and null, merged
+        # under what the input gives (States.JsonMerge: the second object's keys win), then
+        # checked like a listing's.
+        apply_defaults = sfn.Pass(
+            self,
+            "ApplyInventoryDefaults",
+            parameters={"input": path.json_merge(path.object_at("$.defaults"),
+                                                 path.object_at("$"))},
+            output_path="$.input",
+        ).next(
+            sfn.Choice(self, "CheckInventoryInput")
+            .when(valid("backfill", INCOMING_PREFIX), inventory_batches)
+            .when(valid("reindex", GALLERY_PREFIX), inventory_batches)
+            .when(renditions_valid, inventory_batches)
+            .otherwise(bad_input)
+        )
+
+        def defaults(mode: str, root: str, state_id: str | None = None) -> sfn.Pass:
+            return sfn.Pass(
+                self,
+                state_id or f"{mode.capitalize()}InventoryDefaults",
+                # A None in a CDK object is dropped from the ASL; the JSON null is written
+                # as an intrinsic that yields it.
+                parameters={"prefix": root, "version": path.string_to_json("null")},
+                result_path="$.defaults",
+            )
+
+        # A renditions listing may leave prefix and version out as well (the map's BatchInput
+        # reads $.version, which must exist): the same defaults, then the same check.
+        renditions_listing = defaults("renditions", GALLERY_PREFIX, "RenditionsDefaults").next(
+            sfn.Pass(
+                self,
+                "ApplyRenditionsDefaults",
+                parameters={"input": path.json_merge(path.object_at("$.defaults"),
+                                                     path.object_at("$"))},
+                output_path="$.input",
+            )
+        ).next(
+            sfn.Choice(self, "CheckRenditionsInput")
+            .when(condition.and_(no_manifest, renditions_valid), batches)
+            .otherwise(bad_input)
+        )
 
         return (
             sfn.Choice(self, "CheckInput")
-            .when(valid("backfill", INCOMING_PREFIX), batches)
-            .when(valid("reindex", GALLERY_PREFIX), batches)
-            .otherwise(sfn.Fail(self, "BadInput", error="BadInput", cause=INPUT_SHAPE))
+            .when(condition.and_(no_manifest, valid("backfill", INCOMING_PREFIX)), batches)
+            .when(condition.and_(no_manifest, valid("reindex", GALLERY_PREFIX)), batches)
+            .when(manifest("backfill"),
+                  defaults("backfill", INCOMING_PREFIX).next(apply_defaults))
+            .when(manifest("reindex"), defaults("reindex", GALLERY_PREFIX).next(apply_defaults))
+            .when(condition.and_(no_manifest, condition.is_string("$.mode"),
+                                 condition.string_equals("$.mode", "renditions")),
+                  renditions_listing)
+            .when(manifest("renditions"),
+                  defaults("renditions", GALLERY_PREFIX).next(apply_defaults))
+            .otherwise(bad_input)
         )

@@ -1,4 +1,12 @@
-"""The object lake: images (incoming/ -> gallery/ | rejected/), model artifacts, access logs."""
+"""The object lake: images (incoming/ -> gallery/ | rejected/), model artifacts, access logs.
+
+The images bucket writes a daily S3 Inventory (CSV, current versions) of incoming/ and of
+gallery/ into the artifacts bucket under inventory/: the backfill state machine can read its
+items from such a manifest instead of listing millions of keys (infra/constructs/backfill.py,
+docs/operations.md). S3 writes each report to
+inventory/<images bucket>/<incoming|gallery>/<YYYY-MM-DDTHH-MMZ>/manifest.json, its CSV files
+to inventory/<images bucket>/<incoming|gallery>/data/.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,13 @@ from constructs import Construct
 
 # uploads/: pictures sent to POST /predict (kept for shared links) and large ones programs PUT
 # by presigned URL; never indexed, expired after uploadsExpirationDays.
-from artlens.names import REJECTED_PREFIX, UPLOADS_PREFIX
+from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX, REJECTED_PREFIX, UPLOADS_PREFIX
 from infra.settings import DeploymentSettings
+
+# Where S3 Inventory writes, in the artifacts bucket (no trailing slash: S3 adds one).
+INVENTORY_PREFIX = "inventory"
+# One report a day; a backfill reads the newest, so a week of old ones is plenty.
+INVENTORY_EXPIRATION_DAYS = 7
 
 
 def private_bucket(
@@ -59,12 +72,38 @@ class DataLake(Construct):
             removal_policy=RemovalPolicy.RETAIN if prod else RemovalPolicy.DESTROY,
             auto_delete_objects=not prod,
         )
+        self.artifacts = private_bucket(
+            self, "Artifacts", settings, access_logs=self.access_logs, log_prefix="s3/artifacts/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-inventory",
+                    prefix=f"{INVENTORY_PREFIX}/",
+                    expiration=Duration.days(INVENTORY_EXPIRATION_DAYS),
+                    noncurrent_version_expiration=Duration.days(1),
+                ),
+            ],
+        )
         self.images = private_bucket(
             self,
             "Images",
             settings,
             access_logs=self.access_logs,
             log_prefix="s3/images/",
+            # CDK adds the artifacts bucket's policy statement that lets S3 write the reports
+            # (s3:PutObject under inventory*, only for this bucket as aws:SourceArn).
+            inventories=[
+                s3.Inventory(
+                    inventory_id=prefix.rstrip("/"),
+                    destination=s3.InventoryDestination(bucket=self.artifacts,
+                                                        prefix=INVENTORY_PREFIX),
+                    # Step Functions reads CSV inventories only (not ORC or Parquet).
+                    format=s3.InventoryFormat.CSV,
+                    frequency=s3.InventoryFrequency.DAILY,
+                    include_object_versions=s3.InventoryObjectVersion.CURRENT,
+                    objects_prefix=prefix,
+                )
+                for prefix in (INCOMING_PREFIX, GALLERY_PREFIX)
+            ],
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-rejected",
@@ -85,9 +124,6 @@ class DataLake(Construct):
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 ),
             ],
-        )
-        self.artifacts = private_bucket(
-            self, "Artifacts", settings, access_logs=self.access_logs, log_prefix="s3/artifacts/"
         )
 
 

@@ -74,6 +74,22 @@ def test_backfill_runs_the_map_locally_and_the_state_machine_with_env():
     ).stdout
 
 
+
+def test_renditions_runs_locally_and_as_the_map_in_renditions_mode_with_env():
+    """`make renditions` renders what is missing in the local stack's gallery; with ENV the
+    deployed state machine does it (infra/run_backfill.sh ... renditions PREFIX)."""
+    local = subprocess.run(["make", "-n", "-B", "renditions", "ARGS=--dry-run"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0, local.stderr
+    assert "-m local_stack.renditions --dry-run" in local.stdout
+    assert "run_backfill.sh" not in local.stdout
+    on_aws = "\n".join(dry_run("renditions"))
+    assert 'infra/run_backfill.sh "prod" renditions "gallery/"' in on_aws
+    assert "local_stack" not in on_aws and ".venv/" not in on_aws
+    some = subprocess.run(["make", "-n", "-B", "renditions", "ENV=dev", "PREFIX=gallery/0"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert 'infra/run_backfill.sh "dev" renditions "gallery/0"' in some.stdout
+
 FAKE_AWS = """#!/bin/sh
 echo "$@" >> "$CALLS"
 arn=arn:aws:states:eu-west-1:1

@@ -733,7 +733,9 @@ def test_backfill_input_is_checked_and_reindex_switches_only_after_the_whole_map
     assert states[check["Default"]]["Type"] == "Fail"
     text = json.dumps(check["Choices"])
     assert '"StringMatches": "incoming/*"' in text and '"StringMatches": "gallery/*"' in text
-    assert {choice["Next"] for choice in check["Choices"]} == {"Batches"}
+    assert {choice["Next"] for choice in check["Choices"]} == {
+        "Batches", "BackfillInventoryDefaults", "ReindexInventoryDefaults",  # inventory: below
+        "RenditionsDefaults", "RenditionsInventoryDefaults"}  # renditions: below
     # After the map: a reindex asks the map run for failures; only with none does it switch.
     assert states["Batches"]["Next"] == "IsReindex"
     is_reindex = states["IsReindex"]
@@ -781,7 +783,7 @@ def test_state_machine_role_has_no_wildcard_action_and_names_its_resources(synth
     assert all(artifacts in resource_text(r) for r in actions["s3:PutObject"])
     # CDK grants the ResultWriter the whole artifacts bucket; writes outside the results
     # prefix (the model files) are denied.
-    (deny,) = denied
+    (deny,) = [d for d in denied if "s3:PutObject" in as_list(d["Action"])]  # reads: below
     assert "s3:PutObject" in as_list(deny["Action"])
     assert resource_text(deny["NotResource"]).endswith('"/backfill-results/*"]]}')
     assert artifacts in resource_text(deny["NotResource"])
@@ -887,9 +889,10 @@ def test_function_roles_are_scoped_to_their_prefixes(dev):
                                       "/renditions/*", "/reports/*"}
     reindex = function_with(dev, command="lambdas.reindex.handler")
     assert s3_grants(dev, reindex)["s3:GetObject"] == {"/gallery/*"}
-    # The backfill / reindex batches: embed's rights plus reading gallery/.
+    # The backfill / reindex / renditions batches: embed's rights plus reading gallery/ and
+    # asking which renditions exist (HeadObject is authorised as GetObject).
     assert s3_grants(dev, function_with(dev, command="lambdas.batch.handler")) == {
-        "s3:GetObject": {"/incoming/*", "/gallery/*"},
+        "s3:GetObject": {"/incoming/*", "/gallery/*", "/renditions/*"},
         "s3:DeleteObject": {"/incoming/*"},
         "s3:DeleteObjectVersion": {"/incoming/*"},
         "s3:PutObject": {"/incoming/*", "/gallery/*", "/rejected/*", "/renditions/*",
@@ -1131,3 +1134,170 @@ def test_the_stack_serves_renditions_through_its_distribution(dev):
     predict = function_with(dev, command="lambdas.predict.handler")
     assert predict["Environment"]["Variables"]["RENDITIONS_BASE_URL"] == {
         "Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}
+
+
+# --- backfill from an S3 Inventory manifest (issue 16) --------------------------------------
+
+
+def test_a_manifest_input_reads_its_items_from_the_inventory_report(dev):
+    """{"mode", "manifest": {"bucket", "key"}}: CheckInput sends it (and only it) through the
+    defaults to InventoryBatches, whose ItemReader reads the manifest (InputType MANIFEST)
+    named by the input; the rows go to the same batch function, with the prefix."""
+    _, asl = definition(dev)
+    states = asl["States"]
+    check = states["CheckInput"]
+    artifacts = token_of(dev, bucket_id(dev, "Artifacts"))
+    by_next = {choice["Next"]: json.dumps(choice) for choice in check["Choices"]}
+    for mode, root in (("backfill", "incoming/"), ("reindex", "gallery/")):
+        choice = by_next[f"{mode.capitalize()}InventoryDefaults"]
+        assert f'"StringEquals": "{mode}"' in choice
+        assert '"Variable": "$.manifest.bucket", "StringEquals": "' + artifacts + '"' in choice
+        assert '"Variable": "$.manifest.key", "StringMatches": "inventory/*/manifest.json"' \
+            in choice
+        defaults = states[f"{mode.capitalize()}InventoryDefaults"]
+        assert defaults["Parameters"] == {"prefix": root,
+                                          "version.$": "States.StringToJson('null')"}
+        assert defaults["ResultPath"] == "$.defaults"
+        assert defaults["Next"] == "ApplyInventoryDefaults"
+    # A listing input that also names a manifest is not a listing.
+    for choice in check["Choices"]:
+        if choice["Next"] == "Batches":
+            assert {"Not": {"Variable": "$.manifest", "IsPresent": True}} in choice["And"]
+    merge = states["ApplyInventoryDefaults"]
+    assert merge["Parameters"] == {"input.$": "States.JsonMerge($.defaults, $, false)"}
+    assert merge["OutputPath"] == "$.input"
+    recheck = states[merge["Next"]]
+    assert states[recheck["Default"]]["Type"] == "Fail"
+    text = json.dumps(recheck["Choices"])
+    assert '"StringMatches": "incoming/*"' in text and '"StringMatches": "gallery/*"' in text
+    assert {choice["Next"] for choice in recheck["Choices"]} == {"InventoryBatches"}
+
+    inventory = states["InventoryBatches"]
+    assert inventory["Type"] == "Map"
+    reader = inventory["ItemReader"]
+    assert reader["Resource"].endswith(":states:::s3:getObject")
+    assert reader["ReaderConfig"] == {"InputType": "MANIFEST"}
+    assert reader["Parameters"] == {"Bucket.$": "$.manifest.bucket",
+                                    "Key.$": "$.manifest.key"}
+    assert inventory["ItemSelector"] == {"Bucket.$": "$$.Map.Item.Value.Bucket",
+                                         "Key.$": "$$.Map.Item.Value.Key"}
+    batcher = inventory["ItemBatcher"]
+    assert batcher["BatchInput"] == {"mode.$": "$.mode", "prefix.$": "$.prefix",
+                                     "version.$": "$.version"}
+    listing = states["Batches"]
+    for field in ("MaxConcurrency", "ToleratedFailurePercentage", "ResultWriter", "ResultPath",
+                  "Next"):
+        assert inventory[field] == listing[field], field
+    assert batcher["MaxItemsPerBatch"] == listing["ItemBatcher"]["MaxItemsPerBatch"]
+    (child,) = inventory["ItemProcessor"]["States"].values()
+    (listed_child,) = listing["ItemProcessor"]["States"].values()
+    assert child["Resource"] == token_of(dev, batch_function_id(dev), "Arn")
+    assert child["Retry"] == listed_child["Retry"]
+    assert inventory["ItemProcessor"]["ProcessorConfig"] == listing["ItemProcessor"][
+        "ProcessorConfig"]
+
+
+def test_state_machine_reads_inventory_reports_only_under_inventory(synthesized):
+    artifacts = bucket_id(synthesized, "Artifacts")
+    inventory = {"Fn::Join": ["", [{"Fn::GetAtt": [artifacts, "Arn"]}, "/inventory/*"]]}
+    statements = machine_statements(synthesized)
+    reads = [s for s in statements
+             if s["Effect"] == "Allow" and "s3:GetObject" in as_list(s["Action"])]
+    # Ours, the inventory prefix only; and CDK's ResultWriter grant on the artifacts bucket.
+    assert {"Action": "s3:GetObject", "Effect": "Allow", "Resource": inventory} in reads
+    assert len(reads) == 2
+    (writer,) = [s for s in reads if s["Resource"] != inventory]
+    assert artifacts in resource_text(writer["Resource"])
+    # ...whose reads are denied outside backfill-results/ and inventory/: no model file.
+    (deny,) = [s for s in statements if s["Effect"] == "Deny" and s["Action"] == "s3:GetObject"]
+    (results, denied_inventory) = deny["NotResource"]
+    assert resource_text(results).endswith('"/backfill-results/*"]]}')
+    assert denied_inventory == inventory
+    # The images bucket: listed (the listing map), never read by the state machine.
+    images = bucket_id(synthesized, "Images")
+    for statement in statements:
+        if statement["Effect"] == "Allow" and images in resource_text(statement):
+            assert statement["Action"] == "s3:ListBucket", statement
+
+
+def test_images_bucket_writes_daily_csv_inventories_of_incoming_and_gallery(dev):
+    images = dev.resources[bucket_id(dev, "Images")]["Properties"]
+    artifacts_id = bucket_id(dev, "Artifacts")
+    configurations = {c["Prefix"]: c for c in images["InventoryConfigurations"]}
+    assert set(configurations) == {"incoming/", "gallery/"}
+    for prefix, configuration in configurations.items():
+        assert configuration["Id"] == prefix.rstrip("/")
+        assert configuration["Enabled"] is True
+        assert configuration["ScheduleFrequency"] == "Daily"
+        assert configuration["IncludedObjectVersions"] == "Current"
+        assert configuration["Destination"] == {
+            "BucketArn": {"Fn::GetAtt": [artifacts_id, "Arn"]},
+            "Format": "CSV",  # the only inventory format Step Functions reads
+            "Prefix": "inventory",
+        }
+    # S3 may write there for this bucket only; old reports expire.
+    (policy,) = [p["Properties"] for p in dev.of_type("AWS::S3::BucketPolicy").values()
+                 if p["Properties"]["Bucket"] == {"Ref": artifacts_id}]
+    (delivery,) = [s for s in policy["PolicyDocument"]["Statement"]
+                   if s.get("Principal") == {"Service": "s3.amazonaws.com"}]
+    assert delivery["Action"] == "s3:PutObject"
+    assert delivery["Condition"] == {
+        "ArnLike": {"aws:SourceArn": {"Fn::GetAtt": [bucket_id(dev, "Images"), "Arn"]}}}
+    assert "/inventory*" in resource_text(delivery["Resource"])
+    rules = dev.resources[artifacts_id]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (expiry,) = [r for r in rules if r.get("Prefix") == "inventory/"]
+    assert 1 <= expiry["ExpirationInDays"] <= 30
+
+
+# --- renditions for works indexed before them (issue 14) ------------------------------------
+
+
+def test_a_renditions_input_runs_the_map_over_gallery_keys_and_never_switches(dev):
+    """{"mode": "renditions", "prefix": "gallery/..."}: defaults (prefix gallery/, version
+    null) merged under the input, checked (gallery/ only, a version must be null), then the
+    same listing map and batch function; with a manifest, the inventory map. After the map it
+    is not a reindex: no SwitchVersion."""
+    _, asl = definition(dev)
+    states = asl["States"]
+    by_next = {choice["Next"]: choice for choice in states["CheckInput"]["Choices"]}
+    listing = by_next["RenditionsDefaults"]
+    assert {"Variable": "$.mode", "StringEquals": "renditions"} in listing["And"]
+    assert {"Not": {"Variable": "$.manifest", "IsPresent": True}} in listing["And"]
+    for name in ("RenditionsDefaults", "RenditionsInventoryDefaults"):
+        assert states[name]["Parameters"] == {"prefix": "gallery/",
+                                              "version.$": "States.StringToJson('null')"}
+    assert states["RenditionsInventoryDefaults"]["Next"] == "ApplyInventoryDefaults"
+    merge = states[states["RenditionsDefaults"]["Next"]]
+    assert merge["Parameters"] == {"input.$": "States.JsonMerge($.defaults, $, false)"}
+    assert merge["OutputPath"] == "$.input"
+    check = states[merge["Next"]]
+    (route,) = check["Choices"]
+    assert route["Next"] == "Batches"
+    text = json.dumps(route)
+    assert '"StringEquals": "renditions"' in text and '"StringMatches": "gallery/*"' in text
+    assert '{"Variable": "$.version", "IsNull": true}' in text  # renditions have no version
+    assert "incoming/" not in text
+    assert states[check["Default"]]["Type"] == "Fail"
+    inventory_check = states[states["ApplyInventoryDefaults"]["Next"]]
+    (renditions_inventory,) = [c for c in inventory_check["Choices"]
+                               if '"StringEquals": "renditions"' in json.dumps(c)]
+    assert renditions_inventory["Next"] == "InventoryBatches"
+    assert '"StringMatches": "gallery/*"' in json.dumps(renditions_inventory)
+    # The batches carry the mode to the batch function; IsReindex lets renditions end there.
+    assert states["Batches"]["ItemBatcher"]["BatchInput"]["mode.$"] == "$.mode"
+    (reindex,) = states["IsReindex"]["Choices"]
+    assert reindex["StringEquals"] == "reindex"
+    assert "renditions" in json.dumps(states["BadInput"])  # the refusal names the shape
+
+
+def test_batch_role_may_look_up_renditions_and_write_them_nothing_more(dev):
+    images = bucket_id(dev, "Images")
+    renditions = {"Fn::Join": ["", [{"Fn::GetAtt": [images, "Arn"]}, "/renditions/*"]]}
+    statements = role_statements(dev, function_with(dev, command="lambdas.batch.handler"))
+    on_renditions = {action for s in statements if s["Effect"] == "Allow"
+                     and renditions in as_list(s["Resource"]) for action in as_list(s["Action"])}
+    assert on_renditions == {"s3:GetObject", "s3:PutObject"}
+    # Predict and embed only ever write renditions (CloudFront serves them to browsers).
+    for command in ("lambdas.predict.handler", "lambdas.embed.handler"):
+        assert "/renditions/*" not in s3_grants(dev, function_with(dev, command=command)).get(
+            "s3:GetObject", set()), command

@@ -9,10 +9,12 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -20,7 +22,13 @@ from artlens.errors import BadRequest
 from artlens.lake import LocalLake
 from artlens.models.registry import ModelRegistry
 from artlens.models.versions import versions_of
-from local_stack.backfill import RESULTS_PREFIX, list_batches, run_map
+from local_stack.backfill import (
+    RESULTS_PREFIX,
+    list_batches,
+    parse_args,
+    renditions_summary,
+    run_map,
+)
 from local_stack.events import LambdaContext
 from tests.imagegen import artwork, encode
 
@@ -218,3 +226,265 @@ def test_batch_handler_refuses_keys_outside_the_mode_root(batch):
         batch.handler(event, LambdaContext("artlens-batch"))
     with pytest.raises(BadRequest):
         batch.handler({"Items": [], "BatchInput": {"mode": "delete"}}, LambdaContext("b"))
+
+
+# --- items from an S3 Inventory manifest (issue 16) -----------------------------------------
+
+
+def inventory_rows(keys, bucket: str = "artlens-images") -> list[dict]:
+    """The Map's items from an inventory report: CSV rows {"Bucket", "Key"}, the key
+    URL-encoded as S3 writes CSV inventories."""
+    return [{"Bucket": bucket, "Key": quote_plus(key, safe="/")} for key in keys]
+
+
+def test_inventory_rows_index_only_the_requested_prefix_and_touch_nothing_else(batch, lake, store):
+    drops = drop_pictures(lake)
+    odd = "incoming/0 a+b%.png"  # a space, a plus and a percent sign: URL-encoded in the CSV
+    drops[odd] = encode(artwork(50), "PNG")
+    lake.put(odd, drops[odd])
+    others = {"uploads/keep.png": encode(artwork(60), "PNG"),
+              "gallery/already.png": encode(artwork(61), "PNG")}
+    for key, data in others.items():
+        lake.put(key, data)
+    # A day-old inventory: it still lists a drop indexed (moved) meanwhile.
+    gone = "incoming/05-gone.png"
+    rows = inventory_rows([*drops, gone, *others])
+    assert {"Bucket": "artlens-images", "Key": "incoming/0+a%2Bb%25.png"} in rows
+
+    result = batch.handler(
+        {"Items": rows, "BatchInput": {"mode": "backfill", "prefix": "incoming/0",
+                                       "version": None}},
+        LambdaContext("artlens-batch"),
+    )
+
+    under = sorted(k for k in drops if k.startswith("incoming/0"))
+    assert len(under) == 11  # 00..09 and the odd name
+    assert result["items"] == len(under) + 1  # + the gone one
+    assert result["indexed"] == len(under) and result["failed"] == 0
+    assert result["skipped"] == 1  # the gone drop: counted, not an error
+    # Outside the prefix: incoming/10.png, the twin, and the two objects outside incoming/.
+    assert result["outside_prefix"] == 4
+    assert sorted(lake.list("incoming/")) == ["incoming/10.png", "incoming/99 twin.png"]
+    for key, data in others.items():
+        assert lake.get(key) == data  # never read, moved or deleted
+    indexed = {hashlib.sha256(drops[k]).hexdigest() for k in under}
+    assert {k.removeprefix("gallery/").split(".")[0] for k in store.keys("tiny-0")} == indexed
+
+
+def test_inventory_rows_reindex_gallery_keys_only(batch, lake, store):
+    pictures = gallery_with_tiny0(None, batch, lake)
+    lake.put("incoming/late.png", encode(artwork(70), "PNG"))
+    rows = inventory_rows([*lake.list("gallery/"), "incoming/late.png", "rejected/x.json"])
+
+    result = batch.handler(
+        {"Items": rows, "BatchInput": {"mode": "reindex", "version": "tiny-1"}},  # prefix: root
+        LambdaContext("artlens-batch"),
+    )
+
+    assert result["embedded"] == pictures and result["outside_prefix"] == 2
+    assert store.count("tiny-1") == pictures
+    assert versions_of(store).current() == "tiny-0"  # a batch never switches
+    assert lake.exists("incoming/late.png")  # a reindex never ingests
+
+
+def test_inventory_rows_of_another_bucket_or_a_prefix_outside_the_root_are_refused(batch):
+    parse = batch.parse_items
+    rows = inventory_rows(["incoming/a.png"], bucket="someone-else")
+    event = {"Items": rows, "BatchInput": {"mode": "backfill"}}
+    with pytest.raises(BadRequest, match="someone-else"):
+        parse(event, "artlens-images")
+    assert parse(event, None).keys == ["incoming/a.png"]  # locally: no bucket to compare
+    for prefix in ("gallery/", "", 7):
+        with pytest.raises(BadRequest, match="prefix"):
+            parse({"Items": [], "BatchInput": {"mode": "backfill", "prefix": prefix}})
+    with pytest.raises(BadRequest):
+        parse({"Items": [{"Bucket": "artlens-images"}], "BatchInput": {"mode": "backfill"}})
+    # Listing items keep their rule: outside the mode's root is a bad request, not a skip.
+    with pytest.raises(BadRequest):
+        parse({"Items": [{"Key": "uploads/x.png"}], "BatchInput": {"mode": "backfill"}})
+    listed = parse({"Items": [{"Key": "incoming/a+b.png"}], "BatchInput": {"mode": "backfill"}})
+    assert listed.keys == ["incoming/a+b.png"] and listed.outside_prefix == 0  # not decoded
+
+
+FAKE_AWS = """#!/bin/sh
+echo "$@" >> "$CALLS"
+arn=arn:aws:states:eu-west-1:1
+case "$*" in
+  *BackfillStateMachineArn*) echo "$arn:stateMachine:ArtLens-dev-backfill" ;;
+  *ArtifactsBucketName*) echo artlens-artifacts ;;
+  *ImagesBucketName*) echo artlens-images ;;
+  "s3api list-objects-v2"*) echo "$LATEST" ;;
+  "stepfunctions start-execution"*) echo "$arn:execution:ArtLens-dev-backfill:x" ;;
+  "stepfunctions list-map-runs"*) echo None ;;
+  "stepfunctions describe-execution"*) echo SUCCEEDED ;;
+esac
+"""
+
+
+def run_backfill_sh(tmp_path, manifest: str, *args: str, latest: str = "None"):
+    """infra/run_backfill.sh with MANIFEST=..., against a fake AWS CLI that records its
+    calls; returns (the completed process, the start-execution input)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir(exist_ok=True)
+    (fake_bin / "aws").write_text(FAKE_AWS)
+    (fake_bin / "aws").chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    completed = subprocess.run(
+        [str(Path(__file__).resolve().parents[2] / "infra" / "run_backfill.sh"), "dev", *args],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "CALLS": str(calls), "POLL_S": "0",
+             "MANIFEST": manifest, "LATEST": latest},
+        capture_output=True, text=True, timeout=60,
+    )
+    log = calls.read_text().splitlines()
+    start = [line for line in log if line.startswith("stepfunctions start-execution")]
+    if not start:
+        return completed, None, log
+    (text,) = start
+    return completed, json.loads(text.split(" --input ")[1].split(" --query ")[0]), log
+
+
+def test_run_backfill_passes_an_inventory_manifest_to_the_state_machine(tmp_path):
+    key = "inventory/artlens-images/incoming/2026-11-29T01-00Z/manifest.json"
+    completed, started, _ = run_backfill_sh(
+        tmp_path, f"s3://artlens-artifacts/{key}", "backfill", "incoming/2024/")
+    assert completed.returncode == 0, completed.stderr
+    assert started == {"mode": "backfill", "prefix": "incoming/2024/", "version": None,
+                       "manifest": {"bucket": "artlens-artifacts", "key": key}}
+    # latest: the newest report of the mode's inventory, found by listing inventory/.
+    newest = "inventory/artlens-images/gallery/2026-11-30T01-00Z/manifest.json"
+    completed, started, log = run_backfill_sh(tmp_path, "latest", "reindex", "gallery/", "v2",
+                                              latest=newest)
+    assert completed.returncode == 0, completed.stderr
+    assert started["manifest"] == {"bucket": "artlens-artifacts", "key": newest}
+    assert started["version"] == "v2" and started["mode"] == "reindex"
+    (listing,) = [line for line in log if line.startswith("s3api list-objects-v2")]
+    assert "--bucket artlens-artifacts --prefix inventory/artlens-images/gallery/" in listing
+    # No report yet, or a manifest that is not one: refused before anything starts.
+    for manifest, latest in (("latest", "None"), ("s3://b/x.csv", "None"),
+                             ('s3://b/a"b/manifest.json', "None")):
+        completed, started, _ = run_backfill_sh(tmp_path, manifest, "backfill", "incoming/",
+                                                latest=latest)
+        assert completed.returncode == 2 and started is None, (manifest, completed.stderr)
+        assert "inventory" in completed.stderr or "MANIFEST" in completed.stderr
+
+
+# --- renditions for works indexed before ingest wrote them (issue 14) -----------------------
+
+
+class RecordingLake(FlakyLake):
+    """A FlakyLake that also records every put (each rendition written, over every attempt)."""
+
+    def __init__(self, lake: LocalLake, fail_once: set[str]):
+        super().__init__(lake, fail_once)
+        self.puts: list[str] = []
+
+    def put(self, key: str, *args: Any, **kwargs: Any) -> None:
+        self.puts.append(key)
+        self._lake.put(key, *args, **kwargs)
+
+
+def test_renditions_map_restores_exactly_the_missing_renditions(monkeypatch, batch, lake, store):
+    pictures = gallery_with_tiny0(None, batch, lake)
+    works = sorted(lake.list("gallery/"))
+    assert len(works) == pictures
+    originals = {key: lake.get(key) for key in lake.list("renditions/")}
+    assert len(originals) == 2 * pictures  # ingest wrote 256 and 1,024 px of every work
+    shas = [key.removeprefix("gallery/").split(".")[0] for key in works]
+    # Four works lose both renditions, two lose their 256 px one; five keep both.
+    deleted = [f"renditions/{side}/{sha}.jpg" for sha in shas[:4] for side in (256, 1024)]
+    deleted += [f"renditions/256/{sha}.jpg" for sha in shas[4:6]]
+    for key in deleted:
+        lake.delete(key)
+    # A gallery object that is no picture (damaged in the lake): reported, never retried.
+    garbage = b"not a picture at all"
+    broken = f"gallery/{hashlib.sha256(garbage).hexdigest()}.jpg"
+    lake.put(broken, garbage)
+    # One work's read fails once (an S3 5xx): its batch raises and the map retries it.
+    recording = RecordingLake(lake, {works[1]})
+    with_lake(monkeypatch, batch, recording)
+    done: list[int] = []
+    publish = batch.publish_batch_done
+    monkeypatch.setattr(batch, "publish_batch_done", lambda m, n: (done.append(n), publish(m, n)))
+    delays: list[float] = []
+
+    report = run_map(lake, batch.handler, mode="renditions", batch_size=4, workers=2,
+                     sleep=no_sleep(delays))
+
+    assert recording.failed == [works[1]]
+    assert report.succeeded and report.failed_batches == 0 and report.activated is None
+    assert report.items == pictures + 1 and report.retries == 1 == len(delays)
+    # Exactly the missing renditions, each written once over every attempt, and identical to
+    # what ingest had written; the others untouched.
+    assert sorted(recording.puts) == sorted(deleted)
+    assert {key: lake.get(key) for key in lake.list("renditions/")} == originals
+    outputs = [r.output for r in report.results]
+    assert all(o["mode"] == "renditions" for o in outputs)
+    assert sum(o["items"] for o in outputs) == pictures + 1
+    assert sum(o["failed"] for o in outputs) == 1
+    (listed,) = [o["failed_keys"] for o in outputs if o["failed"]]
+    assert list(listed) == [broken] and listed[broken].startswith("unsupported_format: ")
+    # The retried batch's first attempt may already have written some: the run's outputs
+    # account for every work once, as written or complete.
+    assert sum(o["works"] + o["complete"] for o in outputs) == pictures
+    assert sorted(done) == sorted(len(r.keys) for r in report.results)  # BatchItemsDone
+    assert store.count("tiny-0") == pictures  # the index is not touched
+    written = json.loads(lake.get(report.results_key))
+    assert written["mode"] == "renditions" and written["failed_items"] == 0
+    # What `python -m local_stack.backfill --mode renditions` prints at the end.
+    summary = "\n".join(renditions_summary(report))
+    assert (f"  written      {sum(o['written'] for o in outputs):>6}  renditions, for "
+            f"{sum(o['works'] for o in outputs)} works") in summary
+    assert f"  failed       {1:>6}  works that cannot be rendered" in summary
+    assert f"    {broken}: unsupported_format" in summary
+
+    recording.puts.clear()
+    again = run_map(lake, batch.handler, mode="renditions", batch_size=4, workers=2)
+
+    assert again.succeeded and again.retries == 0
+    assert recording.puts == []  # nothing left to write
+    outputs = [r.output for r in again.results]
+    assert sum(o["written"] for o in outputs) == 0
+    assert sum(o["complete"] for o in outputs) == pictures
+    assert sum(o["failed"] for o in outputs) == 1  # still reported, still not a failed batch
+
+
+def test_renditions_batches_take_gallery_keys_only_and_no_version(batch, lake):
+    context = LambdaContext("artlens-batch")
+    for items in ([{"Key": "incoming/x.png"}], [{"Key": "renditions/256/x.jpg"}]):
+        with pytest.raises(BadRequest):
+            batch.handler({"Items": items, "BatchInput": {"mode": "renditions"}}, context)
+    with pytest.raises(BadRequest, match="version"):
+        batch.handler({"Items": [], "BatchInput": {"mode": "renditions", "version": "tiny-1"}},
+                      context)
+    # An inventory row outside the requested prefix is skipped, never rendered.
+    result = batch.handler(
+        {"Items": inventory_rows(["incoming/a.png", "gallery/b.png"], bucket="artlens-images"),
+         "BatchInput": {"mode": "renditions", "prefix": "gallery/", "version": None}},
+        context,
+    )
+    assert result["outside_prefix"] == 1 and result["items"] == 1
+    assert list(result["failed_keys"]) == ["gallery/b.png"]  # not named by a SHA-256
+    assert lake.list("renditions/") == []
+    with pytest.raises(ValueError, match="version"):
+        run_map(lake, batch.handler, mode="renditions", version="tiny-1")
+    with pytest.raises(ValueError, match="gallery/"):
+        run_map(lake, batch.handler, mode="renditions", prefix="incoming/")
+    assert parse_args(["--mode", "renditions"]).mode == "renditions"
+
+
+def test_run_backfill_starts_a_renditions_run_with_the_gallery_as_default_prefix(tmp_path):
+    completed, started, _ = run_backfill_sh(tmp_path, "", "renditions")
+    assert completed.returncode == 0, completed.stderr
+    assert started == {"mode": "renditions", "prefix": "gallery/", "version": None}
+    newest = "inventory/artlens-images/gallery/2026-11-30T01-00Z/manifest.json"
+    completed, started, log = run_backfill_sh(tmp_path, "latest", "renditions", "gallery/ab",
+                                              latest=newest)
+    assert completed.returncode == 0, completed.stderr
+    assert started == {"mode": "renditions", "prefix": "gallery/ab", "version": None,
+                       "manifest": {"bucket": "artlens-artifacts", "key": newest}}
+    (listing,) = [line for line in log if line.startswith("s3api list-objects-v2")]
+    assert "--prefix inventory/artlens-images/gallery/" in listing
+    for args in (("renditions", "gallery/", "v2"), ("delete", "gallery/")):
+        completed, started, _ = run_backfill_sh(tmp_path, "", *args)
+        assert completed.returncode == 2 and started is None, (args, completed.stderr)

@@ -27,6 +27,8 @@ REQUIRED = {
     "ingest": ("images_per_s", "batch1_images_per_s", "s3_images_per_s",
                "s3_sequential_images_per_s", "s3_sqs_batch_images_per_s", "s3_latency_ms_per_call",
                "backfill_concurrency", "backfill_1m_hours", "backfill_1m_sequential_hours"),
+    "flops": ("model_gflop_per_image", "peak_gflops_1core", "gflops_b1", "gflops_b32"),
+    "quantize": ("fp32_ms_b1", "int8_ms_b1", "int8_ms_b32", "int8_mb", "int8_trunk_ms_b1"),
 }
 KNN_KEYS = ("exact_p50_ms", "hnsw_p50_ms", "hnsw_p99_ms", "recall_at_5", "build_s",
             "filtered_recall_at_5", "filtered_hnsw_p50_ms")

@@ -460,6 +460,24 @@ class EmbeddingStore:
 
         return self.database.read(work)
 
+    def keys_missing_from(
+        self, model_version: str, reference_version: str, limit: int = 100_000
+    ) -> list[str]:
+        """Keys of `reference_version`'s rows whose picture has no `model_version` row yet:
+        one anti-join on the (sha256, model_version) unique index, no listing of the lake, so a
+        switch over millions of rows costs one index pass, not thousands of LIST calls."""
+
+        def work(cur: Cursor) -> list[str]:
+            cur.execute(
+                "SELECT o.key FROM images o WHERE o.model_version = %s AND NOT EXISTS"
+                " (SELECT 1 FROM images n WHERE n.sha256 = o.sha256 AND n.model_version = %s)"
+                " ORDER BY o.key LIMIT %s",
+                (reference_version, model_version, max(0, int(limit))),
+            )
+            return [key for (key,) in cur.fetchall()]
+
+        return self.database.read(work)
+
     def keys(self, model_version: str | None = None) -> list[str]:
         def work(cur: Cursor) -> list[str]:
             cur.execute(

@@ -388,15 +388,50 @@ def reembed_keys(
     return report
 
 
+# The switch step embeds at most this many stragglers (pictures ingested while the map ran);
+# more means the map did not cover the gallery, and the switch refuses.
+MAX_STRAGGLERS = 100_000
+
+
 def activate_reindexed(
     store: EmbeddingStore, lake: ObjectLake, classifier: Classifier,
     batch_size: int = DEFAULT_REINDEX_BATCH,
 ) -> ReindexReport:
-    """The final step of a fanned-out reindex, run once every batch has succeeded: `reindex`
-    itself, which finds the gallery already embedded, embeds only the pictures ingested while
-    the batches ran, and switches queries to the version only if the whole gallery has rows
-    (`activated` says whether it did)."""
-    return reindex(store, lake, classifier, batch_size)
+    """The final step of a fanned-out reindex, run once every batch has succeeded: embed the
+    pictures the serving version indexed while the batches ran (rows of the current version
+    without a row of the new one: one indexed query, never a listing of millions of gallery
+    keys), then switch queries to the version only when none is left but the unusable ones
+    (`activated` says whether it did). With no other current version (a first model) it is
+    `reindex`, which lists the gallery."""
+    version = classifier.version
+    states = versions_of(store)
+    states.register(version, classifier.embedding_size)
+    current = states.current()
+    if current is None or current == version:
+        return reindex(store, lake, classifier, batch_size)
+    report = ReindexReport(model_version=version, previous_version=current)
+    unusable: set[str] = set()
+    for _ in range(REINDEX_PASSES):
+        pending = [k for k in store.keys_missing_from(version, current, MAX_STRAGGLERS + 1)
+                   if k not in unusable]
+        if not pending or len(pending) > MAX_STRAGGLERS:
+            break
+        report.total += len(pending)
+        _embed_gallery_keys(store, lake, classifier, pending, batch_size, report, unusable,
+                            None)
+    report.unusable_keys = sorted(unusable)
+    remaining = [k for k in store.keys_missing_from(version, current, MAX_STRAGGLERS + 1)
+                 if k not in unusable]
+    if remaining:
+        logger.info("reindex to %s incomplete: %s pictures of %s have no row", version,
+                    f"{len(remaining):,}" if len(remaining) <= MAX_STRAGGLERS else "too many",
+                    current)
+        return report
+    states.mark_ready(version)
+    states.activate(version)
+    report.activated = True
+    logger.info("model version %s is now current (was %s)", version, current)
+    return report
 
 
 class CurrentModel:
