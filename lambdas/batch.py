@@ -13,15 +13,8 @@ Events (the Map's ItemBatcher shape, and the state machine's last reindex step):
       after every batch succeeded: catch up and switch queries to the version
       (activate_reindexed); raises if the gallery is still incomplete, so nothing switches
 
-Items come in two shapes. From the S3 listing (ItemReader listObjectsV2): {"Key": "..."}, all
-under the listed prefix, so a key outside the mode's root is a bad request. From an S3
-Inventory manifest (ItemReader InputType MANIFEST): the CSV rows {"Bucket": ..., "Key": ...},
-with BatchInput {"prefix": ...}. An inventory covers a whole configuration's prefix and is up
-to a day old, so rows outside the requested prefix are skipped (counted, never read), the row's
-bucket must be the images bucket this function serves, and its key is URL-decoded (S3 writes
-CSV inventory keys URL-encoded). Keys outside incoming/ (backfill) or gallery/ (reindex,
-renditions) are never touched whichever the shape. A listed or inventoried object already
-gone (indexed meanwhile) is counted as skipped by the ingestion, not raised.
+Items come in two shapes, an S3 listing's or an S3 Inventory manifest's rows
+(artlens.batches, which also keeps every key inside the mode's root).
 
 A batch in which some pictures failed for a transient reason raises BatchIncomplete: the Map
 counts the batch as failed and retries it (with backoff), and only what is missing is redone,
@@ -43,8 +36,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
 
+from artlens.batches import checked_version, parse_items
 from artlens.errors import BadRequest
 from artlens.ingest import Concurrency, ingest_objects
 from artlens.logs import handler_logger
@@ -62,14 +55,12 @@ from artlens.models.versions import (
     ensure_model_version,
     reembed_keys,
 )
-from artlens.names import GALLERY_PREFIX, INCOMING_PREFIX
 from artlens.renditions import backfill_renditions
 from artlens.serving import Serving
 from artlens.wiring import Lazy
 
 logger = handler_logger("artlens-batch")
 metrics = handler_metrics()
-ROOTS = {"backfill": INCOMING_PREFIX, "reindex": GALLERY_PREFIX, "renditions": GALLERY_PREFIX}
 # Failed keys listed in a renditions batch's output (the count is always whole): a Map child's
 # output must stay under Step Functions' 256 KB payload limit.
 MAX_LISTED_FAILURES = 100
@@ -104,82 +95,11 @@ deps = Lazy(build)  # a failure (database down) fails this invocation; the Map r
 reset = deps.reset  # tests that change the environment
 
 
-def _version(value: Any) -> str | None:
-    if value is not None and not (isinstance(value, str) and value):
-        raise BadRequest('"version" must be a model version name or null')
-    return value
-
-
 def _classifier(built: Deps, version: str | None) -> Classifier:
     registry, threads = built.serving.registry, built.serving.settings.ort_threads
     if version is None:
         return registry.default_classifier(threads)
     return registry.classifier_for(version, threads)
-
-
-@dataclass(frozen=True)
-class Batch:
-    mode: str
-    version: str | None
-    keys: list[str]
-    outside_prefix: int = 0  # inventory rows skipped: outside the requested prefix
-
-
-def _prefix(mode: str, value: Any) -> str:
-    """The requested prefix: the mode's root when the batch input names none (the listing
-    map lists exactly the requested prefix and passes none)."""
-    root = ROOTS[mode]
-    if value is None:
-        return root
-    if not isinstance(value, str) or not value.startswith(root):
-        raise BadRequest(f'"prefix" must start with {root}; got {value!r:.80}')
-    return value
-
-
-def _inventory_key(item: dict[str, Any], images_bucket: str | None) -> str:
-    bucket, key = item.get("Bucket"), item.get("Key")
-    if not isinstance(bucket, str) or not isinstance(key, str) or not key:
-        raise BadRequest(f"an inventory row needs a Bucket and a Key; got {item!r:.80}")
-    # A manifest of another bucket's inventory: its keys mean nothing in ours.
-    if images_bucket is not None and bucket != images_bucket:
-        raise BadRequest(f"inventory row of bucket {bucket!r:.64}, not {images_bucket!r}")
-    return unquote_plus(key)
-
-
-def parse_items(event: dict[str, Any], images_bucket: str | None = None) -> Batch:
-    """The Map batch: listing items must lie under the mode's root (BadRequest otherwise);
-    inventory rows outside the requested prefix are skipped. `images_bucket`: the bucket
-    inventory rows must name (None locally: the folder lake has no bucket)."""
-    batch_input = event.get("BatchInput")
-    items = event.get("Items")
-    if not isinstance(batch_input, dict) or not isinstance(items, list):
-        raise BadRequest('a batch is {"Items": [{"Key": ...}], "BatchInput": {"mode": ...}}')
-    mode = batch_input.get("mode")
-    if mode not in ROOTS:
-        raise BadRequest(f'"mode" must be one of {sorted(ROOTS)}')
-    prefix = _prefix(mode, batch_input.get("prefix"))
-    keys: list[str] = []
-    outside = 0
-    for item in items:
-        if isinstance(item, dict) and "Bucket" in item:
-            key = _inventory_key(item, images_bucket)
-            if not key.startswith(prefix):  # prefix starts with the root: never touched
-                outside += 1
-                continue
-        else:
-            listed = item.get("Key") if isinstance(item, dict) else None
-            if not isinstance(listed, str) or not listed.startswith(ROOTS[mode]):
-                raise BadRequest(f"every item needs a Key under {ROOTS[mode]}; got {item!r:.80}")
-            key = listed
-        if not key.endswith("/"):  # "folder" markers are listed too
-            keys.append(key)
-    return Batch(mode, _version(batch_input.get("version")), keys, outside)
-
-
-def parse_batch(event: dict[str, Any]) -> tuple[str, str | None, list[str]]:
-    """(mode, version, keys) of a Map batch; BadRequest names what is wrong."""
-    batch = parse_items(event)
-    return batch.mode, batch.version, batch.keys
 
 
 def run_renditions(built: Deps, keys: list[str]) -> dict[str, Any]:
@@ -243,7 +163,7 @@ def run_activate(built: Deps, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise BadRequest('activate is {"activate": {"version": "<v>" | null}}')
     serving = built.serving
-    classifier = _classifier(built, _version(request.get("version")))
+    classifier = _classifier(built, checked_version(request.get("version")))
     report = activate_reindexed(serving.store, serving.lake, classifier)
     if not report.activated:
         raise BatchIncomplete(

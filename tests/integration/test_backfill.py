@@ -18,6 +18,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from artlens.batches import parse_items
 from artlens.errors import BadRequest
 from artlens.lake import LocalLake
 from artlens.models.registry import ModelRegistry
@@ -288,7 +289,7 @@ def test_inventory_rows_reindex_gallery_keys_only(batch, lake, store):
 
 
 def test_inventory_rows_of_another_bucket_or_a_prefix_outside_the_root_are_refused(batch):
-    parse = batch.parse_items
+    parse = parse_items  # what the handler runs on every event (artlens.batches)
     rows = inventory_rows(["incoming/a.png"], bucket="someone-else")
     event = {"Items": rows, "BatchInput": {"mode": "backfill"}}
     with pytest.raises(BadRequest, match="someone-else"):
