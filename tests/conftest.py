@@ -38,6 +38,25 @@ def create_database(server, name: str) -> str:
     return server.get_uri(database=name)
 
 
+MOTO_REGION = "eu-west-1"
+
+
+@pytest.fixture
+def moto_aws(monkeypatch):
+    """moto's AWS with fake credentials and no profile: AWS APIs are the one thing the tests
+    mock, and every test that needs them gets them from here."""
+    from moto import mock_aws
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": MOTO_REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     """One embedded PostgreSQL server for the whole test session."""

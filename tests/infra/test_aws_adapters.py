@@ -13,28 +13,20 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from artlens.auth.keys import ApiKeySource, SecretsManagerKeys, issue_key, revoke_key
 from artlens.errors import NotFound, Unauthorized
 from artlens.lake import S3Lake
+from tests.conftest import MOTO_REGION
 from tests.imagegen import jpeg_bytes
 
-REGION = "eu-west-1"
+REGION = MOTO_REGION
 BUCKET = "artlens-images-test"
 
 
 @pytest.fixture
-def aws_env(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws_env(moto_aws, monkeypatch):
     monkeypatch.delenv("API_KEYS_SECRET_ARN", raising=False)
-    with mock_aws():
-        yield
 
 
 @pytest.fixture

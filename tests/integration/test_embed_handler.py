@@ -14,11 +14,11 @@ from urllib.parse import quote_plus
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
 from PIL import Image
 
 from artlens.index.embeddings import EmbeddingStore
 from artlens.models.versions import versions_of
+from tests.conftest import MOTO_REGION
 
 BUCKET = "artlens-images-test"
 CONTEXT = SimpleNamespace(
@@ -70,18 +70,10 @@ TEST_EVENT = json.dumps({
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-west-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="eu-west-1")
-        s3.create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-        )
-        yield s3
+def aws(moto_aws):
+    s3 = boto3.client("s3", region_name=MOTO_REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": MOTO_REGION})
+    return s3
 
 
 def load_handler(monkeypatch, database_url: str, card_path):

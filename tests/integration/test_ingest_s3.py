@@ -7,28 +7,22 @@ import hashlib
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from artlens.ingest import Status, ingest_objects
 from artlens.lake import S3Lake
 from artlens.models.classifier import get_classifier
 from artlens.models.versions import ensure_model_version
+from tests.conftest import MOTO_REGION as REGION
 from tests.imagegen import jpeg_bytes
 
-REGION = "eu-west-1"
 BUCKET = "artlens-race-test"
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(Bucket=BUCKET,
-                             CreateBucketConfiguration={"LocationConstraint": REGION})
-        yield client
+def s3(moto_aws):
+    client = boto3.client("s3", region_name=REGION)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return client
 
 
 class S3LakeWithARacingUpload(S3Lake):

@@ -14,7 +14,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from artlens.index.embeddings import EmbeddingStore
 from artlens.ingest import ingest_objects
@@ -31,24 +30,13 @@ from artlens.models.registry import (
 from artlens.models.versions import CurrentModel, ensure_model_version, versions_of
 from artlens.settings import Settings
 from local_stack.events import LambdaContext
+from tests.conftest import MOTO_REGION
 from tests.imagegen import artwork, encode
 from tests.integration.test_model_versions import Gallery, assert_served_by
 
-REGION = "eu-west-1"
+REGION = MOTO_REGION
 BUCKET = "artlens-artifacts-test"
 URL_KEY = "registry-s3-url-key"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        yield
 
 
 class CountingS3:
@@ -64,7 +52,7 @@ class CountingS3:
 
 
 @pytest.fixture
-def s3(aws) -> CountingS3:
+def s3(moto_aws) -> CountingS3:
     counting = CountingS3()
     counting.client.create_bucket(
         Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -187,7 +175,7 @@ def test_a_cached_copy_is_reused_without_downloading_it_again(s3, tmp_path, tiny
     assert card.onnx_path.read_bytes() == tiny_model_card_v2.with_name("artlens.onnx").read_bytes()
 
 
-def test_an_unreachable_bucket_is_unavailable_not_unregistered(aws, tmp_path, store,
+def test_an_unreachable_bucket_is_unavailable_not_unregistered(moto_aws, tmp_path, store,
                                                                tiny_model_card):
     # No such bucket: S3 answers NoSuchBucket, which says nothing about the version.
     client = boto3.client("s3", region_name=REGION)

@@ -14,15 +14,14 @@ import boto3
 import pytest
 import requests
 from botocore.config import Config
-from moto import mock_aws
 from PIL import Image
 
 from artlens import renditions
 from artlens.digests import sha256_hex
 from artlens.lake import RENDITION_CACHE_CONTROL, LocalLake, S3Lake, cacheable_expiry
+from tests.conftest import MOTO_REGION
 from tests.imagegen import artwork, encode
 
-REGION = "eu-west-1"
 BUCKET = "artlens-images-renditions-test"
 
 
@@ -186,20 +185,12 @@ def test_the_command_says_when_the_stack_is_not_running(tmp_path, capsys):
 
 
 @pytest.fixture
-def s3_lake(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        # As artlens.lake.lake_from_settings builds it: SigV4 presigned URLs.
-        client = boto3.client("s3", region_name=REGION,
-                              config=Config(signature_version="s3v4"))
-        client.create_bucket(Bucket=BUCKET,
-                             CreateBucketConfiguration={"LocationConstraint": REGION})
-        yield S3Lake(client, BUCKET)
+def s3_lake(moto_aws):
+    # As artlens.lake.lake_from_settings builds it: SigV4 presigned URLs.
+    client = boto3.client("s3", region_name=MOTO_REGION, config=Config(signature_version="s3v4"))
+    client.create_bucket(Bucket=BUCKET,
+                         CreateBucketConfiguration={"LocationConstraint": MOTO_REGION})
+    return S3Lake(client, BUCKET)
 
 
 def test_s3_renditions_are_written_as_jpeg_and_found(s3_lake):

@@ -19,13 +19,13 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
-from moto import mock_aws
 from PIL import Image
 
 from artlens.api.events import MAX_BODY_BYTES
 from artlens.image import MAX_BYTES
 from artlens.lake import LocalLake, S3Lake, checksum_header, upload_headers
 from local_stack.gateway import Backend, GatewayConfig, GatewayServer
+from tests.conftest import MOTO_REGION
 from tests.integration.test_api_contract import call, post_json
 from tests.integration.test_predict_handler import answer, post
 from tests.integration.test_predict_handler import (
@@ -60,17 +60,11 @@ def ticket_for(data: bytes, content_type: str = "image/png") -> dict:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="eu-west-1",
-                              config=Config(signature_version="s3v4"))
-        client.create_bucket(Bucket="images",
-                             CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        yield client
+def s3(moto_aws):
+    client = boto3.client("s3", region_name=MOTO_REGION, config=Config(signature_version="s3v4"))
+    client.create_bucket(Bucket="images",
+                         CreateBucketConfiguration={"LocationConstraint": MOTO_REGION})
+    return client
 
 
 def test_s3_upload_url_signs_the_key_type_length_checksum_and_expiry(s3):

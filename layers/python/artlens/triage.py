@@ -169,7 +169,8 @@ def build_report(
     store: EmbeddingStore, model_version: str, entries: Sequence[Entry], batch: str,
     *, now: datetime | None = None,
 ) -> TriageReport:
-    """Each entry's row, from what the index holds now (three queries for the whole batch)."""
+    """Each entry's row, from what the index holds now: a few indexed lookups per picture
+    and one relations query for the batch (a part covers one embed invocation, ten drops)."""
     shas = [e.sha256 for e in entries if e.sha256]
     works = WorkStore(store.database)
     stored = {sha: works.get(sha) for sha in dict.fromkeys(shas)}

@@ -205,20 +205,29 @@ def build_version_index(
     """(Re)build the version's HNSW index with `maintenance_work_mem` for the build's own
     transaction, then ANALYZE; (seconds the build took, index bytes)."""
     _, dim = store.version_and_dimension(version)
+    built = _build_index(store, version_index_name(version),
+                         version_index_sql(version, dim, m, ef_construction),
+                         maintenance_work_mem)
+    store.database.transaction(lambda cur: cur.execute("ANALYZE images"))
+    return built
+
+
+def _build_index(
+    store: EmbeddingStore, name: str, create: sql.Composable, maintenance_work_mem: str
+) -> tuple[float, int]:
+    """Drop and create one index in a transaction of its own, with `maintenance_work_mem` set
+    for that transaction only; (seconds the CREATE took, index bytes)."""
     memory = _checked_memory(maintenance_work_mem)
 
     def work(cur: Cursor) -> float:
         schema_lock(cur)
         cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
-        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(version_index_name(version))))
+        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
         started = time.perf_counter()
-        cur.execute(version_index_sql(version, dim, m, ef_construction))
+        cur.execute(create)
         return time.perf_counter() - started
 
-    build_s = store.database.transaction(work)
-    store.database.transaction(lambda cur: cur.execute("ANALYZE images"))
-    return build_s, index_bytes(store, version_index_name(version))
+    return store.database.transaction(work), index_bytes(store, name)
 
 
 def index_bytes(store: EmbeddingStore, index_name: str) -> int:
@@ -297,16 +306,6 @@ def build_halfvec_index(
 ) -> tuple[float, int]:
     """Build the halfvec index beside (or instead of) the float4 one; (seconds, bytes)."""
     _, dim = store.version_and_dimension(version)
-    memory = _checked_memory(maintenance_work_mem)
-
-    def work(cur: Cursor) -> float:
-        schema_lock(cur)
-        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
-        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(halfvec_index_name(version))))
-        started = time.perf_counter()
-        cur.execute(halfvec_index_sql(version, dim, m, ef_construction))
-        return time.perf_counter() - started
-
-    build_s = store.database.transaction(work)
-    return build_s, index_bytes(store, halfvec_index_name(version))
+    return _build_index(store, halfvec_index_name(version),
+                        halfvec_index_sql(version, dim, m, ef_construction),
+                        maintenance_work_mem)
