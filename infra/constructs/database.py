@@ -37,6 +37,9 @@ ENGINE_VERSION = rds.PostgresEngineVersion.of(ENGINE_MAJOR, ENGINE_MAJOR)
 # memory, as an RDS formula (DBInstanceClassMemory is in bytes, the parameter in kB), so it
 # follows dbInstanceType: 256 MB on t4g.micro, 512 MB on t4g.small, 4 GB on a 16 GB class.
 MAINTENANCE_WORK_MEM = "{DBInstanceClassMemory/4096}"
+# shared_buffers stays at RDS's default, a quarter of memory ({DBInstanceClassMemory/32768}
+# pages): k-NN latency depends on the HNSW graph staying in it (about 1.3 KiB per 256-d work;
+# docs/operations.md, "The database at millions of works", picks the instance class).
 # autovacuum_work_mem defaults to -1, i.e. maintenance_work_mem for EACH autovacuum worker (3):
 # with a quarter of memory each, vacuums alone could take 3/4 of a small instance. PostgreSQL's
 # own default, 64 MB (in kB), is plenty for this table.

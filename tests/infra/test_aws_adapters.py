@@ -16,7 +16,7 @@ import pytest
 
 from artlens.auth.keys import ApiKeySource, SecretsManagerKeys, issue_key, revoke_key
 from artlens.errors import NotFound, Unauthorized
-from artlens.lake import S3Lake
+from artlens.lake import LocalLake, S3Lake
 from tests.conftest import MOTO_REGION
 from tests.imagegen import jpeg_bytes
 
@@ -129,6 +129,17 @@ def test_a_moved_object_reads_as_not_found(versioned_bucket):
         lake.copy("incoming/a.jpg", "gallery/b.jpg")
     assert not lake.exists("incoming/a.jpg")
     assert lake.get("gallery/a.jpg") == jpeg_bytes(1)
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_put_if_absent_writes_once_and_never_overwrites(versioned_bucket, tmp_path, where):
+    """The kept upload is one conditional write (S3 If-None-Match), not a HEAD then a PUT."""
+    lake = S3Lake(versioned_bucket, BUCKET) if where == "s3" else LocalLake(tmp_path, b"k")
+    key = "uploads/" + "a" * 64
+    assert lake.put_if_absent(key, jpeg_bytes(1), "image/jpeg") is True
+    assert lake.put_if_absent(key, jpeg_bytes(2), "image/jpeg") is False
+    assert lake.get(key) == jpeg_bytes(1)
+    assert lake.list("uploads/") == [key]  # no temporary file left beside it
 
 
 def test_duplicate_notification_for_a_moved_drop_is_skipped_not_failed(

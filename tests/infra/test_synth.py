@@ -207,7 +207,9 @@ def test_image_functions_share_one_amd64_image(dev, command):
 def test_predict_memory_timeout_and_provisioned_concurrency_follow_context(dev, prod):
     for synth, provisioned in ((dev, None), (prod, 2)):
         props = function_with(synth, command="lambdas.predict.handler")
-        assert props["MemorySize"] == 2048 and props["Timeout"] == 15
+        # 2 full vCPUs (Lambda: 1,769 MB each) for the 2 ONNX Runtime threads it is given.
+        assert props["MemorySize"] == 3538 and props["Timeout"] == 15
+        assert props["Environment"]["Variables"]["ORT_THREADS"] == "2"
         (alias,) = synth.of_type("AWS::Lambda::Alias").values()
         config = alias["Properties"].get("ProvisionedConcurrencyConfig")
         assert (config or {}).get("ProvisionedConcurrentExecutions") == provisioned

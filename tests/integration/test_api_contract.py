@@ -9,7 +9,9 @@ import hashlib
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,9 +19,11 @@ from PIL import Image
 
 from artlens.api.answers import UNIFORM_STD, Uncertainty, predict_image
 from artlens.api.events import MAX_BODY_BYTES
-from artlens.api.routes import UPLOADS_PREFIX
+from artlens.api.routes import UPLOADS_PREFIX, PredictApi
+from artlens.errors import ImageRejected
 from artlens.image import image_to_input
 from artlens.index.embeddings import EmbeddingStore
+from artlens.lake import LocalLake
 from artlens.models.card import ModelCard
 from artlens.models.classifier import OnnxClassifier, get_classifier
 from artlens.models.versions import versions_of
@@ -336,3 +340,56 @@ def test_preview_of_a_stored_work_by_reference(stack):
     body = answer(post_json({"key": seeded[0].key}, path="/preview"))
     assert (body["width"], body["height"], body["format"]) == (96, 96, "PNG")
     assert answer(post_json({"sha256": "c" * 64}, path="/preview"), 404)["error"] == "not_found"
+
+
+# -- keeping an upload overlaps the model --------------------------------------------------------
+
+
+def test_an_upload_is_kept_while_the_model_runs_and_a_rejected_one_never(
+    stack, tiny_model_card, pg_dsn
+):
+    """On S3 keeping an upload is two calls of tens of ms: they must run beside the inference,
+    not after it. The real lake and model, observed: the model waits (up to 10 s) for the lake
+    to be asked about the upload, which a keep started only after the answer never does."""
+    _, lake = stack
+    asked = threading.Event()
+    waited: list[bool] = []
+
+    class ObservedLake(LocalLake):
+        def put_if_absent(self, key: str, data: bytes, content_type: str = "") -> bool:
+            asked.set()
+            return super().put_if_absent(key, data)
+
+    class WaitingClassifier:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def predict(self, pixels):
+            waited.append(asked.wait(timeout=10))
+            return self.inner.predict(pixels)
+
+    classifier = WaitingClassifier(get_classifier(tiny_model_card, 1))
+    store = EmbeddingStore(pg_dsn)
+    api = PredictApi(SimpleNamespace(classifier=lambda: classifier), store,
+                     ObservedLake(lake.root, URL_KEY.encode()), nonces=None, cors_origin=ORIGIN)
+
+    def event(data: bytes) -> dict:
+        return {"httpMethod": "POST", "resource": "/predict", "path": "/predict",
+                "headers": {"content-type": "image/png"}, "queryStringParameters": None,
+                "body": base64.b64encode(data).decode(), "isBase64Encoded": True,
+                "requestContext": {"requestId": "keep", "authorizer": {"principalId": "dev"}}}
+
+    try:
+        with pytest.raises(ImageRejected):
+            api.predict(event(b"this is not a picture"))
+        assert not asked.is_set() and lake.list(UPLOADS_PREFIX) == []
+
+        data = picture(20_010)
+        body = api.predict(event(data))
+        assert waited == [True]  # the lake was asked before the model finished
+        assert lake.get(UPLOADS_PREFIX + body["sha256"]) == data  # and kept before answering
+    finally:
+        store.close()

@@ -165,6 +165,29 @@ def test_query_picture_is_excluded_and_versions_do_not_mix(filled, store):
     assert {n.key for n in in_v2} <= v2_keys
     assert in_v2[0].key == other[0].key
 
+def test_excluded_picture_row_comes_back_with_the_searches(filled, store):
+    """Predict asks "is this very picture indexed?" in the search's own round trip."""
+    rows, other, _ = filled
+    probe = rows[3]
+    found, anywhere, own = store.nearest_groups(
+        probe.embedding, [(None, 5), (None, 1)], exclude_sha256=probe.sha256,
+        with_excluded=True,
+    )
+    assert probe.sha256 not in {n.sha256 for n in found + anywhere}
+    assert len(found) == 5 and len(anywhere) == 1
+    assert [(n.key, n.label, n.sha256) for n in own] == [(probe.key, probe.label, probe.sha256)]
+    assert own[0].similarity == 1.0
+
+    # Not indexed under the searched version (a v2 picture against v1): an empty last list.
+    *searches, none = store.nearest_groups(
+        other[0].embedding, [(None, 3)], exclude_sha256=other[0].sha256, with_excluded=True)
+    assert none == [] and len(searches[0]) == 3
+    # Only the own row asked for (every k is 0): still one list per group, plus the row.
+    assert [len(g) for g in store.nearest_groups(
+        probe.embedding, [("painting", 0)], exclude_sha256=probe.sha256,
+        with_excluded=True)] == [0, 1]
+
+
 
 def test_counts_keys_and_samples(filled, store):
     rows, other, _ = filled

