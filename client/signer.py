@@ -11,6 +11,7 @@ import hashlib
 import json
 import mimetypes
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -24,6 +25,10 @@ from artlens.auth.signing import sign_request
 
 DEFAULT_CONFIG_FILE = Path("~/.config/artlens/client.json")
 DEFAULT_TIMEOUT_S = 60.0
+# A throttled request (429: API Gateway's usage plan, the local gateway's fair share) is sent
+# again after the answer's Retry-After (else 0.5 s, doubling), at most this many times.
+DEFAULT_RETRIES = 4
+MAX_RETRY_WAIT_S = 30.0  # a Retry-After beyond this is not waited for in full
 
 
 @dataclass(frozen=True)
@@ -79,22 +84,36 @@ class ClientConfig:
 
 
 class ApiError(Exception):
-    """A non-2xx answer: `status` and the API's {"error", "message"} body."""
+    """A non-2xx answer: `status` and the API's {"error", "message"} body; `retry_after`, the
+    seconds the server asked to wait (Retry-After), when it said so."""
 
-    def __init__(self, status: int, body: Any):
+    def __init__(self, status: int, body: Any, retry_after: float | None = None):
         self.status = status
         self.body = body
+        self.retry_after = retry_after
         code = body.get("error") if isinstance(body, dict) else None
         super().__init__(f"HTTP {status}: {code or body}")
 
 
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by API Gateway or our gateway)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
+
+
 class ArtLensClient:
     def __init__(
-        self, base_url: str, key_id: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_S
+        self, base_url: str, key_id: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
     ):
         self.base_url = base_url.rstrip("/")
         self.signer = Signer(key_id, secret)
         self.timeout = timeout
+        self.retries = retries
+        self.sleep = time.sleep
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kwargs: Any) -> ArtLensClient:
@@ -110,10 +129,19 @@ class ArtLensClient:
         if not content_type and body:
             # urllib would otherwise add a form content type after signing, unsigned.
             content_type = "application/octet-stream"
-        headers = self.signer.headers(method, url, body, content_type=content_type or None)
-        return self._send(urllib.request.Request(  # noqa: S310 (the API URL the user configured)
-            url, data=body if method != "GET" else None, headers=headers, method=method
-        ))
+        for attempt in range(self.retries + 1):
+            # Signed afresh each time: a resent signature carries a used nonce (a replay).
+            headers = self.signer.headers(method, url, body, content_type=content_type or None)
+            try:
+                return self._send(urllib.request.Request(  # noqa: S310 (the configured API URL)
+                    url, data=body if method != "GET" else None, headers=headers, method=method
+                ))
+            except ApiError as exc:
+                if exc.status != 429 or attempt == self.retries:
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** attempt
+                self.sleep(min(wait, MAX_RETRY_WAIT_S))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _send(self, request: urllib.request.Request) -> Any:
         """The JSON answer (None for an empty one); ApiError for a non-2xx answer."""
@@ -126,7 +154,7 @@ class ArtLensClient:
                 payload: Any = json.loads(raw)
             except ValueError:
                 payload = raw.decode("utf-8", "replace")[:500]
-            raise ApiError(exc.code, payload) from None
+            raise ApiError(exc.code, payload, _seconds(exc.headers.get("Retry-After"))) from None
 
     def predict(
         self, image: bytes, *, content_type: str = "application/octet-stream",
