@@ -129,7 +129,8 @@ class ArtLensClient:
         if not content_type and body:
             # urllib would otherwise add a form content type after signing, unsigned.
             content_type = "application/octet-stream"
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             # Signed afresh each time: a resent signature carries a used nonce (a replay).
             headers = self.signer.headers(method, url, body, content_type=content_type or None)
             try:
@@ -137,11 +138,11 @@ class ArtLensClient:
                     url, data=body if method != "GET" else None, headers=headers, method=method
                 ))
             except ApiError as exc:
-                if exc.status != 429 or attempt == self.retries:
+                if exc.status != 429 or attempt >= self.retries:
                     raise
                 wait = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** attempt
                 self.sleep(min(wait, MAX_RETRY_WAIT_S))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                attempt += 1
 
     def _send(self, request: urllib.request.Request) -> Any:
         """The JSON answer (None for an empty one); ApiError for a non-2xx answer."""

@@ -118,6 +118,17 @@ function element(tag, className, text) {
   return node;
 }
 
+// A work's 256 px rendition (its larger one when it has none), loaded when scrolled to; the
+// caption beside it names the work, so the image itself is decorative (empty alt).
+function thumbnail(api, work, className) {
+  const image = element("img", className);
+  image.src = api.resolve(work.thumbnail_url || work.url);
+  image.alt = "";
+  image.loading = "lazy";
+  image.decoding = "async";
+  return image;
+}
+
 export class CurationView {
   constructor({ api, token, viewer, announce }) {
     this.api = api;
@@ -295,11 +306,7 @@ export class CurationView {
 
     const thumb = element("button", "review-thumb");
     thumb.type = "button";
-    const image = element("img", "review-image");
-    image.src = this.api.resolve(item.thumbnail_url || item.url);
-    image.alt = "";
-    image.loading = "lazy";
-    image.decoding = "async";
+    const image = thumbnail(this.api, item, "review-image");
     thumb.append(image, hiddenText(`Show ${name} larger`));
     thumb.addEventListener("click", () => this.#open(item, thumb, "Waiting for review"));
 
@@ -456,11 +463,7 @@ export class CurationView {
       if (member.key) item.dataset.key = member.key;
       const button = element("button", "duplicate-button");
       button.type = "button";
-      const image = element("img", "duplicate-image");
-      image.src = this.api.resolve(member.thumbnail_url || member.url);
-      image.alt = "";
-      image.loading = "lazy";
-      image.decoding = "async";
+      const image = thumbnail(this.api, member, "duplicate-image");
       const caption = element("span", "duplicate-caption");
       caption.append(element("span", "duplicate-title", workName(member)));
       if (member.key) caption.append(hiddenText(", "), element("span", "duplicate-key", member.key));

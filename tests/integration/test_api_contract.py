@@ -67,23 +67,14 @@ def png(pixels: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def empty_stack(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
+def empty_stack(pg_dsn, handler_env):
     """The handler's environment over a migrated index whose current version has no rows."""
-    for name in ("IMAGES_BUCKET", "DB_SECRET_ARN", "TOKEN_SECRET_ARN", "ORT_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {"MODEL_CARD_PATH": str(tiny_model_card), "DATABASE_URL": pg_dsn,
-                        "LOCAL_LAKE_DIR": str(tmp_path / "lake"), "LOCAL_URL_KEY": URL_KEY,
-                        "CORS_ORIGIN": ORIGIN}.items():
-        monkeypatch.setenv(name, value)
     store = EmbeddingStore(pg_dsn)
     store.migrate()
     versions_of(store).register("tiny-0")
     versions_of(store).mark_ready("tiny-0")
     versions_of(store).activate("tiny-0")
     store.close()
-    predict.reset()
-    yield
-    predict.reset()
 
 
 def card_with(tiny_model_card: Path, folder: Path, uncertainty: dict) -> OnnxClassifier:

@@ -46,7 +46,7 @@ from artlens.renditions import rendition_key
 from lambdas import predict
 from local_stack.events import LambdaContext
 from tests.imagegen import artwork, encode
-from tests.integration.test_predict_handler import ORIGIN, URL_KEY, answer, post
+from tests.integration.test_predict_handler import URL_KEY, answer, post
 
 BATCH = "accession-7"
 FIRST_PART = "2026-11-30T02-00-00Z-aaaaaaaa"
@@ -130,20 +130,6 @@ class Collection:
 
 def incoming(name: str) -> str:
     return f"incoming/{BATCH}/{name}"
-
-
-@pytest.fixture
-def handler_env(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
-    """The predict handler's environment over this test's database and lake."""
-    for name in ("IMAGES_BUCKET", "DB_SECRET_ARN", "TOKEN_SECRET_ARN", "ORT_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {"MODEL_CARD_PATH": str(tiny_model_card), "DATABASE_URL": pg_dsn,
-                        "LOCAL_LAKE_DIR": str(tmp_path / "lake"), "LOCAL_URL_KEY": URL_KEY,
-                        "CORS_ORIGIN": ORIGIN}.items():
-        monkeypatch.setenv(name, value)
-    predict.reset()
-    yield
-    predict.reset()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from artlens.settings import Settings
 from local_stack.events import LambdaContext
 from tests.conftest import MOTO_REGION
 from tests.imagegen import artwork, encode
-from tests.integration.test_model_versions import Gallery, assert_served_by
+from tests.integration.test_model_versions import Gallery, assert_served_by, predict_answer
 
 REGION = MOTO_REGION
 BUCKET = "artlens-artifacts-test"
@@ -237,8 +237,6 @@ def gallery(pg_dsn, tmp_path, tiny_model_card):
 def test_rollback_to_a_registered_version_that_is_not_in_the_image(
     s3, gallery, tmp_path, tiny_model_card, tiny_model_card_v2, pg_dsn, monkeypatch, capsys
 ):
-    import base64
-
     from lambdas import predict
 
     # tiny-0 was registered when it was deployed; the new image carries tiny-1 only.
@@ -261,14 +259,7 @@ def test_rollback_to_a_registered_version_that_is_not_in_the_image(
     reindex_lambda = importlib.reload(importlib.import_module("lambdas.reindex"))
 
     def served() -> dict:
-        response = predict.handler({
-            "httpMethod": "POST", "resource": "/predict", "path": "/predict",
-            "headers": {"content-type": "image/png"}, "queryStringParameters": {"scope": "all"},
-            "body": base64.b64encode(gallery.query).decode(), "isBase64Encoded": True,
-            "requestContext": {"requestId": "r1"},
-        }, LambdaContext("artlens"))
-        assert response["statusCode"] == 200, response["body"]
-        return json.loads(response["body"])
+        return predict_answer(gallery.query)
 
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     try:

@@ -4,6 +4,7 @@ and tiny-1), a folder lake."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import json
@@ -300,13 +301,23 @@ def test_registry_from_settings(tmp_path, tiny_model_card):
 # -- the handlers -----------------------------------------------------------------------------
 
 
+def predict_answer(picture: bytes) -> dict:
+    """The predict handler's 200 answer for a picture, neighbours of every type."""
+    from lambdas import predict
+
+    response = predict.handler({
+        "httpMethod": "POST", "resource": "/predict", "path": "/predict",
+        "headers": {"content-type": "image/png"}, "queryStringParameters": {"scope": "all"},
+        "body": base64.b64encode(picture).decode(), "isBase64Encoded": True,
+        "requestContext": {"requestId": "r1"},
+    }, LambdaContext("artlens"))
+    assert response["statusCode"] == 200, response["body"]
+    return json.loads(response["body"])
 
 
 def test_handlers_reindex_switch_and_roll_back_what_predict_serves(
     gallery, registry, tiny_model_card, tiny_model_card_v2, pg_dsn, monkeypatch
 ):
-    import base64
-
     from lambdas import predict
 
     for name in ("IMAGES_BUCKET", "DB_SECRET_ARN", "TOKEN_SECRET_ARN", "ORT_THREADS",
@@ -322,14 +333,7 @@ def test_handlers_reindex_switch_and_roll_back_what_predict_serves(
     reindex_lambda = importlib.reload(importlib.import_module("lambdas.reindex"))
 
     def served() -> dict:
-        response = predict.handler({
-            "httpMethod": "POST", "resource": "/predict", "path": "/predict",
-            "headers": {"content-type": "image/png"}, "queryStringParameters": {"scope": "all"},
-            "body": base64.b64encode(gallery.query).decode(), "isBase64Encoded": True,
-            "requestContext": {"requestId": "r1"},
-        }, LambdaContext("artlens"))
-        assert response["statusCode"] == 200, response["body"]
-        return json.loads(response["body"])
+        return predict_answer(gallery.query)
 
     try:
         assert_served_by(served(), "tiny-0", gallery, tiny_model_card)

@@ -50,18 +50,9 @@ class Seeded:
 
 
 @pytest.fixture
-def stack(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
+def stack(pg_dsn, tiny_model_card, tmp_path, handler_env):
     """Environment for the handler, and a gallery of real embeddings in the database."""
     lake_dir = tmp_path / "lake"
-    for name in ("IMAGES_BUCKET", "DB_SECRET_ARN", "TOKEN_SECRET_ARN", "ORT_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MODEL_CARD_PATH", str(tiny_model_card))
-    monkeypatch.setenv("DATABASE_URL", pg_dsn)
-    monkeypatch.setenv("LOCAL_LAKE_DIR", str(lake_dir))
-    monkeypatch.setenv("LOCAL_URL_KEY", URL_KEY)
-    monkeypatch.setenv("CORS_ORIGIN", ORIGIN)
-    predict.reset()
-
     classifier = get_classifier(tiny_model_card, 1)
     store = EmbeddingStore(pg_dsn)
     store.migrate()
@@ -85,8 +76,7 @@ def stack(pg_dsn, tiny_model_card, tmp_path, monkeypatch):
     versions_of(store).mark_ready(classifier.version)
     versions_of(store).activate(classifier.version)
     store.close()
-    yield seeded, lake
-    predict.reset()
+    return seeded, lake
 
 
 def post(body: bytes | str, *, content_type="image/png", query=None, b64=True) -> dict:

@@ -33,16 +33,24 @@ class NoListing:
         return getattr(self._lake, name)
 
 
+def indexed_by_old(tmp_path, store, old_card, new_card, pictures: int, seed: int):
+    """A folder lake whose `pictures` are indexed by the old model (the current version); the
+    lake, the old and the new classifier."""
+    lake = LocalLake(tmp_path / "lake", b"switch-step")
+    old = OnnxClassifier(ModelCard.load(old_card))
+    new = OnnxClassifier(ModelCard.load(new_card))
+    ensure_model_version(store, old)
+    keys = [f"incoming/p{seed + i}.png" for i in range(pictures)]
+    for i, key in enumerate(keys):
+        lake.put(key, encode(artwork(seed + i, (90, 70)), "PNG"))
+    ingest_objects(keys, lake, old, store)
+    return lake, old, new
+
+
 def test_switch_embeds_the_stragglers_and_switches_without_listing(
     tmp_path, store, tiny_model_card, tiny_model_card_v2
 ):
-    lake = LocalLake(tmp_path / "lake", b"switch-step")
-    old = OnnxClassifier(ModelCard.load(tiny_model_card))
-    new = OnnxClassifier(ModelCard.load(tiny_model_card_v2))
-    ensure_model_version(store, old)
-    for i in range(6):
-        lake.put(f"incoming/p{i}.png", encode(artwork(700 + i, (90, 70)), "PNG"))
-    ingest_objects([f"incoming/p{i}.png" for i in range(6)], lake, old, store)
+    lake, old, new = indexed_by_old(tmp_path, store, tiny_model_card, tiny_model_card_v2, 6, 700)
     gallery = store.keys(old.version)
     assert len(gallery) == 6
     # The map's batches embedded four pictures with the new model; two were ingested (by the
@@ -64,13 +72,7 @@ def test_switch_embeds_the_stragglers_and_switches_without_listing(
 def test_switch_refuses_while_a_straggler_cannot_be_read_for_a_transient_reason(
     tmp_path, store, tiny_model_card, tiny_model_card_v2
 ):
-    lake = LocalLake(tmp_path / "lake", b"switch-step")
-    old = OnnxClassifier(ModelCard.load(tiny_model_card))
-    new = OnnxClassifier(ModelCard.load(tiny_model_card_v2))
-    ensure_model_version(store, old)
-    for i in range(3):
-        lake.put(f"incoming/q{i}.png", encode(artwork(800 + i, (90, 70)), "PNG"))
-    ingest_objects([f"incoming/q{i}.png" for i in range(3)], lake, old, store)
+    lake, old, new = indexed_by_old(tmp_path, store, tiny_model_card, tiny_model_card_v2, 3, 800)
 
     class Down(NoListing):
         def get(self, key: str, *args: Any, **kwargs: Any) -> bytes:

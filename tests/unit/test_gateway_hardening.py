@@ -323,6 +323,20 @@ def wait_until(condition, what: str) -> None:
     raise AssertionError(f"never reached: {what}")
 
 
+def turn_taker(share: FairShare, now: list[float], order: list[str]):
+    """A request of `caller` that takes a turn, records it in `order`, waits for `hold` if
+    given, and costs `cost` seconds of the shared clock `now`."""
+
+    def request(caller: str, cost: float, hold: threading.Event | None = None) -> None:
+        with share.turn(caller):
+            order.append(caller)
+            if hold:
+                hold.wait(30)
+            now[0] += cost
+
+    return request
+
+
 def test_the_next_turn_goes_to_the_caller_who_used_the_least_time():
     """A caller whose request took 10 s waits behind callers who queued after it: turns are
     shared by seconds used, not by arrival. (First come, first served would run h first.)"""
@@ -331,13 +345,7 @@ def test_the_next_turn_goes_to_the_caller_who_used_the_least_time():
     share = FairShare(clock=lambda: now[0], cost_clock=lambda: now[0], anticipate_s=0)
     order: list[str] = []
     go = threading.Event()
-
-    def request(caller: str, cost: float, hold: threading.Event | None = None) -> None:
-        with share.turn(caller):
-            order.append(caller)
-            if hold:
-                hold.wait(30)
-            now[0] += cost
+    request = turn_taker(share, now, order)
 
     first = threading.Thread(target=request, args=("h", 10.0, go))
     first.start()
@@ -364,13 +372,7 @@ def test_a_free_turn_waits_briefly_for_a_caller_who_is_behind():
                       anticipate_s=0.05)
     order: list[str] = []
     go = threading.Event()
-
-    def request(caller: str, cost: float, hold: threading.Event | None = None) -> None:
-        with share.turn(caller):
-            order.append(caller)
-            if hold:
-                hold.wait(30)
-            now[0] += cost
+    request = turn_taker(share, now, order)
 
     first = threading.Thread(target=request, args=("h", 1.0, go))
     first.start()

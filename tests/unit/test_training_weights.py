@@ -34,6 +34,7 @@ def test_help_does_not_import_tensorflow():
     )
     assert out.returncode == 0, out.stderr
     assert "--backbone-weights" in out.stdout and "--input-size" in out.stdout
+    assert "--labels FILE" in out.stdout  # curator labels (training/data.py)
     assert out.stdout.strip().endswith("NO-TF")
 
 

@@ -363,16 +363,20 @@ class LocalLake:
         finally:
             claimed.unlink(missing_ok=True)
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self.path_for(key)
+    @staticmethod
+    def _publish(path: Path, data: bytes, move: Callable[[Path, Path], None]) -> None:
+        """Write a temporary file beside `path`, then `move` it there, so a watcher or a reader
+        never sees half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a watcher or a reader never sees half a file.
         tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         try:
             tmp.write_bytes(data)
-            os.replace(tmp, path)
+            move(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._publish(self.path_for(key), data, os.replace)
 
     def put_if_absent(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -380,16 +384,11 @@ class LocalLake:
         path = self.path_for(key)
         if path.is_file():  # a stat costs microseconds here, unlike writing the bytes again
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         try:
-            tmp.write_bytes(data)
             # link() fails when the name exists: whole file or nothing, never overwritten.
-            os.link(tmp, path)
+            self._publish(path, data, os.link)
         except FileExistsError:
             return False
-        finally:
-            tmp.unlink(missing_ok=True)
         return True
 
     def copy(self, src: str, dst: str) -> None:

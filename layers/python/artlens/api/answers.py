@@ -319,11 +319,6 @@ def picture_urls(lake: ObjectLake, sha256: str, base_url: str | None = None) -> 
     return {"thumbnail_url": found["thumbnail_url"], "url": found["preview_url"]}
 
 
-def sha256_of_key(key: str) -> str:
-    """gallery/<sha256>.<ext> -> <sha256> (gallery keys are content addresses)."""
-    return key.rpartition("/")[2].partition(".")[0]
-
-
 def _neighbor(
     row: Neighbor, lake: ObjectLake, base_url: str | None = None,
     relation: RelationKind | None = None,
@@ -537,12 +532,12 @@ def collection_map(
     answer["points"] = [
         {
             "key": row.key,
-            "sha256": sha256_of_key(row.key),
+            "sha256": row.sha256,
             "label": row.label,
             "x": round(float(xyz[0]), COORDINATE_DIGITS),
             "y": round(float(xyz[1]), COORDINATE_DIGITS),
             "z": round(float(xyz[2]), COORDINATE_DIGITS),
-            **picture_urls(lake, sha256_of_key(row.key), base_url),
+            **picture_urls(lake, row.sha256, base_url),
             **record_fields(row.work),
         }
         for row, xyz in zip(rows, points, strict=True)

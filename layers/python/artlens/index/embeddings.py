@@ -82,6 +82,7 @@ class EmbeddingSample:
     key: str
     label: str
     embedding: np.ndarray
+    sha256: str
     work: WorkFields = NO_FIELDS
 
 
@@ -511,16 +512,16 @@ class EmbeddingStore:
         def work(cur: Cursor) -> list[EmbeddingSample]:
             cur.execute(
                 sql.SQL(
-                    "SELECT i.key, i.label, i.embedding, {works} FROM images i"
+                    "SELECT i.key, i.label, i.embedding, i.sha256, {works} FROM images i"
                     " LEFT JOIN works w ON w.sha256 = i.sha256 WHERE i.{of_version}"
                     " ORDER BY md5(i.sha256) LIMIT %s"
                 ).format(works=WORKS_SELECT, of_version=OF_VERSION),
                 (model_version, max(0, int(limit))),
             )
             return [
-                EmbeddingSample(key=key, label=label, embedding=_to_numpy(emb),
+                EmbeddingSample(key=key, label=label, embedding=_to_numpy(emb), sha256=sha,
                                 work=work_fields(record))
-                for key, label, emb, *record in cur.fetchall()
+                for key, label, emb, sha, *record in cur.fetchall()
             ]
 
         return self.database.transaction(work)
