@@ -34,13 +34,20 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 
+# The checkout on the venv's path (what `pip install -e` would do), so the README's
+# `python -m training|client|local_stack` work from the venv without this Makefile's PYTHONPATH.
+$(VENV)/.checkout-on-path: | $(VENV)/bin/python
+	printf '%s\n' "$(CURDIR)/layers/python" "$(CURDIR)" > \
+	  "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/artlens-checkout.pth"
+	touch $@
+
 # The local stack needs only the runtime + embedded PostgreSQL (no TensorFlow).
-$(VENV)/.local-installed: requirements/runtime.txt requirements/local.txt | $(VENV)/bin/python
+$(VENV)/.local-installed: requirements/runtime.txt requirements/local.txt | $(VENV)/.checkout-on-path
 	$(VENV)/bin/pip install --quiet -r requirements/local.txt
 	touch $@
 
 # Tests need everything: training (to export real tiny models), infra, browser driver.
-$(VENV)/.dev-installed: requirements/*.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements/*.txt | $(VENV)/.checkout-on-path
 	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
 	touch $@ $(VENV)/.local-installed
 

@@ -73,8 +73,7 @@ class BatchIncomplete(RuntimeError):
 
 @dataclass(frozen=True)
 class Deps:
-    serving: Serving
-    model: CurrentModel  # backfill embeds with the current version, as the embed function does
+    serving: Serving  # the index connects on first use
     concurrency: Concurrency
 
 
@@ -82,20 +81,35 @@ def build() -> Deps:
     serving = Serving.from_env(os.environ)
     logger.setLevel(serving.settings.log_level)
     settings = serving.settings
-    # Same start-up step as embed: the deployed model's version is known to the index.
-    ensure_model_version(serving.store, serving.registry.default_classifier(settings.ort_threads))
-    return Deps(
-        serving,
-        CurrentModel(serving.registry, serving.store, threads=settings.ort_threads),
-        Concurrency(settings.ingest_workers, settings.ingest_decoders),
-    )
+    return Deps(serving, Concurrency(settings.ingest_workers, settings.ingest_decoders))
 
 
-deps = Lazy(build)  # a failure (database down) fails this invocation; the Map retries it
-reset = deps.reset  # tests that change the environment
+def build_model() -> CurrentModel:
+    """What the modes that embed need, on their first batch: the ONNX session and the same
+    start-up step as embed (the deployed model's version is known to the index). A renditions
+    run never builds it, so it neither loads the model nor needs the database."""
+    serving = deps().serving
+    threads = serving.settings.ort_threads
+    ensure_model_version(serving.store, serving.registry.default_classifier(threads))
+    # backfill embeds with the current version, as the embed function does
+    return CurrentModel(serving.registry, serving.store, threads=threads)
+
+
+deps = Lazy(build)  # a failure (a missing setting) fails this invocation; the Map retries it
+current_model = Lazy(build_model)  # likewise (the database down)
+
+
+_LAZIES = (deps, current_model)
+
+
+def reset() -> None:
+    """Forget the dependencies (tests that change the environment)."""
+    for lazy in _LAZIES:
+        lazy.reset()
 
 
 def _classifier(built: Deps, version: str | None) -> Classifier:
+    current_model()  # the deployed version is known to the index before any reindex step
     registry, threads = built.serving.registry, built.serving.settings.ort_threads
     if version is None:
         return registry.default_classifier(threads)
@@ -141,7 +155,7 @@ def run_batch(built: Deps, mode: str, version: str | None, keys: list[str]) -> d
         counts.pop("unusable_keys")
         return {"mode": mode, "items": len(keys), **counts}
     ingested = ingest_objects(
-        keys, serving.lake, built.model.classifier(), serving.store,
+        keys, serving.lake, current_model().classifier(), serving.store,
         concurrency=built.concurrency,
     )
     publish_ingest(metrics, ingested)  # what was done counts, even in a batch that is retried

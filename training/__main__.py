@@ -93,9 +93,17 @@ def parse_args(argv=None):
         "--embedding",
         choices=("lw", "pcaw"),
         default="lw",
-        help="lw: learned whitening on (picture, view) pairs; pcaw: PCA-whitening",
+        help="lw: learned whitening on pairs (--whitening-pairs); pcaw: PCA-whitening",
     )
     v2.add_argument("--whitening-shrink", type=float, default=0.3)
+    v2.add_argument(
+        "--whitening-pairs",
+        choices=("copies", "views"),
+        default="copies",
+        help="lw: fit on (training picture, user-style copy) pairs, the edits the copy search "
+        "must ignore (default; +0.75 points of copy recall on validation, see "
+        "docs/model/README.md), or on (picture, augmentation view) pairs",
+    )
     v2.add_argument(
         "--type-weight",
         type=float,

@@ -556,6 +556,7 @@ def measure_card(card_path: Path, data: Path, cache_dir: Path | None, limit: int
     """Calibrate a shipped model on its own grouped test split (same rows, test fraction and
     seed as the run that trained it). Returns (card block, measure's arrays, context)."""
     from training import data as data_mod
+    from training import evaluate as ev
     from training import v2
 
     card = json.loads(Path(card_path).read_text())
@@ -579,7 +580,7 @@ def measure_card(card_path: Path, data: Path, cache_dir: Path | None, limit: int
     gallery = np.concatenate([test_idx, np.sort(train_idx)])  # test row i is gallery row i
     t0 = time.perf_counter()
     copy_px = np.concatenate(
-        [v2.copies_of(data, paths, test_idx, size, seed_offset=r * v2.COPY_SEED_STRIDE)
+        [v2.copies_of(data, paths, test_idx, size, seed_offset=r * ev.COPY_SEED_STRIDE)
          for r in range(copies)]
     )
     copy_of = np.tile(np.arange(len(test_idx)), copies)

@@ -104,6 +104,13 @@ def type_precision_at_k(
     return {"mean": float(hits.mean()), "per_class": per}
 
 
+# seeds of further copies of one picture (training.duplicates): row + r * stride, r = 1, 2, ...
+COPY_SEED_STRIDE = 1_000_003
+# the copies of TRAINING pictures the learned whitening is fitted on: seeds no evaluation copy
+# uses (those are row + r * COPY_SEED_STRIDE for small r)
+WHITENING_COPY_SEEDS = 97 * COPY_SEED_STRIDE
+
+
 def user_copy(data: bytes, seed: int) -> bytes:
     """A copy of a picture as a visitor would upload it: cropped a little (3-10 % per side),
     rescaled (long side 160-480 px), slightly brighter (5-20 %) and re-encoded as JPEG (q 60-85).

@@ -34,9 +34,13 @@ class BackboneConfig:
     weight_decay: float = 1e-4
     embedding_dim: int = 256  # total: whitened part + layout (grid^2) + classes
     layout_weight: float = 0.5  # weight of the 8x8 grey layout descriptor (0 = off)
-    whitening: str = "lw"  # "lw": learned whitening on (picture, view) pairs; "pcaw": PCA-whitening
+    whitening: str = "lw"  # "lw": learned whitening on (picture, copy) pairs; "pcaw": PCA-whitening
     whitening_power: float = 1.0  # pcaw only
     shrink: float = 0.3  # lw only
+    # lw only: what a pair's second picture is. "copies": a user-style copy of a training picture
+    # (evaluate.user_copy with seeds the evaluation never uses); "views": a training
+    # augmentation view (training.augment.view), as model v2's first card.
+    whitening_pairs: str = "copies"
     type_weight: float = 0.5  # weight of the class probabilities appended to the embedding
     source_balance: str = "sqrt"
     seed: int = 0
@@ -56,9 +60,11 @@ class BackboneConfig:
 
     def embedding_text(self) -> str:
         if self.whitening == "lw":
+            second = ("user-style copy (crop, rescale, brighter, JPEG)"
+                      if self.whitening_pairs == "copies" else "augmented view")
             how = (
                 f"learned whitening (shrink {self.shrink:g}) of the L2-normalised pooled "
-                "features, fitted on (picture, augmented view) pairs"
+                f"features, fitted on (training picture, {second}) pairs"
             )
         else:
             how = f"PCA-whitening (power {self.whitening_power:g}) of the L2-normalised pooled"

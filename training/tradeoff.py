@@ -3,7 +3,9 @@
 For each input size, on FROZEN ImageNet features (fine-tuning moves every size alike, and frozen
 features cost one forward pass per picture): a logistic-regression head's test accuracy, copy
 recall@1 and type precision@5 of each embedding variant (raw pooled features, PCA-whitening to
-128/256/512 dimensions, full or square-root whitening), and the latency of the exported ONNX
+128/256/512 dimensions, full or square-root whitening, learned whitening on (picture,
+augmentation view) or (picture, user-style copy) pairs, with the layout and type parts the job
+can append), and the latency of the exported ONNX
 graph at batch 1 on one thread. Same grouped test split and copies as the training job.
 Writes a JSON table (the card carries it) and prints it.
 """
@@ -38,13 +40,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def copies_of(root: Path, paths: list[str], rows: np.ndarray, size: int) -> np.ndarray:
+def copies_of(
+    root: Path, paths: list[str], rows: np.ndarray, size: int, seed_offset: int = 0
+) -> np.ndarray:
     """The user-style copy of each row's original file, decoded and resized like an upload."""
     from artlens.image import load_image
 
     out = []
     for i in rows:
-        data = ev.user_copy((Path(root) / paths[i]).read_bytes(), seed=int(i))
+        data = ev.user_copy((Path(root) / paths[i]).read_bytes(), seed=int(i) + seed_offset)
         out.append(data_mod.resize_to(load_image(data, size=size).rgb, size))
     return np.stack(out)
 
@@ -148,6 +152,15 @@ def main(argv=None) -> int:
                 ),
             ),
         )
+        # (training picture, user-style copy) pairs for the learned whitening: the same
+        # training pictures, copies with seeds no evaluation copy uses
+        pair_copy_feats = cached(
+            args.cache_dir / f"tradeoff-paircopies-{tag}.npy",
+            lambda base=base, pool=pool, rows=pair_rows, size=size: pooled_features(
+                base, copies_of(args.data, pool.paths, rows, size, ev.WHITENING_COPY_SEEDS)
+            ),
+        )
+        pairs = {"lw": (feats[pair_rows], view_feats), "lwc": (feats[pair_rows], pair_copy_feats)}
         seconds_features = time.perf_counter() - t0
         y = pool.labels
         xn = ev.l2n(feats)
@@ -168,13 +181,12 @@ def main(argv=None) -> int:
                     ev.apply_whitening(copy_feats, w, b),
                 )
             for shrink in (0.1, 0.3):
-                w, b = ev.fit_learned_whitening(
-                    feats[tr], (feats[pair_rows], view_feats), dim, shrink
-                )
-                variants[f"lw{shrink:g}-{dim}"] = (
-                    ev.apply_whitening(feats, w, b),
-                    ev.apply_whitening(copy_feats, w, b),
-                )
+                for method, pair in pairs.items():
+                    w, b = ev.fit_learned_whitening(feats[tr], pair, dim, shrink)
+                    variants[f"{method}{shrink:g}-{dim}"] = (
+                        ev.apply_whitening(feats, w, b),
+                        ev.apply_whitening(copy_feats, w, b),
+                    )
         # the combinations the job can bake in: learned whitening + the 8x8 layout descriptor
         # + the class probabilities, at the same TOTAL dimensions as above
         copy_px = copies_of(args.data, pool.paths, va, size)
@@ -182,17 +194,18 @@ def main(argv=None) -> int:
         prob_g, prob_q = clf.predict_proba(xn), clf.predict_proba(ev.l2n(copy_feats))
         n_cls = len(pool.classes)
         for dim in dims:
-            for beta, gamma in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0)):
-                wd = dim - (ev.LAYOUT_GRID**2 if beta else 0) - (n_cls if gamma else 0)
-                w, b = ev.fit_learned_whitening(feats[tr], (feats[pair_rows], view_feats), wd, 0.3)
-                variants[f"lw0.3+layout{beta:g}+type{gamma:g}-{dim}"] = (
-                    ev.combined_embedding(
-                        ev.apply_whitening(feats, w, b), lay_g, prob_g, beta, gamma
-                    ),
-                    ev.combined_embedding(
-                        ev.apply_whitening(copy_feats, w, b), lay_q, prob_q, beta, gamma
-                    ),
-                )
+            for method, pair in pairs.items():
+                for beta, gamma in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0)):
+                    wd = dim - (ev.LAYOUT_GRID**2 if beta else 0) - (n_cls if gamma else 0)
+                    w, b = ev.fit_learned_whitening(feats[tr], pair, wd, 0.3)
+                    variants[f"{method}0.3+layout{beta:g}+type{gamma:g}-{dim}"] = (
+                        ev.combined_embedding(
+                            ev.apply_whitening(feats, w, b), lay_g, prob_g, beta, gamma
+                        ),
+                        ev.combined_embedding(
+                            ev.apply_whitening(copy_feats, w, b), lay_q, prob_q, beta, gamma
+                        ),
+                    )
         for name, (g, q) in variants.items():
             g, q = ev.l2n(g), ev.l2n(q)
             recall = ev.copy_recall_at_1(q, g[gallery], target)
@@ -225,7 +238,9 @@ def main(argv=None) -> int:
         "split (15 % of the training split, grouped), never the test split; copy = "
         "evaluate.user_copy() of each validation picture, gallery = validation + training "
         "pictures; pcaw<power>-<D> = PCA-whitening, lw<shrink>-<D> = learned whitening on "
-        "(picture, augmented view) pairs; latency = ONNX Runtime, batch 1, one thread",
+        "(picture, augmented view) pairs, lwc<shrink>-<D> = on (training picture, user-style "
+        "copy) pairs (2,000 training pictures, copy seeds no evaluation uses); latency = ONNX "
+        "Runtime, batch 1, one thread",
         "weights_sha256": weights["sha256"],
         "rows": rows,
     }

@@ -112,9 +112,6 @@ def onnx_run(onnx_path: Path, pixels_u8: np.ndarray, threads: int = 2, batch: in
     return np.concatenate(probs), np.concatenate(embs)
 
 
-# seeds of further copies of one picture (training.duplicates): row + r * stride, r = 1, 2, ...
-COPY_SEED_STRIDE = 1_000_003
-
 
 def copies_of(
     root: Path, paths: list[str], rows: np.ndarray, size: int, seed_offset: int = 0
@@ -244,6 +241,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         cache_key,
         frozen_activations,
         split_backbone,
+        to_backbone_input,
     )
     from training.export import export_onnx, write_card
     from training.finetune import BackboneConfig, export_model, fit, run_cached, sample_weights
@@ -263,6 +261,7 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         embedding_dim=args.embedding_dim,
         whitening=args.embedding,
         shrink=args.whitening_shrink,
+        whitening_pairs=args.whitening_pairs,
         layout_weight=args.layout_weight,
         source_balance=args.source_balance,
         type_weight=args.type_weight,
@@ -472,7 +471,23 @@ def run(args, weights: dict) -> int:  # noqa: C901 - one linear job, sectioned b
         f"final fit on {len(rows)} pictures x {1 + cfg.views} views ({final.seconds:.0f}s)", started
     )
     _, pooled_clean = run_cached(final.ft_model, cache["act"][rows, 0])
-    if cfg.whitening == "lw":
+    if cfg.whitening == "lw" and cfg.whitening_pairs == "copies":
+        # (training picture, user-style copy) pairs: the whitening learns exactly the edits
+        # the copy search must ignore. Main-data rows only (copies are made from the files).
+        r_idx = np.nonzero(rows < n_main)[0]
+        copy_px = copies_of(args.data, paths, rows[r_idx], size, ev.WHITENING_COPY_SEEDS)
+        trunk, _ = split_backbone(build_backbone(size, weights["weights"]), cfg.first_block)
+        copy_act = np.concatenate([
+            np.asarray(trunk.predict_on_batch(to_backbone_input(copy_px[s : s + 128])))
+            for s in range(0, len(copy_px), 128)
+        ]).astype(np.float16)
+        _, pooled_copies = run_cached(final.ft_model, copy_act)
+        w, b = ev.fit_learned_whitening(
+            pooled_clean, (pooled_clean[r_idx], pooled_copies), cfg.whitened_dim(n_cls),
+            cfg.shrink,
+        )
+        log(f"whitening fitted on {len(r_idx)} (picture, copy) pairs", started)
+    elif cfg.whitening == "lw":
         r_idx, v_idx = np.nonzero(cache["mask"][rows][:, 1:])
         _, pooled_views = run_cached(final.ft_model, cache["act"][rows[r_idx], v_idx + 1])
         w, b = ev.fit_learned_whitening(

@@ -19,7 +19,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from artlens.batches import parse_items
-from artlens.errors import BadRequest
+from artlens.errors import BadRequest, Unavailable
 from artlens.lake import LocalLake
 from artlens.models.registry import ModelRegistry
 from artlens.models.versions import versions_of
@@ -472,6 +472,24 @@ def test_renditions_batches_take_gallery_keys_only_and_no_version(batch, lake):
     with pytest.raises(ValueError, match="gallery/"):
         run_map(lake, batch.handler, mode="renditions", prefix="incoming/")
     assert parse_args(["--mode", "renditions"]).mode == "renditions"
+
+
+def test_a_renditions_batch_needs_neither_the_model_nor_the_database(batch, lake, monkeypatch):
+    """Renditions are pixels from the lake to the lake: the batch function's first call in
+    that mode loads no ONNX session and opens no connection, so a database that is down (or
+    being upgraded) does not stop a renditions backfill."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://artlens@127.0.0.1:1/nowhere")
+    data = encode(artwork(7), "PNG")
+    key = f"gallery/{hashlib.sha256(data).hexdigest()}.png"
+    lake.put(key, data)
+    result = batch.handler({"Items": [{"Key": key}], "BatchInput": {"mode": "renditions"}},
+                           LambdaContext("artlens-batch"))
+    assert (result["works"], result["failed"]) == (1, 0)
+    assert len(lake.list("renditions/")) == 2
+    # The modes that embed still find the database down, and say so.
+    with pytest.raises(Unavailable, match="index is temporarily unavailable"):
+        batch.handler({"Items": [{"Key": key}], "BatchInput": {"mode": "reindex"}},
+                      LambdaContext("artlens-batch"))
 
 
 def test_run_backfill_starts_a_renditions_run_with_the_gallery_as_default_prefix(tmp_path):

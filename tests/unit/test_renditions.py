@@ -100,6 +100,8 @@ def test_a_picture_no_larger_than_a_thumbnail_is_encoded_once_for_both_sides():
     out = renditions.render(encode(artwork(4, (240, 180)), "PNG"))
     assert out[renditions.THUMBNAIL_SIDE] == out[renditions.PREVIEW_SIDE]
     assert opened(out[renditions.THUMBNAIL_SIDE]).size == (240, 180)
+    # thumbnail-sized pixels: baseline (progressive would triple the encode for nothing)
+    assert opened(out[renditions.THUMBNAIL_SIDE]).info.get("progressive", 0) == 0
     larger = renditions.render(encode(artwork(4, (600, 450)), "PNG"))
     assert opened(larger[renditions.THUMBNAIL_SIDE]).size == (256, 192)
     assert opened(larger[renditions.PREVIEW_SIDE]).size == (600, 450)

@@ -18,7 +18,9 @@ from training.weights import (
 )
 
 
-def test_help_does_not_import_tensorflow():
+def test_help_does_not_import_tensorflow(tmp_path):
+    """As the README runs it: the venv's python, from anywhere, without the Makefile's
+    PYTHONPATH (make puts the checkout on the venv's path)."""
     code = (
         "import runpy, sys\n"
         "sys.argv = ['python -m training', '--help']\n"
@@ -28,9 +30,10 @@ def test_help_does_not_import_tensorflow():
         "    assert exc.code == 0, exc.code\n"
         "print('TF-LOADED' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'NO-TF')\n"
     )
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "--backbone-weights" in out.stdout and "--input-size" in out.stdout
