@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from training import data as data_mod  # noqa: E402
 from training import evaluate as ev  # noqa: E402
+from training.v2 import copies_of  # noqa: E402 - the training job's own copies
 from training.weights import resolve_backbone_weights  # noqa: E402
 
 
@@ -38,19 +39,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/tradeoff.json"))
     return p.parse_args(argv)
-
-
-def copies_of(
-    root: Path, paths: list[str], rows: np.ndarray, size: int, seed_offset: int = 0
-) -> np.ndarray:
-    """The user-style copy of each row's original file, decoded and resized like an upload."""
-    from artlens.image import load_image
-
-    out = []
-    for i in rows:
-        data = ev.user_copy((Path(root) / paths[i]).read_bytes(), seed=int(i) + seed_offset)
-        out.append(data_mod.resize_to(load_image(data, size=size).rgb, size))
-    return np.stack(out)
 
 
 def cached(path: Path, compute):

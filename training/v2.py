@@ -112,7 +112,6 @@ def onnx_run(onnx_path: Path, pixels_u8: np.ndarray, threads: int = 2, batch: in
     return np.concatenate(probs), np.concatenate(embs)
 
 
-
 def copies_of(
     root: Path, paths: list[str], rows: np.ndarray, size: int, seed_offset: int = 0
 ) -> np.ndarray:

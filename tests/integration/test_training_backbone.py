@@ -111,6 +111,8 @@ def test_card_metadata_and_parity(job):
     assert cal["temperature"] == pytest.approx(card["architecture"]["temperature"])
     assert 0 <= cal["ece_15_bins_after"] <= 1 and len(cal["bins_after"]["count"]) == 15
     assert set(card["metrics"]["cross_validation"]) == {"mobilenet_v2"}
+    # the default whitening learns what a user's copy changes (training pictures only)
+    assert "(training picture, user-style copy" in card["architecture"]["embedding"]["text"]
     for key in ("intended_use", "out_of_scope", "limitations", "licences", "citation"):
         assert card[key], key
     # serving loads this card as it is (its scale check, its input size) and predicts on its
