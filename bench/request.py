@@ -208,7 +208,7 @@ def run(bench: Bench) -> dict[str, Any]:
         with patched(artlens.api.answers, "load_image", load_image_without_draft):
             nodraft_run = serve(predict, large_events, sizes.nodraft_requests, 1)
         api = predict.deps().api
-        # Fresh pictures, so every keep is both calls (exists, then put), as for a new upload.
+        # Fresh pictures, so every keep writes (one conditional PUT), as for a new upload.
         fresh = [predict_event(data) for data in bench.small_jpegs[50:50 + sizes.s3_requests]]
         slow = SlowLake(api.lake, sizes.s3_latency_ms / 1000.0)
         with patched(api, "lake", slow):
