@@ -63,6 +63,8 @@ ROWS: tuple[tuple[str, str, str, str, str | None, str, tuple[str, float] | None]
      "batch size 1", (">=", 300)),
     ("ingest", "images_per_s", "ingest, 256 px JPEGs (vs no pool)", "img/s",
      "sequential_images_per_s", "no thread pool", None),
+    ("ingest", "images_per_s", "ingest, 256 px JPEGs (vs the S3-sized pool)", "img/s",
+     "lambda_pool_images_per_s", "10 lake workers", None),
     ("ingest", "s3_images_per_s", "ingest per function, S3 latency", "img/s",
      "s3_sequential_images_per_s", "sequential calls", None),
     ("ingest", "s3_sqs_batch_images_per_s", "  same, SQS-sized calls", "img/s",

@@ -62,7 +62,10 @@ class DeploymentSettings:
     rejected_expiration_days: int
     uploads_expiration_days: int
     log_retention_days: int
-    ort_threads: int
+    ort_threads: int  # the predict function's ONNX Runtime threads
+    # The embed, reindex and backfill functions': 1, so the ingest pipeline's decodes and
+    # database work keep the other core (docs/performance.md: 218 against 181 pictures/s).
+    indexing_ort_threads: int
     log_level: str
     alarm_email: str | None
     layer_dir: str
@@ -139,6 +142,7 @@ class DeploymentSettings:
         )
         need(self.throttle_rate_limit > 0 and self.throttle_burst_limit > 0, "throttle > 0")
         need(1 <= self.ort_threads <= 64, "ortThreads must be 1..64")
+        need(1 <= self.indexing_ort_threads <= 64, "indexingOrtThreads must be 1..64")
         need(
             self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "logLevel must be DEBUG|INFO|WARNING|ERROR",

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from artlens import names as n
+from artlens.ingest import LOCAL_LAKE_WORKERS
 from artlens.models.card import ModelIntegrityError
 from artlens.models.registry import ModelRegistry
 from local_stack.database import start_postgres
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         n.ENV_LOCAL_URL_BASE: "",
         n.ENV_TOKEN_KEY_FILE: str(paths.token_key),
         n.ENV_CORS_ORIGIN: cors_origin,
+        n.ENV_INGEST_WORKERS: str(LOCAL_LAKE_WORKERS),
         # Embedded-metric-format lines are for CloudWatch; locally they would flood stdout.
         "POWERTOOLS_METRICS_DISABLED": "true",
     })

@@ -105,7 +105,7 @@ class Ingestion(Construct):
                 # The model registry (models/<version>/), read-only: the current version, a
                 # reindex's version or a rollback target that the image does not carry.
                 names.ENV_ARTIFACTS_BUCKET: artifacts.bucket_name,
-                names.ENV_ORT_THREADS: str(settings.ort_threads),
+                names.ENV_ORT_THREADS: str(settings.indexing_ort_threads),
                 **database.connection_environment(),
             },
             "vpc": database.vpc,

@@ -210,6 +210,9 @@ def test_predict_memory_timeout_and_provisioned_concurrency_follow_context(dev, 
         # 2 full vCPUs (Lambda: 1,769 MB each) for the 2 ONNX Runtime threads it is given.
         assert props["MemorySize"] == 3538 and props["Timeout"] == 15
         assert props["Environment"]["Variables"]["ORT_THREADS"] == "2"
+        # The indexing functions run the model on one thread beside the ingest pipeline.
+        embed = function_with(synth, command="lambdas.embed.handler")
+        assert embed["Environment"]["Variables"]["ORT_THREADS"] == "1"
         (alias,) = synth.of_type("AWS::Lambda::Alias").values()
         config = alias["Properties"].get("ProvisionedConcurrencyConfig")
         assert (config or {}).get("ProvisionedConcurrentExecutions") == provisioned

@@ -376,6 +376,28 @@ def test_local_lake_refuses_keys_outside_its_folder(tmp_path, key):
     assert not (tmp_path / "outside.png").exists()
 
 
+def test_local_lake_refuses_symlinks_that_lead_out_of_its_folder(tmp_path):
+    from artlens.errors import BadRequest
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"secret")
+    lake = LocalLake(tmp_path / "lake", b"k")
+    (lake.root / "gallery").symlink_to(outside, target_is_directory=True)  # a folder link
+    (lake.root / "incoming").mkdir()
+    (lake.root / "incoming" / "x.png").symlink_to(outside / "secret.png")  # a file link
+    for key in ("gallery/secret.png", "incoming/x.png"):
+        with pytest.raises(BadRequest):
+            lake.get(key)
+    with pytest.raises(BadRequest):
+        lake.put("gallery/new.png", b"x")
+    assert not (outside / "new.png").exists()
+    # A link that stays inside the folder is followed.
+    (lake.root / "incoming" / "kept.png").write_bytes(b"kept")
+    (lake.root / "uploads").symlink_to(lake.root / "incoming", target_is_directory=True)
+    assert lake.get("uploads/kept.png") == b"kept"
+
+
 def test_local_lake_signs_urls_from_the_key_text_alone(tmp_path, monkeypatch):
     import pathlib
 

@@ -200,6 +200,7 @@ class RecordingStore(EmbeddingStore):
         super().__init__(dsn)
         self.lake, self.reads_at_upsert = lake, []
         self.threads: set[str] = set()
+        self.meet = threading.Barrier(2, timeout=30)
 
     def existing_sha256(self, *args, **kwargs):
         self.threads.add(threading.current_thread().name)
@@ -209,10 +210,33 @@ class RecordingStore(EmbeddingStore):
         self.threads.add(threading.current_thread().name)
         with self.lake.lock:
             self.reads_at_upsert.append(self.lake.reads)
+        if len(self.reads_at_upsert) == 1:
+            self.meet.wait()  # chunk 0's rows: only while chunk 1 is in the model
         return super().upsert_many(rows)
 
 
-def test_the_pool_overlaps_reads_and_bounds_calls_decodes_and_pictures_in_flight(
+class OverlapClassifier:
+    """The real classifier, except that its second batch meets the first chunk's row write at
+    a barrier: only a pipeline that writes one chunk's rows while the model runs the next
+    passes (where the two take turns, the barrier times out and breaks)."""
+
+    def __init__(self, inner, meet: threading.Barrier):
+        self._inner, self._meet = inner, meet
+        self.batches = 0
+        self.threads: set[str] = set()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def predict(self, batch):
+        self.threads.add(threading.current_thread().name)
+        self.batches += 1
+        if self.batches == 2:
+            self._meet.wait()
+        return self._inner.predict(batch)
+
+
+def test_the_pool_overlaps_reads_inference_and_rows_and_bounds_what_is_in_flight(
     tmp_path, pg_dsn, classifier, monkeypatch
 ):
     workers, decoders, batch = 4, 2, 3
@@ -220,6 +244,7 @@ def test_the_pool_overlaps_reads_and_bounds_calls_decodes_and_pictures_in_flight
     store = RecordingStore(pg_dsn, lake)
     store.migrate()
     ensure_model_version(store, classifier)
+    model = OverlapClassifier(classifier, store.meet)
     keys = [f"incoming/q{i:02d}.png" for i in range(14)]
     for i, key in enumerate(keys):
         lake.put(key, picture(600 + i))
@@ -239,19 +264,24 @@ def test_the_pool_overlaps_reads_and_bounds_calls_decodes_and_pictures_in_flight
                 decoding["now"] -= 1
 
     monkeypatch.setattr(artlens.ingest, "load_image", counted_load_image)
-    report = ingest_objects(keys, lake, classifier, store, batch_size=batch,
+    report = ingest_objects(keys, lake, model, store, batch_size=batch,
                             concurrency=Concurrency(workers=workers, decoders=decoders))
 
-    assert report.failed_keys == []  # the first `workers` reads met at the barrier
+    # The first `workers` reads met at their barrier, chunk 1's inference and chunk 0's rows
+    # at theirs.
+    assert report.failed_keys == []
     assert report.indexed == len(keys)
     assert lake.most_in_flight <= workers
     assert 1 <= decoding["most"] <= decoders
-    # Read-ahead is one chunk: when chunk k's rows are written, at most chunks 0..k+1 were read.
+    # Three chunks deep: when chunk k's rows are written (while chunk k+1 is in the model), at
+    # most chunks 0..k+2 were read.
     assert len(store.reads_at_upsert) == 5  # chunks of 3, 3, 3, 3, 2
     for k, reads in enumerate(store.reads_at_upsert):
-        assert reads <= (k + 2) * batch, store.reads_at_upsert
-    # The database is used from the caller's thread only (one connection).
+        assert reads <= (k + 3) * batch, store.reads_at_upsert
+    # The database is used from the caller's thread only (one connection); the model from a
+    # thread of its own (one session).
     assert store.threads == {threading.current_thread().name}
+    assert len(model.threads) == 1 and store.threads.isdisjoint(model.threads)
     assert lake.list("incoming/") == []
     store.close()
 

@@ -189,6 +189,25 @@ def test_a_new_record_for_a_known_picture_updates_it_and_keeps_the_old_values(
     assert works.get(sha(data))["updated_at"] == after["updated_at"]
 
 
+def test_the_records_of_one_call_are_applied_in_order_even_to_the_same_picture(works):
+    first, other = "a" * 64, "b" * 64
+    changed = works.upsert_many([
+        WorkUpdate(first, WorkRecord(title="First", maker="Maker"), None, "incoming/a1.jpg"),
+        WorkUpdate(other, WorkRecord(title="Other", catalogued_type="painting"), True,
+                   "incoming/b.jpg"),
+        WorkUpdate(first, WorkRecord(title="Second"), None, "incoming/a2.jpg"),
+        WorkUpdate(first, WorkRecord(title="Second"), None, "incoming/a2.jpg"),  # no change
+    ])
+    assert changed == [True, True, True, False]
+    again = works.get(first)
+    assert (again["title"], again["maker"], again["source_key"]) == (
+        "Second", "Maker", "incoming/a2.jpg")
+    [change] = again["history"]  # the first record's title, replaced by the second's
+    assert change["fields"] == {"title": "First"} and change["source_key"] == "incoming/a2.jpg"
+    assert (works.get(other)["catalogued_type"], works.get(other)["catalogued_type_known"]) == (
+        "painting", True)
+
+
 def test_csv_parsing_reports_and_keeps(tmp_path):
     rows = parse_csv(b"file;Title;License;Notes\n./x.jpg;A;CC0;n1\n../y.jpg;B;;\n",
                      "s.csv")

@@ -114,6 +114,9 @@ def test_int8_ships_only_if_every_metric_still_holds():
     verdict = overall({"all": worse, "trunk": decide(fp32, good)})
     assert verdict["ship"] and verdict["variant"] == "trunk"
     assert not overall({"all": worse})["ship"]
+    # a variant ships only if it also holds as a CPU without VNNI computes it, where scored
+    assert not overall({"trunk": decide(fp32, good), "trunk, no VNNI": worse})["ship"]
+    assert overall({"trunk": decide(fp32, good), "trunk, no VNNI": decide(fp32, good)})["ship"]
 
 
 def test_gflops_rows_show_a_share_of_the_peak_and_int8_rows_a_speed_up():

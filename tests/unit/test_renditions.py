@@ -107,6 +107,29 @@ def test_a_picture_no_larger_than_a_thumbnail_is_encoded_once_for_both_sides():
     assert opened(larger[renditions.PREVIEW_SIDE]).size == (600, 450)
 
 
+@pytest.mark.parametrize(("size", "decodes"), [((300, 200), 0), ((900, 600), 1)])
+def test_a_decode_that_kept_every_pixel_is_reused_and_gives_the_same_bytes(
+    monkeypatch, size, decodes
+):
+    from artlens.image import load_image
+
+    data = gps_jpeg(size)
+    decoded = load_image(data, size=160)  # ingest's own decode, at the model's input size
+    assert decoded.icc_profile == opened(data).info["icc_profile"]  # read before the reduction
+    assert decoded.full_size is (max(size) < 2 * 160)
+    expected = renditions.render(data)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("size"))
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(renditions, "load_image", counted)
+    assert renditions.render(data, decoded=decoded) == expected
+    # A reduced raster is not what a 1,024 px decode gives: that picture is decoded again.
+    assert calls == [renditions.PREVIEW_SIDE] * decodes
+
+
 def test_a_sixteen_bit_png_renders_as_eight_bit_rgb():
     ramp = np.tile(np.linspace(0, 65535, 1500, dtype=np.uint16), (1000, 1))
     img = Image.fromarray(ramp)  # mode I;16

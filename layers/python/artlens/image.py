@@ -82,6 +82,13 @@ class LoadedImage:
     format: str
     width: int  # of the original, after EXIF orientation
     height: int
+    icc_profile: bytes | None = None  # the original's embedded colour profile, if any
+
+    @property
+    def full_size(self) -> bool:
+        """Whether `rgb` holds every pixel of the original (nothing was reduced): a decode of
+        the same bytes for any larger `size` would give the very same raster."""
+        return self.rgb.size == (self.width, self.height)
 
 
 def load_image(
@@ -153,6 +160,7 @@ def load_image(
         # the aspect ratio, so whether axes swap is read from the tag, not from the sizes.
         exif = img.getexif()
         swaps = exif.get(_ORIENTATION_TAG) in _SWAPPING_ORIENTATIONS
+        icc = img.info.get("icc_profile")
         img = _shrink(_eight_bit(img), size)
         img = _oriented(img, exif)
         rgb = _to_rgb(img)
@@ -164,7 +172,8 @@ def load_image(
         ) from None
 
     oriented_w, oriented_h = (height, width) if swaps else (width, height)
-    return LoadedImage(rgb=rgb, format=source_format, width=oriented_w, height=oriented_h)
+    return LoadedImage(rgb=rgb, format=source_format, width=oriented_w, height=oriented_h,
+                       icc_profile=icc if isinstance(icc, bytes) and icc else None)
 
 
 # Leading bytes of the formats we accept: bytes that start like one of them but do not open

@@ -91,6 +91,9 @@ DEFAULT_REINDEX_BATCH = 32
 DEFAULT_INGEST_WORKERS = 10
 # Decodes at once: each may take the decode budget (artlens.image.MAX_DECODE_BYTES).
 DEFAULT_DECODE_WORKERS = 2
+# On a folder lake (the local stack) a lake call costs CPU, not waiting: threads beyond the
+# decoders only contend for the GIL (2 cores: 218 pictures/s with 2 workers, 189 with 10).
+LOCAL_LAKE_WORKERS = 2
 # `incoming/<stem>.json` may be the record of `<stem>.<any picture suffix>`.
 IMAGE_SUFFIXES_FOR_RECORDS = tuple(sorted(IMAGE_SUFFIXES))
 T = TypeVar("T")
@@ -307,17 +310,20 @@ def ingest_objects(
     Items that failed for a transient reason (database down, S3 error) have status FAILED and
     carry the error, so the caller can retry exactly those.
 
-    A pipeline over chunks of `batch_size` keys. The lake calls and decodes run on a pool of
-    `concurrency.workers` threads; the database and the model stay on the caller's thread (one
-    connection, one session), in chunk order:
+    A pipeline over chunks of `batch_size` keys, three deep. The lake calls and decodes run on
+    a pool of `concurrency.workers` threads, the model on a thread of its own (one session),
+    and the database on the caller's thread (one connection), in chunk order:
 
-      chunk k+1: read + decode (pool) ............ while chunk k is checked and embedded
-      chunk k:   SHA-256 check (1 query) -> gallery writes (pool, during inference) ->
-                 rows (1 transaction) -> drops deleted (pool, during chunk k+1)
+      chunk k+1: read + decode (pool)
+      chunk k:   SHA-256 check (1 query) -> gallery writes (pool) + inference (model thread)
+      chunk k-1: rows (1 transaction), records, relations -> drops deleted (pool, later)
 
-    At most two chunks of pictures (bytes + a size x size array each) are held at once: the
-    deletes that outlive their chunk hold only keys. Pillow and ONNX Runtime release the GIL,
-    so decoding the next chunk overlaps inference of this one.
+    so the database work of one chunk overlaps the inference of the next: with the model on
+    the caller's thread the two took turns, and on 2 cores the caller's thread was the
+    bottleneck. At most three chunks of pictures (bytes + a size x size array each) are held
+    at once: the deletes that outlive their chunk hold only keys. Pillow, ONNX Runtime and
+    psycopg2 release the GIL, so the three stages run at once. `workers=1` runs every stage
+    on the caller's thread, in order.
     """
     version = classifier.version
     report = IngestReport(model_version=version)
@@ -332,7 +338,9 @@ def ingest_objects(
     decoding = threading.BoundedSemaphore(concurrency.decoders)
     size = classifier.input_size
 
-    with _executor(concurrency.workers) as pool:
+    model_thread = (_Inline() if concurrency.workers == 1
+                    else ThreadPoolExecutor(max_workers=1, thread_name_prefix="artlens-model"))
+    with _executor(concurrency.workers) as pool, model_thread:
 
         def read(chunk: Sequence[str]) -> list[Future[IngestOutcome | Picture]]:
             return [
@@ -341,6 +349,7 @@ def ingest_objects(
             ]
 
         finishing: list[Future[IngestOutcome]] = []
+        embedding: _Embedding | None = None  # the previous chunk, its rows not written yet
         reading = read(chunks[0]) if chunks else []
         for index in range(len(chunks)):
             pictures: list[Picture] = []
@@ -351,7 +360,14 @@ def ingest_objects(
                 else:
                     pictures.append(outcome_or_picture)
             reading = read(chunks[index + 1]) if index + 1 < len(chunks) else []
-            finishing += _index_chunk(pictures, pool, lake, classifier, store, report)
+            known, started = _embed_chunk(pictures, pool, model_thread, lake, classifier, store,
+                                          report)
+            finishing += known
+            if embedding is not None:
+                finishing += _store_chunk(embedding, pool, lake, classifier, store, report)
+            embedding = started
+        if embedding is not None:
+            finishing += _store_chunk(embedding, pool, lake, classifier, store, report)
         for done in finishing:
             outcome = done.result()  # the finishing steps report, never raise
             report.outcomes[outcome.key] = outcome
@@ -386,7 +402,7 @@ def _read_incoming(
             with decoding or nullcontext():
                 image = load_image(read.data, max_bytes=max_bytes, size=size)
                 pixels = preprocess(image.rgb, size)
-                copies = _renditions_of(key, read.data, max_bytes)
+                copies = _renditions_of(key, read.data, max_bytes, image)
         except ImageRejected as rejection:
             return _reject(lake, key, read, rejection)
         record, record_key, problems = read_record(lake, key)
@@ -401,11 +417,12 @@ def _read_incoming(
         return IngestOutcome(key, Status.FAILED, error=exc)
 
 
-def _renditions_of(key: str, data: bytes, max_bytes: int) -> dict[int, bytes]:
+def _renditions_of(key: str, data: bytes, max_bytes: int, image: LoadedImage
+                   ) -> dict[int, bytes]:
     """The picture's renditions; none when they cannot be made (a decode the model's smaller
     one survived): the picture is indexed anyway and `make renditions` retries later."""
     try:
-        return renditions.render(data, max_bytes=max_bytes)
+        return renditions.render(data, max_bytes=max_bytes, decoded=image)
     except Exception as exc:
         logger.warning("no renditions for %s: %s", key, type(exc).__name__)
         return {}
@@ -416,29 +433,36 @@ def _failed(key: str, sha256: str | None, exc: BaseException, step: str) -> Inge
     return IngestOutcome(key, Status.FAILED, sha256=sha256, error=exc)
 
 
-def _index_chunk(
+@dataclass(frozen=True)
+class _Embedding:
+    """A chunk between its check and its rows: the new pictures, their gallery writes and the
+    model's answer, all still running."""
+
+    pictures: list[Picture]
+    writes: list[Future[str]]
+    embedded: Future[list[Embedded]]
+
+
+def _embed_chunk(
     pictures: Sequence[Picture],
     pool: Executor,
+    model_thread: Executor,
     lake: ObjectLake,
     classifier: Classifier,
     store: EmbeddingStore,
     report: IngestReport,
-) -> list[Future[IngestOutcome]]:
-    """Check, embed and store one chunk; returns its drop deletions, still running.
-
-    No-loss order per picture: gallery copy, then the row (one transaction for the chunk),
-    then the drop. A picture whose gallery write failed gets no row; if the transaction
-    fails, every picture in it is FAILED and keeps its incoming object for the retry.
-    """
+) -> tuple[list[Future[IngestOutcome]], _Embedding | None]:
+    """Check one chunk against the index and start what its new pictures need: gallery writes
+    (pool) and inference (model thread). Returns the drop deletions of pictures already
+    indexed, and the new ones' embedding (None: there are none), for _store_chunk."""
     if not pictures:
-        return []
-    version = report.model_version
+        return [], None
     try:
-        indexed = store.existing_sha256([p.sha256 for p in pictures], version)
+        indexed = store.existing_sha256([p.sha256 for p in pictures], report.model_version)
     except Exception as exc:
         for p in pictures:
             report.outcomes[p.key] = _failed(p.key, p.sha256, exc, "checking")
-        return []
+        return [], None
     # A redelivered message or the same picture dropped again: the row (and, written before
     # it, the gallery copy) exist; its record (a new one updates the work's) and the drop are
     # left.
@@ -451,7 +475,7 @@ def _index_chunk(
     ]
     new = [p for p in pictures if p.sha256 not in indexed]
     if not new:
-        return finishing
+        return finishing, None
     # The gallery copies need only the bytes, so they are written while the model runs; the
     # same picture twice in a chunk is written once (its objects are the same).
     by_sha256: dict[str, Future[str]] = {}
@@ -459,15 +483,37 @@ def _index_chunk(
         if p.sha256 not in by_sha256:
             by_sha256[p.sha256] = pool.submit(_write_gallery, lake, p)
     writes = [by_sha256[p.sha256] for p in new]
+    return finishing, _Embedding(new, writes, model_thread.submit(embed_pictures, classifier, new))
+
+
+def _store_chunk(
+    chunk: _Embedding,
+    pool: Executor,
+    lake: ObjectLake,
+    classifier: Classifier,
+    store: EmbeddingStore,
+    report: IngestReport,
+) -> list[Future[IngestOutcome]]:
+    """Write the rows of a chunk whose embedding _embed_chunk started; returns its drop
+    deletions, still running.
+
+    No-loss order per picture: gallery copy, then the row (one transaction for the chunk),
+    then the drop. A picture whose gallery write failed gets no row; if the transaction
+    fails, every picture in it is FAILED and keeps its incoming object for the retry. A
+    picture that was also in the previous chunk (its rows not yet written when this chunk was
+    checked) finds its row at the insert: DUPLICATE, as when it was found by the check.
+    """
+    version = report.model_version
+    new, writes = chunk.pictures, chunk.writes
     try:
-        embedded = embed_pictures(classifier, new)
+        embedded = chunk.embedded.result()
     except Exception as exc:
         logger.exception("inference failed for a batch of %d", len(new))
         wait(writes)
         for p in new:
             report.outcomes[p.key] = IngestOutcome(p.key, Status.FAILED, sha256=p.sha256,
                                                    error=exc)
-        return finishing
+        return []
     staged: list[tuple[Picture, Embedded, str]] = []
     for picture, result, write in zip(new, embedded, writes, strict=True):
         error = write.exception()
@@ -476,13 +522,13 @@ def _index_chunk(
         else:
             staged.append((picture, result, write.result()))
     if not staged:
-        return finishing
+        return []
     try:
         inserted = store.upsert_many([image_row(p, r, g, version) for p, r, g in staged])
     except Exception as exc:
         for p, _, _ in staged:
             report.outcomes[p.key] = _failed(p.key, p.sha256, exc, "indexing")
-        return finishing
+        return []
     # The rows are committed; then the records. A failed record write keeps the drop (and
     # its sidecar): the retry finds the row and writes the record again.
     recorded = {p.key: p for p in _store_records(store, [p for p, _, _ in staged], classifier,
@@ -491,7 +537,7 @@ def _index_chunk(
              if new_row and p.key in recorded]
     relations = find_relations(store, added, classifier, version)
     # The drops are deleted while the next chunk goes on (the tasks hold keys, not bytes).
-    return finishing + [
+    return [
         pool.submit(_remove_drop, lake, recorded[p.key], g, r.label, new_row,
                     relations.get(p.sha256, []))
         for (p, r, g), new_row in zip(staged, inserted, strict=True) if p.key in recorded

@@ -14,9 +14,11 @@ picture, so encode time is throughput; JPEG also decodes everywhere without a fa
 
 Rendering decodes ONCE with artlens.image.load_image(size=1024), which bounds the decode's
 memory and returns a raster of at most 2047 px per axis (the JPEG draft makes a large photo
-cheap); the 256 px copy is made from the 1024 px one. Measured here for a 3000x2250 JPEG
-(2.3 MB): 70-135 ms in all, depending on the shared machine's load (decode 32 ms, LANCZOS to
-1024 px 30 ms (BICUBIC would save ~10 ms), encodes 9 ms); 256 px: 4.6 KB, 1024 px: 65 KB.
+cheap); the 256 px copy is made from the 1024 px one. Ingest hands over its own decode (at the
+model's input size): a picture small enough that it was decoded whole is not decoded again.
+Measured here for a 3000x2250 JPEG (2.3 MB): 70-135 ms in all, depending on the shared
+machine's load (decode 32 ms, LANCZOS to 1024 px 30 ms (BICUBIC would save ~10 ms), encodes
+9 ms); 256 px: 4.6 KB, 1024 px: 65 KB.
 
 URLs: the page asks for the same rendition many times, so its URL must stay the same for a
 while or nothing caches. On AWS CloudFront serves renditions/ (RENDITIONS_BASE_URL, a stable
@@ -36,7 +38,7 @@ from pathlib import PurePosixPath
 from PIL import Image, ImageCms
 
 from artlens.errors import ArtLensError, ImageRejected, NotFound
-from artlens.image import MAX_BYTES, load_image
+from artlens.image import MAX_BYTES, LoadedImage, load_image
 from artlens.lake import ObjectLake
 from artlens.names import RENDITIONS_PREFIX
 
@@ -70,11 +72,20 @@ def fitted(width: int, height: int, side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def render(data: bytes, *, max_bytes: int = MAX_BYTES) -> dict[int, bytes]:
+def render(
+    data: bytes, *, max_bytes: int = MAX_BYTES, decoded: LoadedImage | None = None
+) -> dict[int, bytes]:
     """Every rendition of a picture: {side: JPEG bytes}. Raises ImageRejected (as load_image)
-    for bytes that are not a picture we accept."""
-    loaded = load_image(data, max_bytes=max_bytes, size=PREVIEW_SIDE)
-    rgb = _to_srgb(loaded.rgb, _icc_profile(data))
+    for bytes that are not a picture we accept.
+
+    `decoded`: the same bytes as load_image already decoded them for another use (ingest: at
+    the model's input size). When it holds every pixel of the original, it is the raster this
+    decode would give, so the picture is not decoded a second time."""
+    if decoded is not None and decoded.full_size:
+        loaded = decoded
+    else:
+        loaded = load_image(data, max_bytes=max_bytes, size=PREVIEW_SIDE)
+    rgb = _to_srgb(loaded.rgb, loaded.icc_profile)
     out: dict[int, bytes] = {}
     # Largest first: each smaller copy is made from the previous one (less work, same look).
     source, encoded = rgb, b""
@@ -112,16 +123,6 @@ def _encode(img: Image.Image, progressive: bool) -> bytes:
 
 
 _SRGB = ImageCms.createProfile("sRGB")
-
-
-def _icc_profile(data: bytes) -> bytes | None:
-    """The original's embedded ICC profile (header only; load_image's raster no longer has it)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            icc = img.info.get("icc_profile")
-    except Exception:  # load_image has already accepted these bytes; a missing profile is fine
-        return None
-    return icc if isinstance(icc, bytes) and icc else None
 
 
 def _to_srgb(rgb: Image.Image, icc: bytes | None) -> Image.Image:

@@ -298,7 +298,13 @@ class WorkStore:
             )
             cur.execute(_SELECT + " WHERE sha256 = ANY(%s) FOR UPDATE", (shas,))
             current = {row[0]: _row_dict(row) for row in cur.fetchall()}
-            return [_apply(cur, current[u.sha256], u) for u in updates]
+            statements = [_change(current[u.sha256], u) for u in updates]
+            changed = [s for s in statements if s is not None]
+            if changed:
+                # One round trip for every UPDATE (ingest stores a chunk's records at once),
+                # run in order: a picture changed twice in one call is updated twice.
+                cur.execute(b";".join(cur.mogrify(query, params) for query, params in changed))
+            return [s is not None for s in statements]
 
         return self.database.transaction(work)
 
@@ -331,7 +337,11 @@ def _row_dict(row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(names, row, strict=True))
 
 
-def _apply(cur: Cursor, stored: dict[str, Any], update: WorkUpdate) -> bool:
+def _change(
+    stored: dict[str, Any], update: WorkUpdate
+) -> tuple[sql.Composed, tuple[Any, ...]] | None:
+    """The UPDATE that applies `update` to the row `stored` (which it then reflects), or None
+    when nothing changes."""
     record = update.record
     changes: dict[str, Any] = {}
     replaced: dict[str, Any] = {}
@@ -356,7 +366,7 @@ def _apply(cur: Cursor, stored: dict[str, Any], update: WorkUpdate) -> bool:
     if update.source_key is not None and update.source_key != stored["source_key"]:
         changes["source_key"] = update.source_key
     if not changes:
-        return False
+        return None
     # The same picture twice in one call: the second update compares with the first's result.
     for attribute, column in _COLUMN_OF.items():
         if column in changes:
@@ -376,10 +386,7 @@ def _apply(cur: Cursor, stored: dict[str, Any], update: WorkUpdate) -> bool:
             "'at', now(), 'source_key', %s::text, 'fields', %s::jsonb))"
         ))
         params += [update.source_key, json.dumps(replaced, default=str)]
-    cur.execute(
-        sql.SQL("UPDATE works SET {}, updated_at = now() WHERE sha256 = %s").format(
-            sql.SQL(", ").join(assignments)
-        ),
-        (*params, update.sha256),
+    query = sql.SQL("UPDATE works SET {}, updated_at = now() WHERE sha256 = %s").format(
+        sql.SQL(", ").join(assignments)
     )
-    return True
+    return query, (*params, update.sha256)
