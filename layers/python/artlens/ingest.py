@@ -11,12 +11,14 @@ survives and is indexed by its own event.
 
 Memory: each drop is decoded under the intake's memory budget (artlens.image) and shrunk to the
 model's input right away; a batch keeps the bytes and a (size x size) array per picture, never a
-full-size raster. At most `Concurrency.decoders` decodes run at once and at most two chunks of
-pictures are held (the one being embedded and the next one, read meanwhile).
+full-size raster. At most `Concurrency.decoders` decodes run at once and at most three chunks
+of pictures are held (the one whose rows are written, the one being embedded and the next one,
+read meanwhile).
 
 Throughput: on S3 every lake call costs tens of milliseconds of waiting, so `ingest_objects`
 runs the reads, decodes, gallery writes and deletes on a bounded thread pool (the boto3 client
-is thread-safe) and overlaps them with inference; the database stays on the caller's thread.
+is thread-safe) and overlaps them with inference, which runs on a thread of its own while the
+caller's thread writes the previous chunk's rows (the database stays on one connection).
 
 Records (artlens.index.works): a picture `incoming/<name>` may come with a sidecar record
 `incoming/<name>.json` (or `incoming/<stem>.json`); a CSV dropped as `incoming/<anything>.csv`
