@@ -246,13 +246,12 @@ def without_vnni(src: Path, dst: Path) -> dict[str, int]:
                 x_scale * w_scale).reshape(1, cout, 1, 1))],
                 [f"{tag}_out" if len(node.input) > 2 else node.output[0]]),
         ]
-        if len(node.input) > 2:
-            nodes.append(helper.make_node("Add", [f"{tag}_out", f"{tag}_bias"],
-                                          [node.output[0]]))
-            nodes.insert(len(nodes) - 1, helper.make_node(
-                "Reshape", [node.input[2], const(f"{tag}_bshape",
-                                                 np.array([1, cout, 1, 1], np.int64))],
-                [f"{tag}_bias"]))
+        if len(node.input) > 2:  # the bias (dequantized already), per output channel
+            nodes += [
+                helper.make_node("Reshape", [node.input[2], const(
+                    f"{tag}_bshape", np.array([1, cout, 1, 1], np.int64))], [f"{tag}_bias"]),
+                helper.make_node("Add", [f"{tag}_out", f"{tag}_bias"], [node.output[0]]),
+            ]
     graph.ClearField("node")
     graph.node.extend(nodes)
     graph.initializer.extend(added)
