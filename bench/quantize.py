@@ -261,15 +261,14 @@ def without_vnni(src: Path, dst: Path) -> dict[str, int]:
     return {"convolutions_rewritten": rewritten}
 
 
-def embedding_drift(here: Path, no_vnni: Path, pixels_u8: np.ndarray) -> dict[str, float]:
-    """How far one picture's outputs move between a CPU with VNNI (this one) and one without:
-    the same picture embedded by two Lambda instances on the two kinds of machine."""
-    from training.v2 import onnx_run
-
-    p_here, e_here = onnx_run(here, pixels_u8)
-    p_other, e_other = onnx_run(no_vnni, pixels_u8)
+def embedding_drift(here: tuple[np.ndarray, np.ndarray],
+                    no_vnni: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """How far one picture's outputs (probabilities, embeddings) move between a CPU with VNNI
+    (this one) and one without: the same picture embedded by two Lambda instances on the two
+    kinds of machine."""
+    (p_here, e_here), (p_other, e_other) = here, no_vnni
     cosine = (e_here * e_other).sum(axis=1)  # both L2-normalised
-    return {"pictures": int(len(pixels_u8)),
+    return {"pictures": int(len(e_here)),
             "type_agreement": float((p_here.argmax(1) == p_other.argmax(1)).mean()),
             "embedding_cosine_min": float(cosine.min()),
             "embedding_cosine_p1": float(np.percentile(cosine, 1)),
@@ -501,13 +500,14 @@ def evaluate(card_path: Path, data: Path, cross_source: Path | None, out_dir: Pa
                 for variant in VARIANTS}
     for variant in VARIANTS:
         without_vnni(files[variant], emulated[variant + NO_VNNI])
-    scores = {}
+    scores, test_outputs = {}, {}
     for name, path in {**files, **emulated}.items():
-        result, _, _ = v2.evaluate_artifact(
+        result, test_emb, test_probs = v2.evaluate_artifact(
             path, pixels[test_idx], labels[test_idx], pixels[train_idx], labels[train_idx],
             copy_px, xs_px, xs_y, classes,
         )
         scores[name] = _scores(result, classes)
+        test_outputs[name] = (test_probs, test_emb)
         log(f"{name}: scored")
     images = (pixels[test_idx][:32].astype(np.float32) / np.float32(255.0))
     timed = latency(files, images, reps_b1, reps_b32, 5, card.input_name)
@@ -517,8 +517,8 @@ def evaluate(card_path: Path, data: Path, cross_source: Path | None, out_dir: Pa
     for variant in VARIANTS:  # the same file; its emulation is not timed (float, slow)
         scores[variant + NO_VNNI]["file_mb"] = scores[variant]["file_mb"]
     log("timed")
-    drift = {variant: embedding_drift(files[variant], emulated[variant + NO_VNNI],
-                                      pixels[test_idx]) for variant in VARIANTS}
+    drift = {variant: embedding_drift(test_outputs[variant], test_outputs[variant + NO_VNNI])
+             for variant in VARIANTS}
     import os
 
     decisions = {v: decide(scores["fp32"], scores[v]) for v in scores if v != "fp32"}

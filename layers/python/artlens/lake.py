@@ -324,24 +324,20 @@ class LocalLake:
         # components is a symlink, which may point outside: lstat those few components and
         # resolve() only then. resolve() on every call walked the root's whole path again
         # (~0.1 ms; ingest asks ~7 times a picture).
-        if self._has_link(path, len(posix.parts)):
+        if self._has_link(posix):
             path = path.resolve()
             if not path.is_relative_to(self.root) or path == self.root:
                 raise BadRequest("Invalid object key.", code="invalid_key")
         return path
 
-    @staticmethod
-    def _has_link(path: Path, depth: int) -> bool:
-        """Whether any of the last `depth` components of `path` is a symlink (the rest of a
-        path that does not exist yet cannot be one)."""
-        current = str(path)
-        prefixes = [current]
-        for _ in range(depth - 1):
-            current = os.path.dirname(current)
-            prefixes.append(current)
-        for prefix in reversed(prefixes):  # root-side first: a missing folder ends the walk
+    def _has_link(self, posix: PurePosixPath) -> bool:
+        """Whether a component of the key, below the root, is a symlink (walked root-side
+        first: a component that does not exist yet ends the walk, nothing below it can be)."""
+        current = str(self.root)
+        for part in posix.parts:
+            current = f"{current}/{part}"
             try:
-                if stat.S_ISLNK(os.lstat(prefix).st_mode):
+                if stat.S_ISLNK(os.lstat(current).st_mode):
                     return True
             except (FileNotFoundError, NotADirectoryError):
                 return False
